@@ -1,0 +1,479 @@
+//! Commands answered by the daemon, and starting the daemon when needed.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use super::{Ctx, output};
+use crate::control::client::{self, ClientError, Done};
+use crate::control::proto::{Envelope, InstanceStatus, Request};
+
+/// How long `cohost start` waits for a daemon it launched to listen.
+const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// When a command may launch the daemon.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Launch {
+    /// It needs one (start, up).
+    Always,
+    /// Only if the runtime state says something may still run (a crashed
+    /// daemon's instances must be adopted before anyone answers for them).
+    IfState,
+}
+
+fn envelope(ctx: &Ctx, req: Request) -> Envelope {
+    Envelope {
+        config: ctx
+            .config_explicit
+            .then(|| ctx.config.display().to_string()),
+        req,
+    }
+}
+
+fn ms(s: Option<f64>) -> Option<u64> {
+    s.map(|s| (s.max(0.0) * 1000.0) as u64)
+}
+
+/// Connects, launching the daemon if `launch` allows. `Ok(None)`: no
+/// daemon, and none was needed.
+fn connect(
+    ctx: &Ctx,
+    launch: Launch,
+    id: Option<&str>,
+) -> Result<Option<UnixStream>, (i32, String)> {
+    match client::connect(&ctx.runtime_dir) {
+        Ok(s) => return Ok(Some(s)),
+        Err(ClientError::NoDaemon(_)) => {}
+        Err(e) => return Err((1, e.to_string())),
+    }
+    if launch == Launch::IfState && !state_says_live(&ctx.runtime_dir, id) {
+        return Ok(None);
+    }
+    launch_daemon(ctx)?;
+    client::connect(&ctx.runtime_dir)
+        .map(Some)
+        .map_err(|e| (1, e.to_string()))
+}
+
+/// Does a state file (of `id`, or of any instance) say something may run?
+fn state_says_live(rt: &Path, id: Option<&str>) -> bool {
+    let dir = rt.join("state");
+    let files: Vec<std::path::PathBuf> = match id {
+        Some(id) => vec![dir.join(format!("{id}.json"))],
+        None => std::fs::read_dir(&dir)
+            .map(|rd| rd.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default(),
+    };
+    files.iter().any(|f| {
+        std::fs::read_to_string(f)
+            .ok()
+            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|v| {
+                v.get("state")
+                    .and_then(|s| s.as_str())
+                    .map(|s| s != "stopped")
+            })
+            .unwrap_or(false)
+    })
+}
+
+/// Starts `cohost daemon --foreground` detached (own session, log in the
+/// runtime dir) and waits until it listens. Launches are serialized with a
+/// lock file, so concurrent `cohost start`s start one daemon.
+pub fn launch_daemon(ctx: &Ctx) -> Result<u32, (i32, String)> {
+    use std::os::unix::fs::DirBuilderExt;
+    let rt = &ctx.runtime_dir;
+    if !rt.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(rt)
+            .map_err(|e| {
+                (
+                    1,
+                    format!(
+                        "cannot create runtime dir {}: {e}; pass --runtime-dir DIR",
+                        rt.display()
+                    ),
+                )
+            })?;
+    }
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(rt.join("launch.lock"))
+        .map_err(|e| (1, format!("runtime dir {}: {e}", rt.display())))?;
+    // SAFETY: flock on a valid fd; blocks while another client launches.
+    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
+    if client::connect(rt).is_ok() {
+        return Ok(0);
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(rt.join("daemon.log"))
+        .map_err(|e| (1, format!("{}: {e}", rt.join("daemon.log").display())))?;
+    let (r, w) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| (1, format!("pipe: {e}")))?;
+    let wfd = w.as_raw_fd();
+    let exe =
+        std::env::current_exe().map_err(|e| (1, format!("finding the cohost binary: {e}")))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--config")
+        .arg(&ctx.config)
+        .arg("--runtime-dir")
+        .arg(rt)
+        .args(["daemon", "--foreground"])
+        .env("COHOST_NOTIFY_FD", wfd.to_string())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| (1, e.to_string()))?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls (setsid, fcntl) in the child.
+    unsafe {
+        cmd.pre_exec(move || {
+            // Its own session: not killed with the caller's process group
+            // (a cluster agent timing out, an init script's shell).
+            libc::setsid();
+            libc::fcntl(wfd, libc::F_SETFD, 0);
+            Ok(())
+        });
+    }
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| (1, format!("starting the daemon: {e}")))?;
+    drop(w);
+    let got = read_with_timeout(r, DAEMON_START_TIMEOUT);
+    if got.starts_with("ready") {
+        return Ok(child.id());
+    }
+    // It did not come up: say why (its log), and do not leave it behind.
+    let status = match child.try_wait() {
+        Ok(Some(s)) => s.code(),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            None
+        }
+    };
+    let tail = crate::supervisor_log_tail(&rt.join("daemon.log"));
+    let code = if status == Some(2) { 2 } else { 1 };
+    Err((
+        code,
+        format!(
+            "the cohost daemon did not start (log {}):\n{tail}",
+            rt.join("daemon.log").display()
+        ),
+    ))
+}
+
+fn read_with_timeout(r: OwnedFd, timeout: Duration) -> String {
+    let mut fds = [nix::poll::PollFd::new(
+        std::os::fd::AsFd::as_fd(&r),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+    match nix::poll::poll(
+        &mut fds,
+        nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX),
+    ) {
+        Ok(n) if n > 0 => {
+            let mut s = String::new();
+            let _ = std::fs::File::from(r).take(64).read_to_string(&mut s);
+            s
+        }
+        _ => String::new(),
+    }
+}
+
+/// Sends a request; prints progress; returns the daemon's answer.
+fn call(ctx: &Ctx, stream: UnixStream, req: Request) -> Result<Done, (i32, String)> {
+    client::call(stream, &envelope(ctx, req), |id, _state, msg| {
+        let _ = id;
+        println!("{msg}");
+    })
+    .map_err(|e| (1, e.to_string()))
+}
+
+/// Prints a final answer the usual way and returns its code.
+fn finish(res: Result<Done, (i32, String)>) -> i32 {
+    match res {
+        Ok(d) => {
+            if !d.message.is_empty() {
+                if d.code == 0 {
+                    println!("{}", d.message);
+                } else {
+                    eprintln!("cohost: {}", d.message);
+                }
+            }
+            d.code
+        }
+        Err((code, msg)) => {
+            eprintln!("cohost: {msg}");
+            code
+        }
+    }
+}
+
+pub fn daemon(ctx: &Ctx, foreground: bool, format: &str, level: &str) -> i32 {
+    if !foreground {
+        if client::connect(&ctx.runtime_dir).is_ok() {
+            eprintln!(
+                "cohost: a daemon already runs for {}",
+                ctx.runtime_dir.display()
+            );
+            return 1;
+        }
+        return match launch_daemon(ctx) {
+            Ok(pid) => {
+                println!(
+                    "cohost daemon started (pid {pid}) for {}",
+                    ctx.runtime_dir.display()
+                );
+                0
+            }
+            Err((c, m)) => {
+                eprintln!("cohost: {m}");
+                c
+            }
+        };
+    }
+    let log_format = if format == "json" {
+        crate::supervisor::LogFormat::Json
+    } else {
+        crate::supervisor::LogFormat::Text
+    };
+    let log_level = level.parse().unwrap_or(tracing::Level::INFO);
+    crate::init_daemon_logging(log_format, log_level);
+    let notify_fd = std::env::var("COHOST_NOTIFY_FD")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    // SAFETY: single-threaded at this point; the variable is only for us.
+    unsafe { std::env::remove_var("COHOST_NOTIFY_FD") };
+    let config_dir = std::fs::canonicalize(&ctx.config).unwrap_or_else(|_| ctx.config.clone());
+    crate::supervisor::run(crate::supervisor::Options {
+        runtime_dir: ctx.runtime_dir.clone(),
+        config_dir,
+        log_format,
+        log_level,
+        notify_fd,
+    })
+}
+
+pub fn start(ctx: &Ctx, id: &str, timeout: Option<f64>, with_deps: bool) -> i32 {
+    let res = connect(ctx, Launch::Always, Some(id)).and_then(|s| {
+        call(
+            ctx,
+            s.expect("launched"),
+            Request::Start {
+                id: id.into(),
+                timeout_ms: ms(timeout),
+                with_deps,
+            },
+        )
+    });
+    finish(res)
+}
+
+pub fn restart(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {
+    let res = connect(ctx, Launch::Always, Some(id)).and_then(|s| {
+        call(
+            ctx,
+            s.expect("launched"),
+            Request::Restart {
+                id: id.into(),
+                timeout_ms: ms(timeout),
+            },
+        )
+    });
+    finish(res)
+}
+
+/// stop/kill/reset: with no daemon and nothing recorded as running, the
+/// instance is stopped already (exit 0), provided it exists.
+fn stopish(ctx: &Ctx, id: &str, req: Request) -> i32 {
+    match connect(ctx, Launch::IfState, Some(id)) {
+        Ok(Some(s)) => finish(call(ctx, s, req)),
+        Ok(None) => match super::local::known_instance(ctx, id) {
+            Ok(()) => {
+                println!("{id} is stopped");
+                0
+            }
+            Err((c, m)) => {
+                eprintln!("cohost: {m}");
+                c
+            }
+        },
+        Err((c, m)) => {
+            eprintln!("cohost: {m}");
+            c
+        }
+    }
+}
+
+pub fn stop(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {
+    stopish(
+        ctx,
+        id,
+        Request::Stop {
+            id: id.into(),
+            timeout_ms: ms(timeout),
+        },
+    )
+}
+
+pub fn kill(ctx: &Ctx, id: &str) -> i32 {
+    stopish(ctx, id, Request::Kill { id: id.into() })
+}
+
+pub fn reset(ctx: &Ctx, id: &str) -> i32 {
+    stopish(ctx, id, Request::Reset { id: id.into() })
+}
+
+/// `monitor`: (exit code, message). With no daemon and no live state, the
+/// answer is "stopped" (7) without launching anything: a probe of a node
+/// where the instance never ran must be fast and must not start things.
+pub fn monitor(ctx: &Ctx, id: &str, depth: u8) -> (i32, String) {
+    let (code, msg) = monitor_quiet(ctx, id, depth);
+    if code == 0 || code == 7 {
+        println!("{msg}");
+    } else {
+        eprintln!("cohost: {msg}");
+    }
+    (code, msg)
+}
+
+pub fn monitor_quiet(ctx: &Ctx, id: &str, depth: u8) -> (i32, String) {
+    match connect(ctx, Launch::IfState, Some(id)) {
+        Ok(Some(s)) => match call(
+            ctx,
+            s,
+            Request::Monitor {
+                id: id.into(),
+                depth,
+            },
+        ) {
+            Ok(d) => (d.code, d.message),
+            Err((c, m)) => (c, m),
+        },
+        Ok(None) => match super::local::known_instance(ctx, id) {
+            Ok(()) => (
+                7,
+                format!(
+                    "{id} is stopped (no cohost daemon runs for {})",
+                    ctx.runtime_dir.display()
+                ),
+            ),
+            Err(e) => e,
+        },
+        Err(e) => e,
+    }
+}
+
+/// The status of one instance for integration code: (state, exit code).
+pub fn status_code(ctx: &Ctx, id: &str) -> Result<(Option<InstanceStatus>, i32), (i32, String)> {
+    match connect(ctx, Launch::IfState, Some(id))? {
+        Some(s) => {
+            let d = call(
+                ctx,
+                s,
+                Request::Status {
+                    id: Some(id.into()),
+                },
+            )?;
+            if d.code == 2 {
+                return Err((2, d.message));
+            }
+            let st = d
+                .data
+                .and_then(|v| serde_json::from_value::<Vec<InstanceStatus>>(v).ok())
+                .and_then(|mut v| v.pop());
+            Ok((st, d.code))
+        }
+        None => {
+            super::local::known_instance(ctx, id)?;
+            Ok((None, 3))
+        }
+    }
+}
+
+pub fn status(ctx: &Ctx, id: Option<&str>, json: bool) -> i32 {
+    let res = match connect(ctx, Launch::IfState, id) {
+        Ok(Some(s)) => call(
+            ctx,
+            s,
+            Request::Status {
+                id: id.map(String::from),
+            },
+        ),
+        Ok(None) => super::local::offline_status(ctx, id),
+        Err(e) => Err(e),
+    };
+    match res {
+        Ok(d) if d.code == 2 => finish(Ok(d)),
+        Ok(d) => {
+            let list: Vec<InstanceStatus> = d
+                .data
+                .and_then(|v| serde_json::from_value(v).ok())
+                .unwrap_or_default();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&list).unwrap_or_default()
+                );
+            } else if id.is_some() {
+                for s in &list {
+                    print!("{}", output::detail(s));
+                }
+            } else {
+                print!("{}", output::table(&list));
+            }
+            d.code
+        }
+        Err(e) => finish(Err(e)),
+    }
+}
+
+pub fn up_down(ctx: &Ctx, up: bool) -> i32 {
+    let launch = if up { Launch::Always } else { Launch::IfState };
+    match connect(ctx, launch, None) {
+        Ok(Some(s)) => finish(call(ctx, s, if up { Request::Up } else { Request::Down })),
+        Ok(None) => {
+            println!("nothing runs");
+            0
+        }
+        Err(e) => finish(Err(e)),
+    }
+}
+
+pub fn reload(ctx: &Ctx) -> i32 {
+    match connect(ctx, Launch::IfState, None) {
+        Ok(Some(s)) => finish(call(ctx, s, Request::Reload)),
+        Ok(None) => {
+            // No daemon: nothing to reload, but say whether the file is good.
+            let code = super::local::validate(ctx);
+            if code == 0 {
+                println!(
+                    "no daemon runs; the instances file is valid and will be read at its start"
+                );
+            }
+            code
+        }
+        Err(e) => finish(Err(e)),
+    }
+}
+
+pub fn shutdown(ctx: &Ctx) -> i32 {
+    match client::connect(&ctx.runtime_dir) {
+        Ok(s) => finish(call(ctx, s, Request::Shutdown)),
+        Err(ClientError::NoDaemon(_)) => {
+            println!("no cohost daemon runs for {}", ctx.runtime_dir.display());
+            0
+        }
+        Err(e) => finish(Err((1, e.to_string()))),
+    }
+}

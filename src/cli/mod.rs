@@ -1,0 +1,193 @@
+//! The command line (contract: ../CONTRACT.md "Commands").
+//!
+//! Commands that need the daemon send one request over its socket; the
+//! daemon holds the parsed instances file, so these never parse it
+//! themselves while a daemon runs (fast `monitor`/`status` for cluster
+//! software). `validate`, `env`, `exec`, `logs`, `import` work on the
+//! instances file directly.
+
+mod daemonctl;
+mod local;
+mod output;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "cohost",
+    version,
+    about = "Multi-instance service supervisor for HA mutual takeover",
+    long_about = "cohost runs named instances of services, each on its own logical address, host name \
+                  and shared storage, side by side on one node; it is driven by cluster software \
+                  (Pacemaker OCF, LSB init scripts, systemd) and by operators."
+)]
+pub struct Cli {
+    /// Instances directory (*.toml read in name order).
+    #[arg(long, global = true, env = "COHOST_CONFIG", value_name = "DIR")]
+    pub config: Option<PathBuf>,
+    /// Runtime dir of the supervisor (control socket, state, logs).
+    #[arg(long, global = true, env = "COHOST_RUNTIME_DIR", value_name = "DIR")]
+    pub runtime_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Check the instances file; every problem as FILE:LINE (exit 2 if any).
+    Validate,
+    /// Run the supervisor (in the background unless --foreground).
+    Daemon {
+        #[arg(long)]
+        foreground: bool,
+        #[arg(long, value_parser = ["text", "json"], default_value = "text")]
+        log_format: String,
+        #[arg(long, value_parser = ["error", "warn", "info", "debug", "trace"], default_value = "info")]
+        log_level: String,
+    },
+    /// Start an instance and wait until it is ready.
+    Start {
+        id: String,
+        /// Seconds to wait for readiness (default: the service's ready.timeout).
+        #[arg(long, value_name = "S")]
+        timeout: Option<f64>,
+        /// Start the instances it is `after` first, in order.
+        #[arg(long)]
+        with_deps: bool,
+    },
+    /// Stop an instance: stop command or signal, SIGKILL at the timeout.
+    Stop {
+        id: String,
+        #[arg(long, value_name = "S")]
+        timeout: Option<f64>,
+    },
+    /// Stop, then start.
+    Restart {
+        id: String,
+        #[arg(long, value_name = "S")]
+        timeout: Option<f64>,
+    },
+    /// SIGKILL every process of the instance now.
+    Kill { id: String },
+    /// State, pids, address, uptime, restarts, last failure (exit 3: not running).
+    Status {
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One health check now: 0 running and healthy, 7 stopped, 1 otherwise.
+    Monitor {
+        id: String,
+        /// 0: state and the latest check results only; 10: run stale checks now.
+        #[arg(long, default_value_t = 10)]
+        depth: u8,
+    },
+    /// Every instance of the config with its state.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the instance's environment as `export K='V'` lines.
+    Env { id: String },
+    /// Run a command in the instance's context (environment, user, host name, bind paths).
+    Exec {
+        id: String,
+        #[arg(last = true, required = true, value_name = "CMD")]
+        cmd: Vec<String>,
+    },
+    /// Start every instance in `after` order.
+    Up,
+    /// Stop every instance in reverse `after` order.
+    Down,
+    /// Clear a `failed` state left by the restart policy.
+    Reset { id: String },
+    /// Reread the instances file (running instances are not touched).
+    Reload,
+    /// Stop every instance and the daemon.
+    Shutdown,
+    /// Show an instance's process logs.
+    Logs {
+        id: String,
+        #[arg(short, long)]
+        follow: bool,
+        #[arg(short = 'n', long, default_value_t = 20)]
+        lines: usize,
+    },
+    /// Convert a legacy ID:DBDIR:ETCDIR:PORT:HOSTNAME file to TOML.
+    Import {
+        file: PathBuf,
+        #[arg(long)]
+        service: String,
+    },
+}
+
+pub const DEFAULT_RUNTIME_DIR: &str = "/run/cohost";
+
+/// Global options, resolved.
+pub struct Ctx {
+    pub config: PathBuf,
+    /// Given explicitly (flag or environment): then sent to the daemon,
+    /// which refuses a request meant for another instances file.
+    pub config_explicit: bool,
+    pub runtime_dir: PathBuf,
+}
+
+impl Ctx {
+    pub fn new(config: Option<PathBuf>, runtime_dir: Option<PathBuf>) -> Ctx {
+        let config_explicit = config.is_some();
+        let config = config.unwrap_or_else(|| PathBuf::from(config::DEFAULT_DIR));
+        let runtime_dir = runtime_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR));
+        Ctx {
+            config: absolute(config),
+            config_explicit,
+            runtime_dir: absolute(runtime_dir),
+        }
+    }
+}
+
+fn absolute(p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
+    }
+}
+
+/// Runs the parsed command; returns the exit status.
+pub fn run(cli: Cli) -> i32 {
+    let ctx = Ctx::new(cli.config, cli.runtime_dir);
+    match cli.cmd {
+        Cmd::Validate => local::validate(&ctx),
+        Cmd::Daemon {
+            foreground,
+            log_format,
+            log_level,
+        } => daemonctl::daemon(&ctx, foreground, &log_format, &log_level),
+        Cmd::Start {
+            id,
+            timeout,
+            with_deps,
+        } => daemonctl::start(&ctx, &id, timeout, with_deps),
+        Cmd::Stop { id, timeout } => daemonctl::stop(&ctx, &id, timeout),
+        Cmd::Restart { id, timeout } => daemonctl::restart(&ctx, &id, timeout),
+        Cmd::Kill { id } => daemonctl::kill(&ctx, &id),
+        Cmd::Status { id, json } => daemonctl::status(&ctx, id.as_deref(), json),
+        Cmd::Monitor { id, depth } => daemonctl::monitor(&ctx, &id, depth).0,
+        Cmd::List { json } => daemonctl::status(&ctx, None, json),
+        Cmd::Env { id } => local::env(&ctx, &id),
+        Cmd::Exec { id, cmd } => local::exec(&ctx, &id, &cmd),
+        Cmd::Up => daemonctl::up_down(&ctx, true),
+        Cmd::Down => daemonctl::up_down(&ctx, false),
+        Cmd::Reset { id } => daemonctl::reset(&ctx, &id),
+        Cmd::Reload => daemonctl::reload(&ctx),
+        Cmd::Shutdown => daemonctl::shutdown(&ctx),
+        Cmd::Logs { id, follow, lines } => local::logs(&ctx, &id, follow, lines),
+        Cmd::Import { file, service } => local::import(&file, &service),
+    }
+}
+
+pub use daemonctl::{monitor as monitor_code, start as start_code, status_code, stop as stop_code};

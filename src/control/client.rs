@@ -1,0 +1,93 @@
+//! Talking to the daemon: one connection per request, blocking.
+
+use std::io::{self, BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use crate::control::proto::{Envelope, Reply};
+
+pub const SOCKET_NAME: &str = "cohost.sock";
+
+pub fn socket_path(runtime_dir: &Path) -> PathBuf {
+    runtime_dir.join(SOCKET_NAME)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no cohost daemon runs for {0}")]
+    NoDaemon(PathBuf),
+    #[error("connecting to {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("talking to the daemon: {0}")]
+    Io(#[from] io::Error),
+    #[error(
+        "the daemon closed the connection without an answer (did it crash? see its log in the runtime dir)"
+    )]
+    NoAnswer,
+    #[error("the daemon sent an answer this client does not understand: {0}")]
+    BadReply(String),
+}
+
+/// Connects; `NoDaemon` when nothing listens (no socket, or a stale one).
+pub fn connect(runtime_dir: &Path) -> Result<UnixStream, ClientError> {
+    let path = socket_path(runtime_dir);
+    match UnixStream::connect(&path) {
+        Ok(s) => Ok(s),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT) | Some(libc::ECONNREFUSED)
+            ) =>
+        {
+            Err(ClientError::NoDaemon(runtime_dir.to_path_buf()))
+        }
+        Err(source) => Err(ClientError::Connect { path, source }),
+    }
+}
+
+/// The final answer of a request.
+#[derive(Debug, Clone)]
+pub struct Done {
+    pub code: i32,
+    pub message: String,
+    pub data: Option<serde_json::Value>,
+}
+
+/// Sends one request and reads replies until `done`; `progress` replies go
+/// to `on_progress` as they arrive.
+pub fn call(
+    stream: UnixStream,
+    env: &Envelope,
+    mut on_progress: impl FnMut(&str, &str, &str),
+) -> Result<Done, ClientError> {
+    let mut line = serde_json::to_vec(env).map_err(|e| ClientError::BadReply(e.to_string()))?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut reader = BufReader::new(stream);
+    let mut buf = String::new();
+    loop {
+        buf.clear();
+        if reader.read_line(&mut buf)? == 0 {
+            return Err(ClientError::NoAnswer);
+        }
+        match serde_json::from_str::<Reply>(&buf) {
+            Ok(Reply::Progress { id, state, message }) => on_progress(&id, &state, &message),
+            Ok(Reply::Done {
+                code,
+                message,
+                data,
+            }) => {
+                return Ok(Done {
+                    code,
+                    message,
+                    data,
+                });
+            }
+            Err(e) => return Err(ClientError::BadReply(format!("{e}: {}", buf.trim()))),
+        }
+    }
+}

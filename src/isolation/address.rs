@@ -1,0 +1,263 @@
+//! The logical address: is it configured on this node, wait until it is,
+//! or add/remove it ourselves (address_mode = "own").
+//!
+//! "Configured" is asked of the kernel the way the service will ask it: a
+//! bind(2) to ADDRESS:0 succeeds only for a local address (EADDRNOTAVAIL
+//! otherwise, also while IPv6 DAD is still running). With
+//! net.ipv4.ip_nonlocal_bind = 1 that test is meaningless, so the interface
+//! list decides instead. Waiting is event-driven: an rtnetlink socket
+//! subscribed to address changes (rtnetlink(7)) wakes the loop.
+
+use std::io;
+use std::mem::size_of;
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+
+/// Is `addr` configured on this node (in this network namespace)?
+pub fn is_local(addr: IpAddr) -> io::Result<bool> {
+    if nonlocal_bind(addr) {
+        return listed(addr);
+    }
+    match UdpSocket::bind(SocketAddr::new(addr, 0)) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::EADDRNOTAVAIL) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn nonlocal_bind(addr: IpAddr) -> bool {
+    let f = if addr.is_ipv4() {
+        "/proc/sys/net/ipv4/ip_nonlocal_bind"
+    } else {
+        "/proc/sys/net/ipv6/ip_nonlocal_bind"
+    };
+    std::fs::read_to_string(f)
+        .map(|s| s.trim() == "1")
+        .unwrap_or(false)
+}
+
+fn listed(addr: IpAddr) -> io::Result<bool> {
+    let addrs = nix::ifaddrs::getifaddrs().map_err(io::Error::from)?;
+    for a in addrs {
+        let Some(sa) = a.address else { continue };
+        let ip = if let Some(v4) = sa.as_sockaddr_in() {
+            IpAddr::V4(v4.ip())
+        } else if let Some(v6) = sa.as_sockaddr_in6() {
+            IpAddr::V6(v6.ip())
+        } else {
+            continue;
+        };
+        if ip == addr {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// An rtnetlink socket that becomes readable on every address change.
+pub fn watch_socket() -> io::Result<OwnedFd> {
+    // SAFETY: socket(2) returns a new fd we own.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is new.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: zeroed sockaddr_nl is valid; fields set below.
+    let mut sa: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    sa.nl_family = libc::AF_NETLINK as u16;
+    sa.nl_groups = (libc::RTMGRP_IPV4_IFADDR | libc::RTMGRP_IPV6_IFADDR) as u32;
+    // SAFETY: bind with a valid sockaddr_nl.
+    let r = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_nl).cast(),
+            size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fd)
+}
+
+/// Empties the watch socket (its messages only mean "look again").
+pub fn drain(fd: &OwnedFd) {
+    let mut buf = [0u8; 8192];
+    loop {
+        // SAFETY: recv into a stack buffer; nonblocking socket.
+        let n = unsafe {
+            libc::recv(
+                fd.as_raw_fd(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AddrError {
+    #[error("interface {0:?} does not exist on this node")]
+    NoInterface(String),
+    #[error("{op} {addr}/{prefix} on {iface}: {source}")]
+    Netlink {
+        op: &'static str,
+        addr: IpAddr,
+        prefix: u8,
+        iface: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Adds `addr/prefix` to `iface` (RTM_NEWADDR). Already present is fine.
+pub fn add(addr: IpAddr, prefix: u8, iface: &str) -> Result<(), AddrError> {
+    change(libc::RTM_NEWADDR, addr, prefix, iface).or_else(|e| match &e {
+        AddrError::Netlink { source, .. } if source.raw_os_error() == Some(libc::EEXIST) => Ok(()),
+        _ => Err(e),
+    })
+}
+
+/// Removes `addr/prefix` from `iface` (RTM_DELADDR). Already gone is fine.
+pub fn remove(addr: IpAddr, prefix: u8, iface: &str) -> Result<(), AddrError> {
+    change(libc::RTM_DELADDR, addr, prefix, iface).or_else(|e| match &e {
+        AddrError::Netlink { source, .. } if source.raw_os_error() == Some(libc::EADDRNOTAVAIL) => {
+            Ok(())
+        }
+        _ => Err(e),
+    })
+}
+
+fn change(op: u16, addr: IpAddr, prefix: u8, iface: &str) -> Result<(), AddrError> {
+    let opname = if op == libc::RTM_NEWADDR {
+        "adding"
+    } else {
+        "removing"
+    };
+    let nl_err = |source: io::Error| AddrError::Netlink {
+        op: opname,
+        addr,
+        prefix,
+        iface: iface.to_string(),
+        source,
+    };
+    let cname = std::ffi::CString::new(iface).map_err(|_| AddrError::NoInterface(iface.into()))?;
+    // SAFETY: if_nametoindex with a valid C string.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if index == 0 {
+        return Err(AddrError::NoInterface(iface.into()));
+    }
+    let (family, bytes): (u8, Vec<u8>) = match addr {
+        IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
+        IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
+    };
+    // nlmsghdr + ifaddrmsg + IFA_LOCAL + IFA_ADDRESS (netlink(7), rtnetlink(7)).
+    let mut msg: Vec<u8> = Vec::with_capacity(64);
+    let attr_len = 4 + bytes.len();
+    let attr_space = (attr_len + 3) & !3;
+    let total = 16 + 8 + 2 * attr_space;
+    let flags = libc::NLM_F_REQUEST
+        | libc::NLM_F_ACK
+        | if op == libc::RTM_NEWADDR {
+            libc::NLM_F_CREATE | libc::NLM_F_EXCL
+        } else {
+            0
+        };
+    msg.extend_from_slice(&(total as u32).to_ne_bytes());
+    msg.extend_from_slice(&op.to_ne_bytes());
+    msg.extend_from_slice(&(flags as u16).to_ne_bytes());
+    msg.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    msg.extend_from_slice(&0u32.to_ne_bytes()); // pid: kernel fills
+    msg.push(family);
+    msg.push(prefix);
+    msg.push(0); // flags
+    msg.push(0); // scope: universe
+    msg.extend_from_slice(&index.to_ne_bytes());
+    for kind in [libc::IFA_LOCAL, libc::IFA_ADDRESS] {
+        msg.extend_from_slice(&(attr_len as u16).to_ne_bytes());
+        msg.extend_from_slice(&kind.to_ne_bytes());
+        msg.extend_from_slice(&bytes);
+        msg.resize(msg.len() + (attr_space - attr_len), 0);
+    }
+    // SAFETY: new netlink socket, owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_ROUTE,
+        )
+    };
+    if fd < 0 {
+        return Err(nl_err(io::Error::last_os_error()));
+    }
+    // SAFETY: fd is new.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let tv = libc::timeval {
+        tv_sec: 5,
+        tv_usec: 0,
+    };
+    // SAFETY: setsockopt with a valid timeval.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as u32,
+        );
+    }
+    // SAFETY: zeroed sockaddr_nl addresses the kernel.
+    let mut kernel: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+    kernel.nl_family = libc::AF_NETLINK as u16;
+    // SAFETY: sendto with our buffer and a valid address.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            msg.as_ptr().cast(),
+            msg.len(),
+            0,
+            (&kernel as *const libc::sockaddr_nl).cast(),
+            size_of::<libc::sockaddr_nl>() as u32,
+        )
+    };
+    if n < 0 {
+        return Err(nl_err(io::Error::last_os_error()));
+    }
+    let mut buf = [0u8; 4096];
+    // SAFETY: recv into a stack buffer.
+    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+    if n < 0 {
+        return Err(nl_err(io::Error::last_os_error()));
+    }
+    // NLMSG_ERROR carries the result: error 0 is the ACK.
+    if n as usize >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == libc::NLMSG_ERROR as u16 {
+        let code = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
+        if code != 0 {
+            return Err(nl_err(io::Error::from_raw_os_error(-code)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_is_local_and_documentation_net_is_not() {
+        assert!(is_local("127.0.0.1".parse().unwrap()).unwrap());
+        // TEST-NET-3 (RFC 5737): documentation only, never configured.
+        assert!(!is_local("203.0.113.77".parse().unwrap()).unwrap());
+    }
+}

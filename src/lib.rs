@@ -1,0 +1,37 @@
+//! cohost: a multi-instance service supervisor for HA mutual takeover.
+//!
+//! Layout: `config` (instances file -> `model`), `supervisor` (pure state
+//! machine + the one event loop that executes its actions), `process`
+//! (spawn, track, signal), `isolation` (cgroups, addresses, locks, bind
+//! audit), `control` (the daemon's socket protocol and client),
+//! `integration` (OCF and LSB: exit-code tables and meta-data), `cli`.
+
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod isolation;
+pub mod model;
+pub mod process;
+pub mod supervisor;
+pub mod util;
+
+/// The last lines of the daemon's log, indented, for error messages.
+pub fn supervisor_log_tail(path: &std::path::Path) -> String {
+    util::tail(path, 15)
+        .iter()
+        .map(|l| format!("  {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Daemon logs: one line per event, each carrying its instance ID.
+pub fn init_daemon_logging(format: supervisor::LogFormat, level: tracing::Level) {
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(level)
+        .with_writer(std::io::stderr)
+        .with_target(false);
+    let _ = match format {
+        supervisor::LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        supervisor::LogFormat::Text => builder.with_ansi(false).try_init(),
+    };
+}

@@ -1,0 +1,7 @@
+//! Processes: spawning with a clean state, identity (/proc), pidfds, and
+//! tracking without cgroups.
+
+pub mod pidfd;
+pub mod procfs;
+pub mod spawn;
+pub mod track;

@@ -1,0 +1,725 @@
+//! fork/exec of one process of an instance, with its clean state.
+//!
+//! Everything the child needs (argv, envp, paths, uid/gid, mount plan) is
+//! built into an [`ExecPlan`] *before* `fork()`: between fork and exec the
+//! child makes only async-signal-safe calls (signal-safety(7)), allocates
+//! nothing, and reports a failed step through a close-on-exec pipe (the
+//! s6/runit pattern: EOF on the pipe means exec succeeded).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use crate::model::RunContext;
+
+/// The soft RLIMIT_NOFILE the process started with. The daemon raises its
+/// own to the hard limit (many instances, many fds); a service gets the
+/// usual one back unless it sets `rlimits.nofile` (a daemon that closes
+/// every possible fd at start-up would otherwise loop a million times).
+static ORIGINAL_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Records the current RLIMIT_NOFILE for children; call before raising it.
+pub fn remember_nofile() {
+    // SAFETY: getrlimit with a valid struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            let _ = ORIGINAL_NOFILE.set(r);
+        }
+    }
+}
+
+/// Source fds used in the child are moved at or above this number, so the
+/// `dup2` onto 0..3 can never overwrite one that is still needed.
+const HIGH_FD: RawFd = 16;
+
+/// The environment a cohost child inherits from the supervisor: only these,
+/// plus the names a service lists in `pass_env` (contract).
+pub const INHERITED_ENV: &[&str] = &["PATH", "LANG", "TZ"];
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("command not found: {cmd} (searched PATH={path})")]
+    NotFound { cmd: String, path: String },
+    #[error("{cmd} is not executable")]
+    NotExecutable { cmd: String },
+    #[error("user {0:?} does not exist on this node")]
+    NoUser(String),
+    #[error("group {0:?} does not exist on this node")]
+    NoGroup(String),
+    #[error("looking up user {name:?}: {source}")]
+    Lookup {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{0:?} contains a NUL byte")]
+    Nul(String),
+    #[error(
+        "bind target {0} does not exist on this node: create it (an empty directory or file) so it can be mapped"
+    )]
+    BindTarget(PathBuf),
+    #[error("bind source {0} does not exist: is the instance's storage mounted here?")]
+    BindSource(PathBuf),
+    #[error("{step}: {source}")]
+    Os {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("in the child, {step}: {source}")]
+    Child {
+        step: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SpawnError {
+    /// True when the failure means "not installed on this node" (OCF 5).
+    pub fn is_not_installed(&self) -> bool {
+        matches!(
+            self,
+            SpawnError::NotFound { .. }
+                | SpawnError::NotExecutable { .. }
+                | SpawnError::NoUser(_)
+                | SpawnError::NoGroup(_)
+        )
+    }
+}
+
+fn os(step: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
+    move |source| SpawnError::Os { step, source }
+}
+
+fn cstr(s: impl AsRef<[u8]>) -> Result<CString, SpawnError> {
+    CString::new(s.as_ref())
+        .map_err(|_| SpawnError::Nul(String::from_utf8_lossy(s.as_ref()).into_owned()))
+}
+
+/// Moves `fd` to a close-on-exec descriptor >= HIGH_FD.
+fn high(fd: RawFd) -> Result<OwnedFd, SpawnError> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a valid fd returns a new owned fd.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, HIGH_FD) };
+    if n < 0 {
+        return Err(SpawnError::Os {
+            step: "dup",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: n is a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// Resolved credentials.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: PathBuf,
+    pub name: String,
+}
+
+/// Looks up `user`/`group` on this node (NSS): done in the parent.
+pub fn resolve_creds(user: Option<&str>, group: Option<&str>) -> Result<Option<Creds>, SpawnError> {
+    use nix::unistd::{Group, User};
+    let Some(user) = user else {
+        if let Some(g) = group {
+            let gr = lookup_group(g)?;
+            return Ok(Some(Creds {
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: gr,
+                groups: vec![gr],
+                home: PathBuf::from("/"),
+                name: String::new(),
+            }));
+        }
+        return Ok(None);
+    };
+    let pw = match user.parse::<u32>() {
+        Ok(uid) => User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => User::from_name(user),
+    }
+    .map_err(|source| SpawnError::Lookup {
+        name: user.to_string(),
+        source,
+    })?
+    .ok_or_else(|| SpawnError::NoUser(user.to_string()))?;
+    let gid = match group {
+        Some(g) => lookup_group(g)?,
+        None => pw.gid.as_raw(),
+    };
+    let cname = cstr(pw.name.as_bytes())?;
+    let groups = nix::unistd::getgrouplist(&cname, nix::unistd::Gid::from_raw(gid))
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![gid]);
+    let _ = Group::from_gid(nix::unistd::Gid::from_raw(gid));
+    Ok(Some(Creds {
+        uid: pw.uid.as_raw(),
+        gid,
+        groups,
+        home: pw.dir,
+        name: pw.name,
+    }))
+}
+
+fn lookup_group(g: &str) -> Result<u32, SpawnError> {
+    if let Ok(n) = g.parse::<u32>() {
+        return Ok(n);
+    }
+    nix::unistd::Group::from_name(g)
+        .map_err(|source| SpawnError::Lookup {
+            name: g.to_string(),
+            source,
+        })?
+        .map(|gr| gr.gid.as_raw())
+        .ok_or_else(|| SpawnError::NoGroup(g.to_string()))
+}
+
+/// The final environment of a process of the instance.
+pub fn environment(
+    run: &RunContext,
+    creds: Option<&Creds>,
+    pass_env: &[String],
+) -> Vec<(String, String)> {
+    let mut env: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for name in INHERITED_ENV
+        .iter()
+        .copied()
+        .chain(pass_env.iter().map(String::as_str))
+    {
+        if let Ok(v) = std::env::var(name) {
+            env.insert(name.to_string(), v);
+        }
+    }
+    env.entry("PATH".into())
+        .or_insert_with(|| DEFAULT_PATH.into());
+    if let Some(c) = creds.filter(|c| !c.name.is_empty()) {
+        env.insert("HOME".into(), c.home.display().to_string());
+        env.insert("USER".into(), c.name.clone());
+        env.insert("LOGNAME".into(), c.name.clone());
+    }
+    for (k, v) in &run.env {
+        env.insert(k.clone(), v.clone());
+    }
+    env.into_iter().collect()
+}
+
+/// Finds `cmd` the way execvp(3) would, but in the parent, so that "not
+/// found" is a clear error and not an exit status 127 of a child.
+pub fn find_program(cmd: &str, path_var: &str) -> Result<PathBuf, SpawnError> {
+    let is_exec = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.is_file() && m.permissions().mode() & 0o111 != 0
+            })
+            .unwrap_or(false)
+    };
+    if cmd.contains('/') {
+        let p = PathBuf::from(cmd);
+        if !p.exists() {
+            return Err(SpawnError::NotFound {
+                cmd: cmd.into(),
+                path: "(absolute path)".into(),
+            });
+        }
+        if !is_exec(&p) {
+            return Err(SpawnError::NotExecutable { cmd: cmd.into() });
+        }
+        return Ok(p);
+    }
+    for dir in path_var.split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(cmd);
+        if is_exec(&p) {
+            return Ok(p);
+        }
+    }
+    Err(SpawnError::NotFound {
+        cmd: cmd.into(),
+        path: path_var.into(),
+    })
+}
+
+/// Where stdout/stderr go.
+pub enum Output {
+    /// Inherit the supervisor's (used by `cohost exec`).
+    Inherit,
+    /// This file (a process log, opened O_APPEND by the caller).
+    File(OwnedFd),
+    /// /dev/null
+    Null,
+}
+
+/// What to start, and how; built with [`ExecPlan::new`].
+pub struct Spawn<'a> {
+    pub argv: &'a [String],
+    pub run: &'a RunContext,
+    pub output: Output,
+    /// `cgroup.procs` files the child writes "0" into before exec.
+    pub cgroups: Vec<OwnedFd>,
+    /// Inherited as fd 3 (the instance lock: it lives while any process does).
+    pub inherit: Option<RawFd>,
+    /// Start a new session (always, for instance processes).
+    pub setsid: bool,
+}
+
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Step {
+    SigMask = 1,
+    Setsid,
+    Cgroup,
+    Unshare,
+    MountPrivate,
+    Bind,
+    Tmpfs,
+    Hostname,
+    Rlimit,
+    Dup,
+    Groups,
+    Gid,
+    Uid,
+    Chdir,
+    Exec,
+}
+
+impl Step {
+    const ALL: [Step; 15] = [
+        Step::SigMask,
+        Step::Setsid,
+        Step::Cgroup,
+        Step::Unshare,
+        Step::MountPrivate,
+        Step::Bind,
+        Step::Tmpfs,
+        Step::Hostname,
+        Step::Rlimit,
+        Step::Dup,
+        Step::Groups,
+        Step::Gid,
+        Step::Uid,
+        Step::Chdir,
+        Step::Exec,
+    ];
+
+    fn from_code(code: u8) -> Option<Step> {
+        Step::ALL.into_iter().find(|s| *s as u8 == code)
+    }
+
+    /// What failed, for the operator ("bind-mounting /u01/etc on /etc/x").
+    fn describe(code: u8, binds: &[(CString, CString)], index: u16) -> String {
+        let Some(step) = Step::from_code(code) else {
+            return format!("unknown step {code}");
+        };
+        match step {
+            Step::SigMask => "resetting the signal mask".into(),
+            Step::Setsid => "setsid".into(),
+            Step::Cgroup => "joining the instance's cgroup".into(),
+            Step::Unshare => "creating namespaces (unshare)".into(),
+            Step::MountPrivate => "making mounts private".into(),
+            Step::Bind => match binds.get(index as usize) {
+                Some((src, dst)) => format!(
+                    "bind-mounting {} on {}",
+                    src.to_string_lossy(),
+                    dst.to_string_lossy()
+                ),
+                None => "bind-mounting".into(),
+            },
+            Step::Tmpfs => "mounting a private /tmp".into(),
+            Step::Hostname => "setting the logical host name".into(),
+            Step::Rlimit => "setting rlimits".into(),
+            Step::Dup => "redirecting stdio".into(),
+            Step::Groups => "setgroups".into(),
+            Step::Gid => "setgid".into(),
+            Step::Uid => "setuid".into(),
+            Step::Chdir => "changing to the working directory".into(),
+            Step::Exec => "exec".into(),
+        }
+    }
+}
+
+/// Everything for one fork/exec, allocated up front.
+pub struct ExecPlan {
+    program: CString,
+    argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp: Vec<CString>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    cwd: CString,
+    stdin: Option<OwnedFd>,
+    stdout: Option<OwnedFd>,
+    stderr: Option<OwnedFd>,
+    cgroups: Vec<OwnedFd>,
+    inherit: Option<OwnedFd>,
+    setsid: bool,
+    unshare_flags: libc::c_int,
+    mount_private: bool,
+    binds: Vec<(CString, CString)>,
+    private_tmp: bool,
+    hostname: Option<CString>,
+    rlimits: Vec<(libc::c_int, libc::rlimit)>,
+    umask: Option<libc::mode_t>,
+    creds: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
+    /// Human description for messages: "/opt/counter/bin/counter --listen …".
+    pub display: String,
+}
+
+/// A started child: its pid and the read end of its exec-error pipe.
+pub struct Child {
+    pub pid: i32,
+    /// Readable with a failure report, or EOF once exec succeeded.
+    pub errpipe: OwnedFd,
+    /// Kept to explain a failure report.
+    binds: Vec<(CString, CString)>,
+}
+
+impl ExecPlan {
+    pub fn new(s: Spawn<'_>) -> Result<ExecPlan, SpawnError> {
+        let run = s.run;
+        let creds = resolve_creds(run.user.as_deref(), run.group.as_deref())?;
+        let env = environment(run, creds.as_ref(), &run.pass_env);
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(DEFAULT_PATH);
+        let argv0 = s.argv.first().ok_or(SpawnError::NotFound {
+            cmd: String::new(),
+            path: String::new(),
+        })?;
+        let program = find_program(argv0, path_var)?;
+        for (inside, shown) in &run.isolate.bind {
+            if !shown.exists() {
+                return Err(SpawnError::BindSource(shown.clone()));
+            }
+            if !inside.exists() {
+                return Err(SpawnError::BindTarget(inside.clone()));
+            }
+        }
+        let argv: Vec<CString> = s.argv.iter().map(cstr).collect::<Result<_, _>>()?;
+        let envp: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| cstr(format!("{k}={v}")))
+            .collect::<Result<_, _>>()?;
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+
+        let devnull = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(os("opening /dev/null"))?;
+        let (stdin, stdout, stderr) = match &s.output {
+            Output::Inherit => (None, None, None),
+            Output::Null => (
+                Some(high(devnull.as_raw_fd())?),
+                Some(high(devnull.as_raw_fd())?),
+                Some(high(devnull.as_raw_fd())?),
+            ),
+            Output::File(f) => (
+                Some(high(devnull.as_raw_fd())?),
+                Some(high(f.as_raw_fd())?),
+                Some(high(f.as_raw_fd())?),
+            ),
+        };
+        let cgroups = s
+            .cgroups
+            .iter()
+            .map(|f| high(f.as_raw_fd()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inherit = s.inherit.map(high).transpose()?;
+
+        let iso = &run.isolate;
+        let mut unshare_flags = 0;
+        if iso.uts {
+            unshare_flags |= libc::CLONE_NEWUTS;
+        }
+        if iso.needs_mount_ns() {
+            unshare_flags |= libc::CLONE_NEWNS;
+        }
+        let binds = iso
+            .bind
+            .iter()
+            .map(|(inside, shown)| {
+                Ok((
+                    cstr(shown.as_os_str().as_bytes())?,
+                    cstr(inside.as_os_str().as_bytes())?,
+                ))
+            })
+            .collect::<Result<Vec<_>, SpawnError>>()?;
+        let hostname = match (&run.hostname, iso.uts) {
+            (Some(h), true) => Some(cstr(h)?),
+            _ => None,
+        };
+        let mut rlimits: Vec<(libc::c_int, libc::rlimit)> = run
+            .rlimits
+            .iter()
+            .map(|r| {
+                let v = |x: Option<u64>| x.unwrap_or(libc::RLIM_INFINITY);
+                (
+                    r.resource as libc::c_int,
+                    libc::rlimit {
+                        rlim_cur: v(r.soft),
+                        rlim_max: v(r.hard),
+                    },
+                )
+            })
+            .collect();
+        if let Some(orig) = ORIGINAL_NOFILE.get()
+            && !rlimits
+                .iter()
+                .any(|(r, _)| *r == libc::RLIMIT_NOFILE as libc::c_int)
+        {
+            rlimits.push((libc::RLIMIT_NOFILE as libc::c_int, *orig));
+        }
+        let display = s.argv.join(" ");
+        Ok(ExecPlan {
+            program: cstr(program.as_os_str().as_bytes())?,
+            argv,
+            argv_ptrs,
+            envp,
+            envp_ptrs,
+            cwd: cstr(run.cwd.as_os_str().as_bytes())?,
+            stdin,
+            stdout,
+            stderr,
+            cgroups,
+            inherit,
+            setsid: s.setsid,
+            unshare_flags,
+            mount_private: iso.needs_mount_ns(),
+            binds,
+            private_tmp: iso.private_tmp,
+            hostname,
+            rlimits,
+            umask: run.umask.map(|m| m as libc::mode_t),
+            creds: creds.map(|c| (c.uid, c.gid, c.groups)),
+            display,
+        })
+    }
+
+    pub fn argv(&self) -> &[CString] {
+        &self.argv
+    }
+
+    pub fn env(&self) -> &[CString] {
+        &self.envp
+    }
+
+    /// fork + exec. Returns at once; the child's exec result arrives on
+    /// `Child::errpipe` (see [`read_failure`]).
+    pub fn spawn(self) -> Result<Child, SpawnError> {
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Os {
+                step: "pipe",
+                source: e.into(),
+            })?;
+        let w = high(w.as_raw_fd())?;
+        // SAFETY: the child only runs `child_main`, which makes raw syscalls
+        // on memory prepared before the fork and ends in exec or _exit.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            return Err(SpawnError::Os {
+                step: "fork",
+                source: io::Error::last_os_error(),
+            });
+        }
+        if pid == 0 {
+            // SAFETY: in the child; never returns.
+            unsafe { self.child_main(w.as_raw_fd()) }
+        }
+        drop(w);
+        // The supervisor reads the result from its event loop.
+        let _ = nix::fcntl::fcntl(
+            &r,
+            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+        );
+        Ok(Child {
+            pid,
+            errpipe: r,
+            binds: self.binds.clone(),
+        })
+    }
+
+    /// `cohost exec`: the same setup in this very process, then exec, so
+    /// the command's exit status is ours. Returns only on failure.
+    pub fn exec_here(self) -> SpawnError {
+        // SAFETY: the CLI is single-threaded here; setup_and_exec only
+        // returns on failure, with the step and errno.
+        let (step, index, errno) = unsafe { self.setup_and_exec() };
+        SpawnError::Child {
+            step: Step::describe(step as u8, &self.binds, index),
+            source: io::Error::from_raw_os_error(errno),
+        }
+    }
+
+    /// The child side of `spawn`.
+    unsafe fn child_main(&self, errfd: RawFd) -> ! {
+        // SAFETY: only async-signal-safe calls happen in setup_and_exec.
+        let (step, index, errno) = unsafe { self.setup_and_exec() };
+        let mut buf = [0u8; 8];
+        buf[0] = step as u8;
+        buf[1..3].copy_from_slice(&index.to_ne_bytes());
+        buf[4..8].copy_from_slice(&errno.to_ne_bytes());
+        // SAFETY: write(2) and _exit(2) are async-signal-safe.
+        unsafe {
+            libc::write(errfd, buf.as_ptr().cast(), buf.len());
+            libc::_exit(127)
+        }
+    }
+
+    /// Sets the process up and execs; returns (step, index, errno) only if
+    /// a step failed. Only async-signal-safe calls from here on.
+    unsafe fn setup_and_exec(&self) -> (Step, u16, i32) {
+        macro_rules! check {
+            ($step:expr, $idx:expr, $e:expr) => {
+                if $e < 0 {
+                    return ($step, $idx, *libc::__errno_location());
+                }
+            };
+        }
+        unsafe {
+            // The supervisor blocks signals for its signalfd; a service must
+            // start with none blocked and default dispositions (SIGPIPE is
+            // ignored by the Rust runtime and SIG_IGN survives exec).
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            check!(
+                Step::SigMask,
+                0,
+                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
+            );
+            for sig in 1..32 {
+                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
+                    libc::signal(sig, libc::SIG_DFL);
+                }
+            }
+            if self.setsid {
+                check!(Step::Setsid, 0, libc::setsid());
+            }
+            // Join the instance's cgroup(s) before anything can fork, so every
+            // descendant is born inside (moving a parent later would not
+            // move its children).
+            for fd in &self.cgroups {
+                let r = libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1);
+                check!(Step::Cgroup, 0, r as i32);
+            }
+            if self.unshare_flags != 0 {
+                check!(Step::Unshare, 0, libc::unshare(self.unshare_flags));
+            }
+            if self.mount_private {
+                // Our mounts must not propagate back to the host (and the
+                // host's later mounts need not reach us): mount_namespaces(7).
+                check!(
+                    Step::MountPrivate,
+                    0,
+                    libc::mount(
+                        std::ptr::null(),
+                        c"/".as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_REC | libc::MS_PRIVATE,
+                        std::ptr::null()
+                    )
+                );
+            }
+            for (i, (src, dst)) in self.binds.iter().enumerate() {
+                check!(
+                    Step::Bind,
+                    i as u16,
+                    libc::mount(
+                        src.as_ptr(),
+                        dst.as_ptr(),
+                        std::ptr::null(),
+                        libc::MS_BIND | libc::MS_REC,
+                        std::ptr::null()
+                    )
+                );
+            }
+            if self.private_tmp {
+                check!(
+                    Step::Tmpfs,
+                    0,
+                    libc::mount(
+                        c"tmpfs".as_ptr(),
+                        c"/tmp".as_ptr(),
+                        c"tmpfs".as_ptr(),
+                        libc::MS_NOSUID | libc::MS_NODEV,
+                        c"mode=1777".as_ptr().cast()
+                    )
+                );
+            }
+            if let Some(h) = &self.hostname {
+                check!(
+                    Step::Hostname,
+                    0,
+                    libc::sethostname(h.as_ptr(), h.as_bytes().len())
+                );
+            }
+            for (res, lim) in &self.rlimits {
+                check!(Step::Rlimit, 0, libc::setrlimit(*res as _, lim));
+            }
+            if let Some(m) = self.umask {
+                libc::umask(m);
+            }
+            if let Some(i) = &self.stdin {
+                check!(Step::Dup, 0, libc::dup2(i.as_raw_fd(), 0));
+            }
+            if let Some(o) = &self.stdout {
+                check!(Step::Dup, 0, libc::dup2(o.as_raw_fd(), 1));
+            }
+            if let Some(e) = &self.stderr {
+                check!(Step::Dup, 0, libc::dup2(e.as_raw_fd(), 2));
+            }
+            let mut first_free = 3;
+            if let Some(l) = &self.inherit {
+                check!(Step::Dup, 0, libc::dup2(l.as_raw_fd(), 3));
+                first_free = 4;
+            }
+            // Everything else is close-on-exec already (std and nix open that
+            // way); this also covers fds a library opened without it.
+            libc::syscall(
+                libc::SYS_close_range,
+                first_free as u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            );
+            if let Some((uid, gid, groups)) = &self.creds {
+                check!(
+                    Step::Groups,
+                    0,
+                    libc::setgroups(groups.len(), groups.as_ptr())
+                );
+                check!(Step::Gid, 0, libc::setgid(*gid));
+                check!(Step::Uid, 0, libc::setuid(*uid));
+            }
+            check!(Step::Chdir, 0, libc::chdir(self.cwd.as_ptr()));
+            libc::execve(
+                self.program.as_ptr(),
+                self.argv_ptrs.as_ptr(),
+                self.envp_ptrs.as_ptr(),
+            );
+            (Step::Exec, 0, *libc::__errno_location())
+        }
+    }
+}
+
+/// Decodes a failure report, if `buf` holds one.
+pub fn decode_failure(child: &Child, buf: &[u8]) -> Option<SpawnError> {
+    if buf.len() < 8 {
+        return None;
+    }
+    let code = buf[0];
+    let index = u16::from_ne_bytes([buf[1], buf[2]]);
+    let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    Some(SpawnError::Child {
+        step: Step::describe(code, &child.binds, index),
+        source: io::Error::from_raw_os_error(errno),
+    })
+}

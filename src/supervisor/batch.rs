@@ -1,0 +1,270 @@
+//! `up`, `down`, `start --with-deps` and shutdown: many instances in
+//! `after` order, every independent branch at once, progress per instance.
+//!
+//! Up: an instance starts once everything it is `after` runs; if one of
+//! those fails, it fails too, untried. Down is the mirror: an instance
+//! stops once nothing that runs after it is still running.
+
+use std::collections::BTreeSet;
+use std::time::Instant;
+
+use super::Daemon;
+use super::fsm::{Event, State};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    Up,
+    Down,
+}
+
+#[derive(Debug)]
+pub struct Batch {
+    pub conn: Option<u64>,
+    pub op: Op,
+    pub members: BTreeSet<usize>,
+    pub pending: BTreeSet<usize>,
+    pub active: BTreeSet<usize>,
+    pub ok: Vec<String>,
+    pub failed: Vec<(String, String)>,
+    pub started: Instant,
+    pub begun: Vec<(usize, Instant)>,
+    /// For down: who is `after` whom, reversed (computed once: O(edges)).
+    dependents: std::collections::HashMap<usize, Vec<usize>>,
+}
+
+impl Daemon {
+    pub(super) fn start_batch(&mut self, conn: Option<u64>, op: Op, ids: Vec<String>) {
+        let members: BTreeSet<usize> = ids.iter().filter_map(|id| self.idx_of(id)).collect();
+        let mut dependents: std::collections::HashMap<usize, Vec<usize>> =
+            std::collections::HashMap::new();
+        if op == Op::Down {
+            for &i in &members {
+                for dep in &self.insts[i].spec.after {
+                    if let Some(d) = self.idx_of(dep) {
+                        dependents.entry(d).or_default().push(i);
+                    }
+                }
+            }
+        }
+        let b = Batch {
+            dependents,
+            conn,
+            op,
+            pending: members.clone(),
+            members,
+            active: BTreeSet::new(),
+            ok: Vec::new(),
+            failed: Vec::new(),
+            started: Instant::now(),
+            begun: Vec::new(),
+        };
+        self.batches.push(b);
+        let n = self.batches.len() - 1;
+        self.advance_batch(n);
+    }
+
+    /// `id` and, transitively, everything it is `after`.
+    pub(super) fn dependency_chain(&self, id: &str) -> Vec<String> {
+        let mut out = BTreeSet::new();
+        let mut todo = vec![id.to_string()];
+        while let Some(x) = todo.pop() {
+            if !out.insert(x.clone()) {
+                continue;
+            }
+            if let Some(i) = self.idx_of(&x) {
+                todo.extend(self.insts[i].spec.after.iter().cloned());
+            }
+        }
+        out.into_iter().collect()
+    }
+
+    /// An instance of some batch changed state: record results, go on.
+    pub(super) fn batch_transition(&mut self, idx: usize) {
+        for n in (0..self.batches.len()).rev() {
+            if !self.batches[n].active.contains(&idx) {
+                continue;
+            }
+            let inst = &self.insts[idx];
+            let state = inst.state();
+            let id = inst.id().to_string();
+            let outcome = match (self.batches[n].op, state) {
+                (Op::Up, State::Running) => Some(Ok("running".to_string())),
+                (Op::Up, State::Failed | State::Stopped) => Some(Err(inst
+                    .fsm
+                    .last_failure
+                    .clone()
+                    .unwrap_or_else(|| state.as_str().into()))),
+                (Op::Down, State::Stopped) => Some(Ok("stopped".into())),
+                (Op::Down, State::Failed) if !inst.procs.iter().any(|p| p.alive()) => {
+                    Some(Ok("stopped".into()))
+                }
+                _ => None,
+            };
+            if let Some(res) = outcome {
+                self.batch_result(n, idx, &id, res);
+                self.advance_batch(n);
+            }
+        }
+    }
+
+    fn batch_result(&mut self, n: usize, idx: usize, id: &str, res: Result<String, String>) {
+        let since = self.batches[n]
+            .begun
+            .iter()
+            .find(|(i, _)| *i == idx)
+            .map(|(_, t)| *t);
+        let took = since
+            .map(|t| format!(" in {:.1}s", t.elapsed().as_secs_f64()))
+            .unwrap_or_default();
+        let b = &mut self.batches[n];
+        b.active.remove(&idx);
+        let conn = b.conn;
+        match res {
+            Ok(state) => {
+                b.ok.push(id.to_string());
+                if let Some(c) = conn {
+                    self.progress(c, id, &state, format!("{id} {state}{took}"));
+                }
+            }
+            Err(why) => {
+                b.failed.push((id.to_string(), why.clone()));
+                if let Some(c) = conn {
+                    self.progress(c, id, "failed", format!("{id} failed{took}: {why}"));
+                }
+            }
+        }
+    }
+
+    fn advance_batch(&mut self, n: usize) {
+        loop {
+            let mut progressed = false;
+            let pending: Vec<usize> = self.batches[n].pending.iter().copied().collect();
+            for idx in pending {
+                match self.readiness_in_batch(n, idx) {
+                    Gate::Wait => continue,
+                    Gate::Blocked(why) => {
+                        self.batches[n].pending.remove(&idx);
+                        let id = self.insts[idx].id().to_string();
+                        self.batch_result(n, idx, &id, Err(why));
+                        progressed = true;
+                    }
+                    Gate::Go => {
+                        self.batches[n].pending.remove(&idx);
+                        self.trigger(n, idx);
+                        progressed = true;
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        let b = &self.batches[n];
+        if b.pending.is_empty() && b.active.is_empty() {
+            let b = self.batches.remove(n);
+            let verb = if b.op == Op::Up { "started" } else { "stopped" };
+            let took = b.started.elapsed().as_secs_f64();
+            if let Some(c) = b.conn {
+                if b.failed.is_empty() {
+                    self.reply_done(
+                        c,
+                        0,
+                        format!("{} instance(s) {verb} in {took:.1}s", b.ok.len()),
+                        None,
+                    );
+                } else {
+                    let names: Vec<String> =
+                        b.failed.iter().map(|(i, w)| format!("{i}: {w}")).collect();
+                    self.reply_done(
+                        c,
+                        1,
+                        format!(
+                            "{} of {} failed:\n{}",
+                            b.failed.len(),
+                            b.members.len(),
+                            names.join("\n")
+                        ),
+                        None,
+                    );
+                }
+            }
+        }
+    }
+
+    fn trigger(&mut self, n: usize, idx: usize) {
+        let op = self.batches[n].op;
+        let state = self.insts[idx].state();
+        let id = self.insts[idx].id().to_string();
+        let now = Instant::now();
+        match op {
+            Op::Up if state == State::Running => {
+                self.batch_result(n, idx, &id, Ok("running".into()));
+            }
+            Op::Up if self.insts[idx].removed => {
+                self.batch_result(n, idx, &id, Err("removed from the instances file".into()));
+            }
+            Op::Up => {
+                self.batches[n].active.insert(idx);
+                self.batches[n].begun.push((idx, now));
+                if let Some(c) = self.batches[n].conn {
+                    self.progress(c, &id, "starting", format!("{id} starting"));
+                }
+                self.post(idx, Event::Start { timeout: None });
+            }
+            Op::Down
+                if state == State::Stopped && !self.insts[idx].procs.iter().any(|p| p.alive()) =>
+            {
+                self.batch_result(n, idx, &id, Ok("stopped".into()));
+            }
+            Op::Down => {
+                self.batches[n].active.insert(idx);
+                self.batches[n].begun.push((idx, now));
+                if let Some(c) = self.batches[n].conn {
+                    self.progress(c, &id, "stopping", format!("{id} stopping"));
+                }
+                self.post(idx, Event::Stop { timeout: None });
+            }
+        }
+    }
+
+    fn readiness_in_batch(&self, n: usize, idx: usize) -> Gate {
+        let b = &self.batches[n];
+        match b.op {
+            Op::Up => {
+                for dep in &self.insts[idx].spec.after {
+                    let Some(d) = self.idx_of(dep) else {
+                        return Gate::Blocked(format!(
+                            "needs {dep}, which is not in the instances file"
+                        ));
+                    };
+                    if b.failed.iter().any(|(f, _)| f == dep) {
+                        return Gate::Blocked(format!("not started: {dep} (after) failed"));
+                    }
+                    if self.insts[d].state() == State::Running {
+                        continue;
+                    }
+                    if b.members.contains(&d) {
+                        return Gate::Wait;
+                    }
+                    return Gate::Blocked(format!("needs {dep} (after), which is not running"));
+                }
+                Gate::Go
+            }
+            Op::Down => {
+                // Wait while something that runs after this one is still
+                // to be stopped by this batch.
+                let waiting = b.dependents.get(&idx).is_some_and(|ds| {
+                    ds.iter()
+                        .any(|i| b.pending.contains(i) || b.active.contains(i))
+                });
+                if waiting { Gate::Wait } else { Gate::Go }
+            }
+        }
+    }
+}
+
+enum Gate {
+    Wait,
+    Go,
+    Blocked(String),
+}

@@ -1,0 +1,200 @@
+//! Reaping: SIGCHLD (via the signalfd) -> `waitpid(-1, WNOHANG)` until
+//! none is left. Every child is ours or an orphan re-parented to us (we are
+//! a child subreaper); each exit becomes an event for its instance.
+
+use std::io::Read;
+use std::os::fd::RawFd;
+
+use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+
+use super::Daemon;
+use super::fsm::Event;
+use super::instance::ProcRole;
+use crate::model::ServiceKind;
+use crate::process::spawn;
+
+/// What a child of the daemon is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// A process of an instance (or a forking service's start script).
+    Proc {
+        idx: usize,
+    },
+    StopCmd {
+        idx: usize,
+    },
+    Probe {
+        idx: usize,
+        slot: usize,
+    },
+    Hook,
+}
+
+/// "exited with status 1" / "killed by signal 9 (SIGKILL)", and whether
+/// it was a clean exit (status 0).
+pub fn describe(ws: WaitStatus) -> Option<(i32, String, bool)> {
+    match ws {
+        WaitStatus::Exited(pid, code) => Some((
+            pid.as_raw(),
+            format!("exited with status {code}"),
+            code == 0,
+        )),
+        WaitStatus::Signaled(pid, sig, core) => Some((
+            pid.as_raw(),
+            format!(
+                "killed by signal {} ({}){}",
+                sig as i32,
+                sig.as_str(),
+                if core { ", core dumped" } else { "" }
+            ),
+            false,
+        )),
+        _ => None,
+    }
+}
+
+impl Daemon {
+    pub(super) fn reap(&mut self) {
+        let mut orphans = false;
+        loop {
+            let ws = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => break,
+                Ok(ws) => ws,
+            };
+            let Some((pid, status, clean)) = describe(ws) else {
+                continue;
+            };
+            match self.children.remove(&pid) {
+                Some(Role::Proc { idx }) => self.proc_exited(idx, pid, status, clean),
+                Some(Role::StopCmd { idx }) => {
+                    tracing::info!(instance = %self.insts[idx].id(), "stop command {status}");
+                    self.insts[idx].stop_cmd = None;
+                    self.post(idx, Event::StopCommandExited { ok: clean });
+                    self.check_empty(idx);
+                }
+                Some(Role::Probe { idx, slot }) => {
+                    self.probe_command_exited(idx, slot, pid, clean, &status)
+                }
+                Some(Role::Hook) => {
+                    if !clean {
+                        tracing::warn!(pid, "event hook {status}");
+                    }
+                }
+                None => orphans = true,
+            }
+        }
+        if orphans {
+            // A double-forked process of some instance was re-parented to us
+            // and died. Without cgroups its instance cannot be told from
+            // the pid any more: look at every instance that is stopping.
+            let stopping: Vec<usize> = (0..self.insts.len())
+                .filter(|i| self.insts[*i].state() == super::fsm::State::Stopping)
+                .collect();
+            for idx in stopping {
+                self.check_empty(idx);
+            }
+        }
+    }
+
+    fn proc_exited(&mut self, idx: usize, pid: i32, status: String, clean: bool) {
+        let spawn_error = self.take_errpipe_of(pid);
+        let kind = self.insts[idx].spec.kind;
+        let id = self.insts[idx].id().to_string();
+        let Some(p) = self.insts[idx].procs.iter_mut().find(|p| p.pid == pid) else {
+            return;
+        };
+        p.exit = Some(status.clone());
+        let (name, role) = (p.name.clone(), p.role);
+        tracing::info!(instance = %id, process = %name, pid, "{status}");
+        self.dirty.insert(idx);
+        if let Some(err) = spawn_error {
+            self.post(idx, Event::LaunchFailed(format!("{name}: {err}")));
+        } else if role == ProcRole::StartScript {
+            self.post(idx, Event::ScriptExited { ok: clean, status });
+        } else if kind == ServiceKind::Simple {
+            self.post(
+                idx,
+                Event::ProcessExited {
+                    name,
+                    status,
+                    clean,
+                },
+            );
+        }
+        self.check_empty(idx);
+    }
+
+    /// The exec result of a child that has just died, if its pipe is still
+    /// open: a failure report there explains an exit status 127.
+    fn take_errpipe_of(&mut self, pid: i32) -> Option<spawn::SpawnError> {
+        let fd = self
+            .errpipes
+            .iter()
+            .find(|(_, e)| e.child.pid == pid)
+            .map(|(fd, _)| *fd)?;
+        let mut e = self.errpipes.remove(&fd)?;
+        self.deregister(&e.child.errpipe);
+        // The child is dead: what it wrote is all there, then EOF.
+        let _ = std::fs::File::from(e.child.errpipe.try_clone().ok()?).read_to_end(&mut e.buf);
+        spawn::decode_failure(&e.child, &e.buf)
+    }
+
+    /// The exec-error pipe of a child became readable. EOF with nothing
+    /// read: exec succeeded, forget it. A report: keep it for the reaper.
+    pub(super) fn on_errpipe(&mut self, fd: RawFd) {
+        let Some(e) = self.errpipes.get_mut(&fd) else {
+            return;
+        };
+        let mut buf = [0u8; 16];
+        loop {
+            match nix::unistd::read(&e.child.errpipe, &mut buf) {
+                Ok(0) => {
+                    let done = self.errpipes.remove(&fd);
+                    if let Some(mut d) = done {
+                        self.deregister(&d.child.errpipe);
+                        if !d.buf.is_empty() {
+                            // Keep the report (unregistered) for the reaper.
+                            d.buf.shrink_to_fit();
+                            self.errpipes.insert(fd, d);
+                        }
+                    }
+                    return;
+                }
+                Ok(n) => e.buf.extend_from_slice(&buf[..n]),
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// An adopted process (not our child) exited: its pidfd became readable.
+    pub(super) fn on_pidfd(&mut self, fd: RawFd) {
+        let Some((idx, pid)) = self.pidfds.remove(&fd) else {
+            return;
+        };
+        let kind = self.insts[idx].spec.kind;
+        let Some(p) = self.insts[idx].procs.iter_mut().find(|p| p.pid == pid) else {
+            return;
+        };
+        if let Some(f) = p.pidfd.take() {
+            let _ = self.epoll.delete(&f);
+        }
+        let status =
+            "exited (status unknown: it was adopted from a previous supervisor)".to_string();
+        p.exit = Some(status.clone());
+        let (name, role) = (p.name.clone(), p.role);
+        tracing::info!(instance = %self.insts[idx].id(), process = %name, pid, "{status}");
+        self.dirty.insert(idx);
+        if kind == ServiceKind::Simple && role == ProcRole::Main {
+            self.post(
+                idx,
+                Event::ProcessExited {
+                    name,
+                    status,
+                    clean: false,
+                },
+            );
+        }
+        self.check_empty(idx);
+    }
+}

@@ -1,0 +1,650 @@
+//! Performing the table's actions: launch, signal, kill, clean up, and
+//! what a transition means to the outside (log, state file, hooks,
+//! waiting clients).
+
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime};
+
+use nix::sys::epoll::EpollFlags;
+
+use super::children::Role;
+use super::fsm::{Action, Event, State};
+use super::instance::{Proc, ProcRole, WaitFor};
+use super::{Daemon, tok};
+use crate::isolation::address;
+use crate::isolation::lock::{Holder, Lock};
+use crate::model::{AddressMode, ServiceKind};
+use crate::process::pidfd::Pidfd;
+use crate::process::spawn::{ExecPlan, Output, Spawn};
+use crate::process::{procfs, track};
+
+impl Daemon {
+    pub(super) fn execute(&mut self, idx: usize, a: Action, now: Instant) {
+        match a {
+            Action::WaitAddress => self.wait_address(idx),
+            Action::Launch => self.launch(idx),
+            Action::CheckReady => self.start_ready_probe(idx, now),
+            Action::CancelChecks => self.cancel_probes(idx),
+            Action::RunStopCommand => self.run_stop_command(idx),
+            Action::Signal(sig) => {
+                let n = self.signal_all(idx, sig);
+                tracing::info!(instance = %self.insts[idx].id(), signal = sig, processes = n, "signalled");
+                self.check_empty(idx);
+            }
+            Action::KillAll => {
+                self.kill_all(idx);
+                self.check_empty(idx);
+            }
+            Action::Deadline(at) => self.deadline(idx, at),
+            Action::Transition { from, to, reason } => {
+                self.on_transition(idx, from, to, reason, now)
+            }
+            Action::Cleanup => self.cleanup(idx),
+        }
+    }
+
+    // ------------------------------------------------------------ address
+
+    fn wait_address(&mut self, idx: usize) {
+        let spec = self.insts[idx].spec.clone();
+        let Some(addr) = spec.address else {
+            self.post(idx, Event::AddressReady);
+            return;
+        };
+        if let AddressMode::Own { interface, prefix } = &spec.address_mode {
+            match address::add(addr, *prefix, interface) {
+                Ok(()) => {
+                    self.insts[idx].owned_address = true;
+                    tracing::info!(instance = %spec.id, "added {addr}/{prefix} to {interface}");
+                }
+                Err(e) => {
+                    self.post(idx, Event::LaunchFailed(e.to_string()));
+                    return;
+                }
+            }
+        }
+        self.waiting_address.insert(idx);
+        self.ensure_address_watch();
+        self.check_address(idx);
+        if self.waiting_address.contains(&idx) {
+            let msg = format!("waiting for {addr} to be configured on this node");
+            tracing::info!(instance = %spec.id, "{msg}");
+            self.progress_waiters(idx, &msg);
+        }
+    }
+
+    pub(super) fn check_address(&mut self, idx: usize) {
+        if self.insts[idx].state() != State::WaitingAddress {
+            self.waiting_address.remove(&idx);
+            return;
+        }
+        let Some(addr) = self.insts[idx].spec.address else {
+            return;
+        };
+        match address::is_local(addr) {
+            Ok(true) => {
+                self.waiting_address.remove(&idx);
+                self.post(idx, Event::AddressReady);
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(instance = %self.insts[idx].id(), "checking {addr}: {e}"),
+        }
+    }
+
+    // ------------------------------------------------------------ launch
+
+    fn launch(&mut self, idx: usize) {
+        self.waiting_address.remove(&idx);
+        match self.try_launch(idx) {
+            Ok(()) => self.post(idx, Event::Launched),
+            Err(msg) => self.post(idx, Event::LaunchFailed(msg)),
+        }
+    }
+
+    fn try_launch(&mut self, idx: usize) -> Result<(), String> {
+        let spec = self.insts[idx].spec.clone();
+        let id = spec.id.clone();
+        // Shared storage first: a missing disk must not be papered over by
+        // creating its directories on the local disk.
+        for (k, p) in &spec.paths {
+            if !p.is_dir() {
+                return Err(format!(
+                    "shared path {} (paths.{k}) does not exist on this node: is {id}'s storage mounted here?",
+                    p.display()
+                ));
+            }
+        }
+        if let Some(lp) = &spec.lock
+            && self.insts[idx].lock.is_none()
+        {
+            let me = Holder {
+                node: self.node.clone(),
+                pid: std::process::id(),
+                since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                runtime_dir: self.opts.runtime_dir.display().to_string(),
+                instance: id.clone(),
+            };
+            let lock = Lock::acquire(lp, &me).map_err(|e| e.to_string())?;
+            if let Some(prev) = &lock.previous
+                && prev.node != self.node
+            {
+                let reason = format!("taken over from {}", prev.describe());
+                tracing::warn!(instance = %id, "{reason}");
+                self.run_hooks(idx, "taken-over", State::Starting, State::Starting, &reason);
+            }
+            self.insts[idx].lock = Some(lock);
+        }
+        match &self.cgroot {
+            Ok(root) => {
+                let cg = root.create(&id, &spec.limits).map_err(|e| format!("{e}"))?;
+                self.insts[idx].cgroup = Some(cg);
+                self.watch_cgroup(idx);
+            }
+            Err(why) if !spec.limits.is_empty() => {
+                return Err(format!(
+                    "memory_max/pids_max/cpu_weight/cpu_max need cgroups, which cannot be used here: {why}"
+                ));
+            }
+            Err(_) => {}
+        }
+        let log_dir = self.log_dir(idx);
+        if spec.log_dir.is_none() {
+            std::fs::create_dir_all(&log_dir)
+                .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+        }
+        let role = match spec.kind {
+            ServiceKind::Simple => ProcRole::Main,
+            ServiceKind::Forking => ProcRole::StartScript,
+        };
+        self.insts[idx].procs.clear();
+        self.insts[idx].warnings.clear();
+        for p in &spec.processes {
+            for k in 1..=p.count {
+                let name = if p.count == 1 {
+                    p.name.clone()
+                } else {
+                    format!("{}.{k}", p.name)
+                };
+                let log =
+                    open_log(&log_dir, &name, true).map_err(|e| format!("log of {name}: {e}"))?;
+                self.spawn_tracked(idx, &name, &p.argv, Output::File(log), role)?;
+            }
+        }
+        self.dirty.insert(idx);
+        Ok(())
+    }
+
+    /// Forks one process into the instance (its cgroup, its lock).
+    fn spawn_tracked(
+        &mut self,
+        idx: usize,
+        name: &str,
+        argv: &[String],
+        output: Output,
+        role: ProcRole,
+    ) -> Result<i32, String> {
+        let spec = self.insts[idx].spec.clone();
+        let cgroups = match &self.insts[idx].cgroup {
+            Some(cg) => cg
+                .join_files()
+                .map_err(|e| format!("opening {}: {e}", cg.dir.display()))?,
+            None => Vec::new(),
+        };
+        let plan = ExecPlan::new(Spawn {
+            argv,
+            run: &spec.run,
+            output,
+            cgroups,
+            inherit: self.insts[idx].lock.as_ref().map(Lock::raw_fd),
+            setsid: true,
+        })
+        .map_err(|e| format!("{name}: {e}"))?;
+        let child = plan.spawn().map_err(|e| format!("{name}: {e}"))?;
+        let pid = child.pid;
+        let start_time = procfs::start_time(pid).unwrap_or(0);
+        tracing::info!(instance = %spec.id, process = name, pid, "started");
+        let fd = child.errpipe.as_raw_fd();
+        self.register(
+            child.errpipe.as_fd(),
+            tok::ERRPIPE | fd as u64,
+            EpollFlags::EPOLLIN,
+        );
+        self.errpipes.insert(
+            fd,
+            super::ErrPipe {
+                child,
+                buf: Vec::new(),
+            },
+        );
+        self.children.insert(pid, Role::Proc { idx });
+        self.insts[idx].procs.push(Proc {
+            name: name.to_string(),
+            pid,
+            start_time,
+            role,
+            child: true,
+            pidfd: None,
+            exit: None,
+        });
+        Ok(pid)
+    }
+
+    pub fn log_dir(&self, idx: usize) -> PathBuf {
+        let spec = &self.insts[idx].spec;
+        spec.log_dir
+            .clone()
+            .unwrap_or_else(|| self.runtime_path("logs").join(&spec.id))
+    }
+
+    fn run_stop_command(&mut self, idx: usize) {
+        let spec = self.insts[idx].spec.clone();
+        let Some(argv) = &spec.stop.command else {
+            return;
+        };
+        let log_dir = self.log_dir(idx);
+        let first = spec
+            .processes
+            .first()
+            .map(|p| p.name.as_str())
+            .unwrap_or("stop");
+        let output = match open_log(&log_dir, first, false) {
+            Ok(f) => Output::File(f),
+            Err(_) => Output::Null,
+        };
+        let cgroups = self.insts[idx]
+            .cgroup
+            .as_ref()
+            .and_then(|cg| cg.join_files().ok())
+            .unwrap_or_default();
+        // The stop command runs inside the instance: the SIGKILL at the
+        // deadline covers it too, and nothing it starts outlives the stop.
+        let plan = ExecPlan::new(Spawn {
+            argv,
+            run: &spec.run,
+            output,
+            cgroups,
+            inherit: None,
+            setsid: true,
+        });
+        match plan.and_then(|p| p.spawn()) {
+            Ok(child) => {
+                tracing::info!(instance = %spec.id, pid = child.pid, "running the stop command");
+                self.children.insert(child.pid, Role::StopCmd { idx });
+                self.insts[idx].stop_cmd = Some(child.pid);
+            }
+            Err(e) => {
+                tracing::warn!(instance = %spec.id, "stop command: {e}; sending the stop signal instead");
+                self.post(idx, Event::StopCommandExited { ok: false });
+            }
+        }
+    }
+
+    // ------------------------------------------------------------ processes
+
+    /// Every process of the instance now, with the start time where known.
+    pub fn members(&self, idx: usize) -> Vec<(i32, Option<u64>)> {
+        let inst = &self.insts[idx];
+        if let Some(cg) = &inst.cgroup {
+            let mut m: Vec<(i32, Option<u64>)> = cg.pids().into_iter().map(|p| (p, None)).collect();
+            // A child joins its cgroup itself, right after fork: until it has,
+            // only our own record knows it (and it cannot have forked yet).
+            for p in inst.procs.iter().filter(|p| p.child && p.alive()) {
+                if !m.iter().any(|(x, _)| *x == p.pid) {
+                    m.push((p.pid, Some(p.start_time)));
+                }
+            }
+            if let Some(pid) = inst.stop_cmd
+                && !m.iter().any(|(x, _)| *x == pid)
+            {
+                m.push((pid, None));
+            }
+            return m;
+        }
+        let mut seeds: Vec<(i32, u64)> = inst
+            .procs
+            .iter()
+            .filter(|p| p.alive())
+            .map(|p| (p.pid, p.start_time))
+            .collect();
+        if let Some(pid) = inst.stop_cmd
+            && let Some(t) = procfs::start_time(pid)
+        {
+            seeds.push((pid, t));
+        }
+        if seeds.is_empty() {
+            return Vec::new();
+        }
+        track::session_members(&seeds)
+            .into_iter()
+            .map(|(p, t)| (p, Some(t)))
+            .collect()
+    }
+
+    /// Sends `sig` to every member; never to a process that is not one
+    /// (see `signal_member`). Returns how many were signalled.
+    pub fn signal_all(&mut self, idx: usize, sig: i32) -> usize {
+        let members = self.members(idx);
+        let mut n = 0;
+        for (pid, start) in members {
+            if self.signal_member(idx, pid, start, sig) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// One signal, PID-reuse safe: our own unreaped child cannot have been
+    /// replaced (its pid is not free until we reap it); anyone else is
+    /// signalled through a pidfd opened and then verified to be a member
+    /// (cgroup membership, or the start time seen when it was found).
+    fn signal_member(&self, idx: usize, pid: i32, start: Option<u64>, sig: i32) -> bool {
+        if self.children.contains_key(&pid) {
+            // SAFETY: kill(2) to our unreaped child.
+            return unsafe { libc::kill(pid, sig) } == 0;
+        }
+        let fd = match (&self.insts[idx].cgroup, start) {
+            (Some(cg), _) => Pidfd::open_in_cgroup(pid, &cg.rel),
+            (None, Some(t)) => Pidfd::open_verified(pid, t),
+            (None, None) => return false,
+        };
+        match fd {
+            Ok(Some(fd)) => fd.signal(sig).unwrap_or(false),
+            _ => false,
+        }
+    }
+
+    pub fn kill_all(&mut self, idx: usize) {
+        let id = self.insts[idx].id().to_string();
+        if let Some(cg) = &self.insts[idx].cgroup {
+            if let Err(e) = cg.kill() {
+                tracing::error!(instance = %id, "cgroup.kill: {e}");
+            }
+        }
+        // Also by tracking: covers the fallback and any process that is
+        // our child but left the cgroup (a root service can move itself).
+        let n = self.signal_all(idx, libc::SIGKILL);
+        for p in self.insts[idx]
+            .procs
+            .iter()
+            .filter(|p| p.alive() && p.child)
+        {
+            // SAFETY: our unreaped child.
+            unsafe { libc::kill(p.pid, libc::SIGKILL) };
+        }
+        if let Some(pid) = self.insts[idx].stop_cmd {
+            // SAFETY: our unreaped child (the stop command).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        tracing::info!(instance = %id, processes = n, "SIGKILL sent");
+    }
+
+    /// Posts `Empty` when no process of the instance is left.
+    pub fn check_empty(&mut self, idx: usize) {
+        let inst = &self.insts[idx];
+        // Our children must be reaped first, so their exit status is known
+        // before "empty" is (the cgroup may empty before SIGCHLD is read).
+        if inst.procs.iter().any(|p| p.child && p.alive()) || inst.stop_cmd.is_some() {
+            return;
+        }
+        if inst
+            .procs
+            .iter()
+            .any(|p| !p.child && p.alive() && !p.pidfd.as_ref().is_none_or(|f| f.exited()))
+        {
+            return;
+        }
+        let empty = match &inst.cgroup {
+            Some(cg) => !cg.populated(),
+            None => self.members(idx).is_empty(),
+        };
+        if empty {
+            self.post(idx, Event::Empty);
+        }
+    }
+
+    fn cleanup(&mut self, idx: usize) {
+        self.waiting_address.remove(&idx);
+        self.unwatch_cgroup(idx);
+        let inst = &mut self.insts[idx];
+        if let Some(cg) = inst.cgroup.take() {
+            cg.remove();
+        }
+        // Closing our fd releases the lock: every other holder (the
+        // instance's processes) is gone.
+        inst.lock = None;
+        for p in inst.procs.iter_mut().filter(|p| p.pidfd.is_some()) {
+            if let Some(fd) = p.pidfd.take() {
+                self.pidfds.remove(&fd.as_raw_fd());
+                let _ = self.epoll.delete(&fd);
+            }
+        }
+        if inst.owned_address {
+            inst.owned_address = false;
+            if let (Some(addr), AddressMode::Own { interface, prefix }) =
+                (inst.spec.address, &inst.spec.address_mode)
+            {
+                match address::remove(addr, *prefix, interface) {
+                    Ok(()) => {
+                        tracing::info!(instance = %inst.spec.id, "removed {addr}/{prefix} from {interface}")
+                    }
+                    Err(e) => tracing::error!(instance = %inst.spec.id, "{e}"),
+                }
+            }
+        }
+        self.dirty.insert(idx);
+    }
+
+    // ------------------------------------------------------------ transitions
+
+    fn on_transition(&mut self, idx: usize, from: State, to: State, reason: String, now: Instant) {
+        let id = self.insts[idx].id().to_string();
+        self.insts[idx].since_wall = SystemTime::now();
+        if to == State::Failed {
+            tracing::error!(instance = %id, from = from.as_str(), to = to.as_str(), "{reason}");
+        } else {
+            tracing::info!(instance = %id, from = from.as_str(), to = to.as_str(), "{reason}");
+        }
+        self.dirty.insert(idx);
+        match to {
+            State::Running => {
+                self.insts[idx].healthy = None;
+                match self.bind_audit(idx) {
+                    Some(violation) => self.post(idx, Event::Violation(violation)),
+                    None => {
+                        self.schedule_health(idx, now);
+                        let msg = self.ready_message(idx);
+                        self.answer_waiters(idx, WaitFor::Start, 0, msg);
+                    }
+                }
+            }
+            State::Failed => {
+                let msg = self.failure_message(idx, &reason);
+                self.answer_waiters(idx, WaitFor::Start, 1, msg);
+                if !self.insts[idx].procs.iter().any(|p| p.alive()) {
+                    self.answer_waiters(
+                        idx,
+                        WaitFor::Stop,
+                        0,
+                        format!("{id} is stopped (failed: {reason})"),
+                    );
+                }
+            }
+            State::Stopped => {
+                // Within one step the table may stop and go on to a queued
+                // start (restart): then the start waiters keep waiting.
+                if self.insts[idx].state() == State::Stopped {
+                    self.answer_waiters(
+                        idx,
+                        WaitFor::Start,
+                        1,
+                        format!("start of {id} cancelled: {reason}"),
+                    );
+                }
+                self.answer_waiters(idx, WaitFor::Stop, 0, format!("{id} is stopped"));
+            }
+            State::Stopping if from == State::Stopping => {
+                // SIGKILL did not finish the job: tell whoever waits.
+                let left: Vec<String> = self
+                    .members(idx)
+                    .iter()
+                    .map(|(p, _)| p.to_string())
+                    .collect();
+                self.answer_waiters(
+                    idx,
+                    WaitFor::Stop,
+                    1,
+                    format!(
+                        "{id}: processes {} did not exit after SIGKILL (uninterruptible I/O?)",
+                        left.join(" ")
+                    ),
+                );
+            }
+            _ => {}
+        }
+        if !matches!(to, State::Running) {
+            self.answer_monitors(idx);
+        }
+        if matches!(to, State::Stopped | State::Failed) && self.insts[idx].next_spec.is_some() {
+            self.insts[idx].apply_next_spec();
+            tracing::info!(instance = %id, "new definition from the last reload now in use");
+        }
+        if from != to {
+            let event = match to {
+                State::WaitingAddress | State::Starting => "starting",
+                State::Running => "ready",
+                State::Stopping => "stopping",
+                State::Stopped => "stopped",
+                State::Restarting => "restarting",
+                State::Failed => "failed",
+            };
+            self.run_hooks(idx, event, from, to, &reason);
+        }
+        self.batch_transition(idx);
+    }
+
+    fn answer_waiters(&mut self, idx: usize, what: WaitFor, code: i32, msg: String) {
+        let waiting: Vec<u64> = self.insts[idx]
+            .waiters
+            .iter()
+            .filter(|(_, w)| *w == what)
+            .map(|(c, _)| *c)
+            .collect();
+        self.insts[idx].waiters.retain(|(_, w)| *w != what);
+        for c in waiting {
+            self.reply_done(c, code, msg.clone(), None);
+        }
+    }
+
+    fn progress_waiters(&mut self, idx: usize, msg: &str) {
+        let id = self.insts[idx].id().to_string();
+        let state = self.insts[idx].state().as_str();
+        let waiting: Vec<u64> = self.insts[idx].waiters.iter().map(|(c, _)| *c).collect();
+        for c in waiting {
+            self.progress(c, &id, state, msg);
+        }
+    }
+
+    fn ready_message(&self, idx: usize) -> String {
+        let inst = &self.insts[idx];
+        let pids: Vec<String> = inst
+            .procs
+            .iter()
+            .filter(|p| p.alive())
+            .map(|p| p.pid.to_string())
+            .collect();
+        let how = match &inst.spec.ready.check {
+            Some(c) => format!("ready: {}", c.describe()),
+            None => "no readiness check".into(),
+        };
+        let pids = if pids.is_empty() {
+            let m = self.members(idx);
+            m.iter()
+                .map(|(p, _)| p.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        } else {
+            pids.join(" ")
+        };
+        format!("{} is running (pid {pids}; {how})", inst.id())
+    }
+
+    /// A start failure as the operator needs it: the reason, the last
+    /// probe result, and the end of each process log.
+    pub fn failure_message(&self, idx: usize, reason: &str) -> String {
+        let inst = &self.insts[idx];
+        let mut msg = format!("{} failed to start: {reason}", inst.id());
+        if let Some(p) = &inst.ready_probe
+            && let Some(last) = &p.last
+            && !last.ok
+        {
+            msg.push_str(&format!(
+                "\nlast readiness check: {}: {}",
+                p.check.describe(),
+                last.message
+            ));
+        }
+        let dir = self.log_dir(idx);
+        for p in &inst.spec.processes {
+            let name = if p.count == 1 {
+                p.name.clone()
+            } else {
+                format!("{}.1", p.name)
+            };
+            let path = dir.join(format!("{name}.log"));
+            let tail: Vec<String> = crate::util::tail(&path, 8)
+                .into_iter()
+                .map(|l| format!("  {l}"))
+                .collect();
+            let tail = tail.join("\n");
+            if !tail.is_empty() {
+                msg.push_str(&format!("\nlast lines of {}:\n{}", path.display(), tail));
+            }
+        }
+        msg
+    }
+
+    /// After `running`: a process listening on the wildcard address for
+    /// the instance's port would block a co-resident copy ("port 94: In
+    /// use"). A warning; with `strict_bind`, the violation to fail with.
+    fn bind_audit(&mut self, idx: usize) -> Option<String> {
+        let spec = self.insts[idx].spec.clone();
+        let port = spec.port?;
+        spec.address?;
+        let members: Vec<i32> = self.members(idx).into_iter().map(|(p, _)| p).collect();
+        let found = crate::isolation::audit::wildcard_listeners(&members, port);
+        if found.is_empty() {
+            return None;
+        }
+        let what: Vec<String> = found
+            .iter()
+            .map(|(pid, comm, a)| format!("{comm} (pid {pid}) on {a}"))
+            .collect();
+        let warning = format!(
+            "listens on every address for port {port}: {} — a second copy on this node would fail with \"address in use\"; make the service bind {}",
+            what.join(", "),
+            spec.address.map(|a| a.to_string()).unwrap_or_default()
+        );
+        tracing::warn!(instance = %spec.id, "{warning}");
+        self.insts[idx].warnings.push(warning.clone());
+        spec.strict_bind
+            .then(|| format!("strict_bind: a process {warning}"))
+    }
+}
+
+/// Opens `<dir>/<name>.log` for appending; `rotate` keeps the previous one
+/// as `<name>.log.1` first (contract: one old log per start).
+pub fn open_log(dir: &Path, name: &str, rotate: bool) -> std::io::Result<OwnedFd> {
+    let path = dir.join(format!("{name}.log"));
+    if rotate && path.exists() {
+        std::fs::rename(&path, dir.join(format!("{name}.log.1")))?;
+    }
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)?;
+    Ok(OwnedFd::from(f))
+}

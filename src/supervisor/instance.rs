@@ -1,0 +1,245 @@
+//! What the daemon knows about one instance at run time.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use crate::isolation::cgroup::InstanceCgroup;
+use crate::isolation::lock::Lock;
+use crate::model::{Check, InstanceSpec};
+use crate::process::pidfd::Pidfd;
+use crate::supervisor::fsm::{Fsm, Policy, State};
+
+/// How a tracked process came to us.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcRole {
+    /// A process of a simple service: its exit is the instance failing.
+    Main,
+    /// The start script of a forking service.
+    StartScript,
+}
+
+#[derive(Debug)]
+pub struct Proc {
+    pub name: String,
+    pub pid: i32,
+    pub start_time: u64,
+    pub role: ProcRole,
+    /// Our child: `waitpid` gives its status. Adopted processes are not.
+    pub child: bool,
+    /// Adopted processes: watched through their pidfd in the epoll set.
+    pub pidfd: Option<Pidfd>,
+    /// "exited with status 1" once it is gone.
+    pub exit: Option<String>,
+}
+
+impl Proc {
+    pub fn alive(&self) -> bool {
+        self.exit.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeRole {
+    Ready,
+    Health,
+}
+
+impl ProbeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProbeRole::Ready => "ready",
+            ProbeRole::Health => "health",
+        }
+    }
+}
+
+/// A probe run in flight.
+#[derive(Debug)]
+pub enum Running {
+    Tcp {
+        sock: OwnedFd,
+        stage: TcpStage,
+        deadline: Instant,
+    },
+    Command {
+        pid: i32,
+        deadline: Instant,
+    },
+}
+
+#[derive(Debug)]
+pub enum TcpStage {
+    Connecting,
+    Reading(Vec<u8>),
+}
+
+#[derive(Debug, Clone)]
+pub struct ProbeResult {
+    pub at: Instant,
+    pub ok: bool,
+    pub message: String,
+}
+
+/// A readiness or health check of the instance and its last result.
+#[derive(Debug)]
+pub struct Probe {
+    pub role: ProbeRole,
+    pub check: Check,
+    pub timeout: Duration,
+    /// Health: time between runs. Ready: unused (retries back off).
+    pub interval: Duration,
+    /// Bumped to invalidate timers and in-flight results.
+    pub epoch: u64,
+    pub running: Option<Running>,
+    pub last: Option<ProbeResult>,
+    pub attempts: u32,
+    /// Connections waiting for this probe's next result (monitor).
+    pub waiters: Vec<u64>,
+}
+
+impl Probe {
+    pub fn new(role: ProbeRole, check: Check, timeout: Duration, interval: Duration) -> Probe {
+        Probe {
+            role,
+            check,
+            timeout,
+            interval,
+            epoch: 0,
+            running: None,
+            last: None,
+            attempts: 0,
+            waiters: Vec::new(),
+        }
+    }
+
+    /// The last result is recent enough to answer a monitor with.
+    pub fn fresh(&self, now: Instant) -> bool {
+        self.last
+            .as_ref()
+            .is_some_and(|r| now.duration_since(r.at) <= self.interval)
+    }
+}
+
+/// What a connection waits for on this instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitFor {
+    /// `running` (ok) or a start failure.
+    Start,
+    /// `stopped`.
+    Stop,
+    /// A monitor verdict once the probes in flight finish.
+    Monitor,
+}
+
+#[derive(Debug)]
+pub struct Inst {
+    pub spec: Arc<InstanceSpec>,
+    /// A reload changed the definition; applied at the next start.
+    pub next_spec: Option<Arc<InstanceSpec>>,
+    /// A reload removed the instance: refused new starts.
+    pub removed: bool,
+    pub fsm: Fsm,
+    /// Wall-clock time the current state began (for status).
+    pub since_wall: SystemTime,
+    pub procs: Vec<Proc>,
+    pub cgroup: Option<InstanceCgroup>,
+    pub cg_watch: Option<nix::sys::inotify::WatchDescriptor>,
+    pub lock: Option<Lock>,
+    /// cohost added the address (address_mode = "own") and removes it.
+    pub owned_address: bool,
+    pub ready_probe: Option<Probe>,
+    pub health: Vec<Probe>,
+    pub waiters: Vec<(u64, WaitFor)>,
+    /// Generation of the FSM deadline timer.
+    pub deadline_epoch: u64,
+    /// Pid of the running stop command.
+    pub stop_cmd: Option<i32>,
+    /// Conditions worth a look (bind audit, log space).
+    pub warnings: Vec<String>,
+    /// Last health verdict reported (for "unhealthy"/"healthy" events).
+    pub healthy: Option<bool>,
+    /// The instance was adopted from a previous supervisor.
+    pub adopted: bool,
+}
+
+impl Inst {
+    pub fn new(spec: Arc<InstanceSpec>, now: Instant) -> Inst {
+        let (ready_probe, health) = probes_of(&spec);
+        Inst {
+            spec,
+            next_spec: None,
+            removed: false,
+            fsm: Fsm::new(now),
+            since_wall: SystemTime::now(),
+            procs: Vec::new(),
+            cgroup: None,
+            cg_watch: None,
+            lock: None,
+            owned_address: false,
+            ready_probe,
+            health,
+            waiters: Vec::new(),
+            deadline_epoch: 0,
+            stop_cmd: None,
+            warnings: Vec::new(),
+            healthy: None,
+            adopted: false,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.spec.id
+    }
+
+    pub fn state(&self) -> State {
+        self.fsm.state
+    }
+
+    pub fn policy(&self) -> Policy {
+        let s = &self.spec;
+        Policy {
+            kind: s.kind,
+            restart: s.restart.clone(),
+            start_timeout: s.ready.timeout,
+            stop_timeout: s.stop.timeout,
+            stop_signal: s.stop.signal,
+            has_stop_command: s.stop.command.is_some(),
+            has_ready_check: s.ready.check.is_some(),
+            gate_address: s.address_mode != crate::model::AddressMode::None,
+        }
+    }
+
+    /// Takes a reloaded definition into use (only when nothing runs).
+    pub fn apply_next_spec(&mut self) {
+        if let Some(next) = self.next_spec.take() {
+            let (r, h) = probes_of(&next);
+            self.ready_probe = r;
+            self.health = h;
+            self.spec = next;
+        }
+    }
+
+    pub fn live_children(&self) -> impl Iterator<Item = &Proc> {
+        self.procs.iter().filter(|p| p.alive() && p.child)
+    }
+}
+
+fn probes_of(spec: &InstanceSpec) -> (Option<Probe>, Vec<Probe>) {
+    let ready = spec.ready.check.clone().map(|c| {
+        // A readiness probe attempt never waits longer than this; the start
+        // deadline bounds the whole.
+        Probe::new(
+            ProbeRole::Ready,
+            c,
+            Duration::from_secs(5).min(spec.ready.timeout),
+            Duration::ZERO,
+        )
+    });
+    let health = spec
+        .health
+        .iter()
+        .map(|h| Probe::new(ProbeRole::Health, h.check.clone(), h.timeout, h.interval))
+        .collect();
+    (ready, health)
+}

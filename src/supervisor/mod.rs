@@ -1,0 +1,720 @@
+//! The daemon: one thread, one blocking `epoll_wait` over the signalfd,
+//! the control socket, client connections, inotify (cgroup.events),
+//! rtnetlink (addresses), probe sockets and pidfds, with the nearest timer
+//! deadline as its timeout. It never sleeps to poll: with nothing to do it
+//! does not wake up (s6-supervise's rule).
+//!
+//! Each instance's life cycle is the pure table in [`fsm`]; this module and
+//! its siblings are the one executor of the actions that table returns.
+
+pub mod fsm;
+pub mod instance;
+
+mod batch;
+mod children;
+mod conn;
+mod exec;
+mod hooks;
+mod persist;
+mod probe;
+mod requests;
+mod timers;
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::inotify::{InitFlags, Inotify};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
+use crate::config::{self, Diag, Trust};
+use crate::isolation::cgroup::{self, CgroupRoot};
+use crate::model::Config;
+use fsm::Event;
+use instance::Inst;
+
+/// Epoll tokens: the kind in the top byte, a value below.
+mod tok {
+    pub const SIGNAL: u64 = 1 << 56;
+    pub const LISTEN: u64 = 2 << 56;
+    pub const INOTIFY: u64 = 3 << 56;
+    pub const NETLINK: u64 = 4 << 56;
+    pub const CONN: u64 = 5 << 56;
+    pub const ERRPIPE: u64 = 6 << 56;
+    pub const PROBE: u64 = 7 << 56;
+    pub const PIDFD: u64 = 8 << 56;
+    pub const KIND: u64 = 0xff << 56;
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+pub struct Options {
+    pub runtime_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub log_format: LogFormat,
+    pub log_level: tracing::Level,
+    /// Write "ready" here once the socket listens (set by `cohost start`
+    /// when it launches the daemon), then close it.
+    pub notify_fd: Option<RawFd>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(
+        "runtime dir {path}: {source}; it must be a directory this user can write (see --runtime-dir)"
+    )]
+    RuntimeDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("another cohost daemon{} already runs for {runtime_dir}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
+    AlreadyRunning {
+        runtime_dir: PathBuf,
+        pid: Option<u32>,
+    },
+    #[error("the instances file is invalid:\n{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+    Config(Vec<Diag>),
+    #[error("control socket {path}: {source}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{step}: {source}")]
+    Os {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl DaemonError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            DaemonError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn os(step: &'static str) -> impl FnOnce(nix::Error) -> DaemonError {
+    move |e| DaemonError::Os {
+        step,
+        source: e.into(),
+    }
+}
+
+/// A child whose exec result is not known yet.
+pub(crate) struct ErrPipe {
+    pub child: crate::process::spawn::Child,
+    pub buf: Vec<u8>,
+}
+
+pub(crate) struct Daemon {
+    pub opts: Options,
+    pub config: Arc<Config>,
+    pub node: String,
+    pub insts: Vec<Inst>,
+    pub index: HashMap<String, usize>,
+    epoll: Epoll,
+    sigfd: SignalFd,
+    listener: OwnedFd,
+    inotify: Inotify,
+    pub cg_watches: HashMap<nix::sys::inotify::WatchDescriptor, usize>,
+    netlink: Option<OwnedFd>,
+    /// Instances waiting for their address.
+    pub waiting_address: BTreeSet<usize>,
+    pub cgroot: Result<CgroupRoot, String>,
+    pub conns: HashMap<u64, conn::Conn>,
+    next_conn: u64,
+    pub children: HashMap<i32, children::Role>,
+    pub timers: timers::Timers,
+    queue: VecDeque<(usize, Event)>,
+    pub batches: Vec<batch::Batch>,
+    pub dirty: BTreeSet<usize>,
+    pub shutting_down: bool,
+    /// Exec-error pipes of children not yet known to have exec'd.
+    pub errpipes: HashMap<RawFd, ErrPipe>,
+    /// Probe sockets in flight: fd -> (instance, probe slot).
+    pub probe_fds: HashMap<RawFd, (usize, usize)>,
+    /// pidfds of adopted processes: fd -> (instance, pid).
+    pub pidfds: HashMap<RawFd, (usize, i32)>,
+    /// Held while we run: a second daemon for this runtime dir is refused.
+    _runtime_lock: OwnedFd,
+}
+
+pub fn run(opts: Options) -> i32 {
+    let mut d = match Daemon::new(opts) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!("{e}");
+            eprintln!("cohost daemon: {e}");
+            return e.exit_code();
+        }
+    };
+    match d.main_loop() {
+        Ok(()) => 0,
+        Err(e) => {
+            tracing::error!("event loop failed: {e}");
+            1
+        }
+    }
+}
+
+impl Daemon {
+    fn new(opts: Options) -> Result<Daemon, DaemonError> {
+        let rt = opts.runtime_dir.clone();
+        let rt_err = |source| DaemonError::RuntimeDir {
+            path: rt.clone(),
+            source,
+        };
+        prepare_runtime_dir(&rt).map_err(rt_err)?;
+        let runtime_lock = take_runtime_lock(&rt)?;
+
+        let config = config::load(&opts.config_dir, Trust::for_current_user())
+            .map_err(DaemonError::Config)?;
+        let node = match &config.supervisor.node {
+            Some(n) => n.clone(),
+            None => nix::unistd::gethostname()
+                .map(|h| h.to_string_lossy().into_owned())
+                .unwrap_or_else(|_| "localhost".into()),
+        };
+
+        // Signals arrive on the signalfd only; children get a clean mask
+        // back before exec (process::spawn).
+        let mut mask = SigSet::empty();
+        for s in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ] {
+            mask.add(s);
+        }
+        mask.thread_block().map_err(os("blocking signals"))?;
+        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+            .map_err(os("signalfd"))?;
+        // Orphans of instance processes (double forks) are re-parented to
+        // us and reaped here: no zombie accumulates on the node.
+        // SAFETY: prctl with integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+            return Err(DaemonError::Os {
+                step: "becoming child subreaper",
+                source: io::Error::last_os_error(),
+            });
+        }
+        crate::process::spawn::remember_nofile();
+        raise_nofile();
+
+        let cgroot = CgroupRoot::discover(&config.supervisor.cgroup, &cgroup::tag_for(&rt));
+        match &cgroot {
+            Ok(c) => tracing::info!(cgroup = %c.base.display(), "tracking instances with cgroups"),
+            Err(why) => {
+                tracing::warn!("cgroups unavailable ({why}): tracking by process group and session")
+            }
+        }
+
+        let listener = bind_socket(&rt, config.supervisor.status_group.as_deref())?;
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create"))?;
+        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+            .map_err(os("inotify_init"))?;
+        epoll
+            .add(
+                sigfd.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, tok::SIGNAL),
+            )
+            .map_err(os("epoll_ctl"))?;
+        epoll
+            .add(
+                listener.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, tok::LISTEN),
+            )
+            .map_err(os("epoll_ctl"))?;
+        epoll
+            .add(
+                inotify.as_fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, tok::INOTIFY),
+            )
+            .map_err(os("epoll_ctl"))?;
+
+        let now = Instant::now();
+        let mut insts = Vec::with_capacity(config.instances.len());
+        let mut index = HashMap::with_capacity(config.instances.len());
+        for (id, spec) in &config.instances {
+            index.insert(id.clone(), insts.len());
+            insts.push(Inst::new(spec.clone(), now));
+        }
+        std::fs::write(rt.join("daemon.pid"), format!("{}\n", std::process::id()))
+            .map_err(rt_err)?;
+        let mut d = Daemon {
+            opts,
+            config: Arc::new(config),
+            node,
+            insts,
+            index,
+            epoll,
+            sigfd,
+            listener,
+            inotify,
+            cg_watches: HashMap::new(),
+            netlink: None,
+            waiting_address: BTreeSet::new(),
+            cgroot,
+            conns: HashMap::new(),
+            next_conn: 1,
+            children: HashMap::new(),
+            timers: timers::Timers::default(),
+            queue: VecDeque::new(),
+            batches: Vec::new(),
+            dirty: BTreeSet::new(),
+            shutting_down: false,
+            errpipes: HashMap::new(),
+            probe_fds: HashMap::new(),
+            pidfds: HashMap::new(),
+            _runtime_lock: runtime_lock,
+        };
+        d.adopt_all();
+        tracing::info!(
+            pid = std::process::id(),
+            config = %d.opts.config_dir.display(),
+            runtime_dir = %d.opts.runtime_dir.display(),
+            node = %d.node,
+            instances = d.insts.len(),
+            "daemon ready"
+        );
+        if let Some(fd) = d.opts.notify_fd.take() {
+            // SAFETY: the fd was handed to us by the launching client.
+            let f = unsafe { OwnedFd::from_raw_fd(fd) };
+            let _ = nix::unistd::write(&f, b"ready\n");
+        }
+        let auto: Vec<String> = d
+            .insts
+            .iter()
+            .filter(|i| i.spec.autostart)
+            .map(|i| i.id().to_string())
+            .collect();
+        if !auto.is_empty() {
+            d.start_batch(None, batch::Op::Up, auto);
+        }
+        Ok(d)
+    }
+
+    pub fn register(&self, fd: impl AsFd, token: u64, flags: EpollFlags) {
+        if let Err(e) = self.epoll.add(fd, EpollEvent::new(flags, token)) {
+            tracing::error!("epoll_ctl add: {e}");
+        }
+    }
+
+    pub fn reregister(&self, fd: impl AsFd, token: u64, flags: EpollFlags) {
+        let mut ev = EpollEvent::new(flags, token);
+        if let Err(e) = self.epoll.modify(fd, &mut ev) {
+            tracing::error!("epoll_ctl mod: {e}");
+        }
+    }
+
+    pub fn deregister(&self, fd: impl AsFd) {
+        let _ = self.epoll.delete(fd);
+    }
+
+    /// Queues an event for an instance; `drain` feeds it to the table.
+    pub fn post(&mut self, idx: usize, ev: Event) {
+        self.queue.push_back((idx, ev));
+    }
+
+    fn main_loop(&mut self) -> io::Result<()> {
+        let mut events = vec![EpollEvent::empty(); 256];
+        loop {
+            self.drain();
+            if self.shutting_down && self.all_quiet() {
+                self.shutdown_cleanup();
+                tracing::info!("every instance stopped; daemon exits");
+                return Ok(());
+            }
+            let timeout = match self.timers.next_deadline() {
+                None => EpollTimeout::NONE,
+                Some(at) => {
+                    let now = Instant::now();
+                    // Round up: waking a millisecond early would spin.
+                    let ms = at.saturating_duration_since(now).as_micros().div_ceil(1000);
+                    EpollTimeout::try_from(ms.min(i32::MAX as u128) as u64)
+                        .unwrap_or(EpollTimeout::MAX)
+                }
+            };
+            let n = match self.epoll.wait(&mut events, timeout) {
+                Ok(n) => n,
+                Err(nix::Error::EINTR) => 0,
+                Err(e) => return Err(e.into()),
+            };
+            for ev in &events[..n] {
+                self.dispatch(ev.data(), ev.events());
+                self.drain();
+            }
+            self.fire_timers(Instant::now());
+            self.flush_state();
+        }
+    }
+
+    fn dispatch(&mut self, token: u64, flags: EpollFlags) {
+        match token & tok::KIND {
+            tok::SIGNAL => self.on_signals(),
+            tok::LISTEN => self.accept_all(),
+            tok::INOTIFY => self.on_inotify(),
+            tok::NETLINK => self.on_address_change(),
+            tok::CONN => self.on_conn(token & !tok::KIND, flags),
+            tok::ERRPIPE => self.on_errpipe((token & !tok::KIND) as RawFd),
+            tok::PROBE => self.on_probe_fd((token & !tok::KIND) as RawFd),
+            tok::PIDFD => self.on_pidfd((token & !tok::KIND) as RawFd),
+            _ => {}
+        }
+    }
+
+    fn on_signals(&mut self) {
+        loop {
+            match self.sigfd.read_signal() {
+                Ok(Some(si)) => match si.ssi_signo as i32 {
+                    libc::SIGCHLD => self.reap(),
+                    libc::SIGHUP => {
+                        tracing::info!("SIGHUP: rereading the instances file");
+                        let (code, msg) = self.reload();
+                        if code != 0 {
+                            tracing::error!("reload refused: {msg}");
+                        }
+                    }
+                    s @ (libc::SIGTERM | libc::SIGINT) => {
+                        if self.shutting_down {
+                            tracing::warn!(
+                                signal = s,
+                                "second stop signal: killing every instance now"
+                            );
+                            for idx in 0..self.insts.len() {
+                                self.post(idx, Event::Kill);
+                            }
+                        } else {
+                            tracing::info!(signal = s, "stopping every instance, then exiting");
+                            self.begin_shutdown(None);
+                        }
+                    }
+                    _ => {}
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::error!("reading signalfd: {e}");
+                    break;
+                }
+            }
+        }
+    }
+
+    pub fn begin_shutdown(&mut self, conn: Option<u64>) {
+        self.shutting_down = true;
+        let all: Vec<String> = self
+            .insts
+            .iter()
+            .filter(|i| i.state().may_have_processes() || i.state() != fsm::State::Stopped)
+            .map(|i| i.id().to_string())
+            .collect();
+        self.start_batch(conn, batch::Op::Down, all);
+    }
+
+    fn all_quiet(&self) -> bool {
+        self.insts.iter().all(|i| {
+            matches!(i.state(), fsm::State::Stopped | fsm::State::Failed)
+                && i.procs.iter().all(|p| !p.alive())
+        }) && self.batches.is_empty()
+            && self.conns.values().all(|c| c.idle_or_done())
+    }
+
+    fn shutdown_cleanup(&mut self) {
+        for c in self.conns.values_mut() {
+            c.flush_blocking();
+        }
+        self.flush_state();
+        if let Ok(root) = &self.cgroot {
+            root.remove_base();
+        }
+        let rt = &self.opts.runtime_dir;
+        let _ = std::fs::remove_file(crate::control::client::socket_path(rt));
+        let _ = std::fs::remove_file(rt.join("daemon.pid"));
+    }
+
+    /// Runs queued events through the table, and the resulting actions.
+    fn drain(&mut self) {
+        while let Some((idx, ev)) = self.queue.pop_front() {
+            let policy = self.insts[idx].policy();
+            let now = Instant::now();
+            tracing::debug!(instance = %self.insts[idx].id(), state = self.insts[idx].state().as_str(), event = ?ev, "event");
+            let actions = self.insts[idx].fsm.step(ev, now, &policy);
+            for a in actions {
+                self.execute(idx, a, now);
+            }
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        while let Some(key) = self.timers.pop_due(now) {
+            self.on_timer(key, now);
+            self.drain();
+        }
+    }
+
+    fn on_timer(&mut self, key: timers::Key, now: Instant) {
+        match key {
+            timers::Key::Deadline { idx, epoch } => {
+                if self.insts[idx].deadline_epoch == epoch {
+                    self.post(idx, Event::Timeout);
+                }
+            }
+            timers::Key::Probe { idx, slot, epoch } => self.on_probe_timer(idx, slot, epoch, now),
+            timers::Key::Conn { id } => self.on_conn_timeout(id),
+            timers::Key::Hook { pid } => self.kill_group_if_child(pid),
+        }
+    }
+
+    /// SIGKILL to the process group of our own unreaped child `pid` (a
+    /// hook or probe command that overran). The group id cannot have been
+    /// reused: its leader is our unreaped child.
+    pub fn kill_group_if_child(&mut self, pid: i32) {
+        if self.children.contains_key(&pid) {
+            // SAFETY: kill(2) on a group whose leader we have not reaped.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+    }
+
+    fn on_inotify(&mut self) {
+        let events = match self.inotify.read_events() {
+            Ok(e) => e,
+            Err(_) => return,
+        };
+        let mut touched = BTreeSet::new();
+        for ev in events {
+            if let Some(idx) = self.cg_watches.get(&ev.wd) {
+                touched.insert(*idx);
+            }
+        }
+        for idx in touched {
+            self.check_empty(idx);
+        }
+    }
+
+    pub fn watch_cgroup(&mut self, idx: usize) {
+        let Some(cg) = &self.insts[idx].cgroup else {
+            return;
+        };
+        match self.inotify.add_watch(
+            &cg.events_file(),
+            nix::sys::inotify::AddWatchFlags::IN_MODIFY,
+        ) {
+            Ok(wd) => {
+                self.cg_watches.insert(wd, idx);
+                self.insts[idx].cg_watch = Some(wd);
+            }
+            Err(e) => {
+                tracing::warn!(instance = %self.insts[idx].id(), "inotify on {}: {e}", cg.events_file().display())
+            }
+        }
+    }
+
+    pub fn unwatch_cgroup(&mut self, idx: usize) {
+        if let Some(wd) = self.insts[idx].cg_watch.take() {
+            let _ = self.inotify.rm_watch(wd);
+            self.cg_watches.remove(&wd);
+        }
+    }
+
+    /// Opens the rtnetlink watch on first need.
+    pub fn ensure_address_watch(&mut self) {
+        if self.netlink.is_some() {
+            return;
+        }
+        match crate::isolation::address::watch_socket() {
+            Ok(fd) => {
+                self.register(&fd, tok::NETLINK, EpollFlags::EPOLLIN);
+                self.netlink = Some(fd);
+            }
+            Err(e) => tracing::error!(
+                "cannot watch address changes (rtnetlink): {e}; waiting instances time out"
+            ),
+        }
+    }
+
+    fn on_address_change(&mut self) {
+        if let Some(fd) = &self.netlink {
+            crate::isolation::address::drain(fd);
+        }
+        let waiting: Vec<usize> = self.waiting_address.iter().copied().collect();
+        for idx in waiting {
+            self.check_address(idx);
+        }
+        if self.waiting_address.is_empty()
+            && let Some(fd) = self.netlink.take()
+        {
+            self.deregister(&fd);
+        }
+    }
+
+    pub fn idx_of(&self, id: &str) -> Option<usize> {
+        self.index.get(id).copied()
+    }
+
+    pub fn runtime_path(&self, rel: impl AsRef<Path>) -> PathBuf {
+        self.opts.runtime_dir.join(rel)
+    }
+
+    pub fn tracking_desc(&self, idx: usize) -> String {
+        match (&self.insts[idx].cgroup, &self.cgroot) {
+            (Some(cg), _) => format!("cgroup {}", cg.dir.display()),
+            (None, Ok(root)) => format!(
+                "cgroup {} (when running)",
+                root.instance(self.insts[idx].id()).dir.display()
+            ),
+            (None, Err(why)) => format!("process-group and session (cgroups unavailable: {why})"),
+        }
+    }
+
+    pub fn deadline(&mut self, idx: usize, at: Option<Instant>) {
+        let inst = &mut self.insts[idx];
+        inst.deadline_epoch += 1;
+        if let Some(at) = at {
+            self.timers.add(
+                at,
+                timers::Key::Deadline {
+                    idx,
+                    epoch: inst.deadline_epoch,
+                },
+            );
+        }
+    }
+}
+
+/// Creates the runtime dir (0700: it holds the control socket) if missing.
+fn prepare_runtime_dir(rt: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if !rt.exists() {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(rt)?;
+    }
+    let md = std::fs::metadata(rt)?;
+    if !md.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::NotADirectory,
+            "not a directory",
+        ));
+    }
+    // Writable? Probe with a file of our own rather than trusting modes.
+    let probe = rt.join(".write-test");
+    std::fs::write(&probe, b"")?;
+    std::fs::remove_file(&probe)?;
+    for sub in ["state", "logs"] {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(rt.join(sub))?;
+    }
+    Ok(())
+}
+
+fn take_runtime_lock(rt: &Path) -> Result<OwnedFd, DaemonError> {
+    let path = rt.join("daemon.lock");
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(|source| DaemonError::RuntimeDir {
+            path: path.clone(),
+            source,
+        })?;
+    // SAFETY: flock on a valid fd.
+    if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
+        let pid = std::fs::read_to_string(rt.join("daemon.pid"))
+            .ok()
+            .and_then(|s| s.trim().parse().ok());
+        return Err(DaemonError::AlreadyRunning {
+            runtime_dir: rt.to_path_buf(),
+            pid,
+        });
+    }
+    Ok(OwnedFd::from(f))
+}
+
+fn bind_socket(rt: &Path, status_group: Option<&str>) -> Result<OwnedFd, DaemonError> {
+    use nix::sys::socket::{
+        AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
+    };
+    let path = crate::control::client::socket_path(rt);
+    let sock_err = |source: io::Error| DaemonError::Socket {
+        path: path.clone(),
+        source,
+    };
+    // We hold daemon.lock, so a socket file left here is stale.
+    let _ = std::fs::remove_file(&path);
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| sock_err(e.into()))?;
+    let addr = UnixAddr::new(&path).map_err(|e| sock_err(e.into()))?;
+    // Created 0600 atomically: no window where others could connect.
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let bound = bind(fd.as_raw_fd(), &addr);
+    nix::sys::stat::umask(old);
+    bound.map_err(|e| sock_err(e.into()))?;
+    if let Some(g) = status_group {
+        // The read-only group: socket 0660 and group-owned; every request
+        // is still checked against the peer's credentials.
+        match nix::unistd::Group::from_name(g) {
+            Ok(Some(gr)) => {
+                let _ = nix::unistd::chown(&path, None, Some(gr.gid));
+                let _ = std::fs::set_permissions(
+                    &path,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o660),
+                );
+                let _ = nix::unistd::chown(rt, None, Some(gr.gid));
+                let _ = std::fs::set_permissions(
+                    rt,
+                    std::os::unix::fs::PermissionsExt::from_mode(0o710),
+                );
+            }
+            _ => tracing::warn!(
+                "status_group {g:?} does not exist; only root and the daemon's user may connect"
+            ),
+        }
+    }
+    listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN)).map_err(|e| sock_err(e.into()))?;
+    Ok(fd)
+}
+
+/// Many instances mean many fds (probe sockets, pidfds, logs while
+/// launching): use the hard limit.
+fn raise_nofile() {
+    // SAFETY: getrlimit/setrlimit with a valid struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 && r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &r);
+        }
+    }
+}
+
+/// Duration since `t` in whole seconds, for status.
+pub fn secs_since(t: Instant, now: Instant) -> u64 {
+    now.saturating_duration_since(t).as_secs()
+}
+
+pub const SIGKILL_WAIT: Duration = fsm::KILL_GRACE;

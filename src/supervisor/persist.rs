@@ -1,0 +1,325 @@
+//! Runtime state on disk, and adoption after a supervisor crash.
+//!
+//! One JSON file per instance in `RUNTIME/state/`, replaced atomically
+//! (write a temporary file, rename over) after every loop iteration that
+//! changed it. No fsync: the file must survive a crash of the daemon, which
+//! the page cache does; after a crash of the machine every process it
+//! describes is gone anyway (and a default runtime dir is on tmpfs).
+//!
+//! A daemon started after a SIGKILL of the previous one reads these files
+//! and adopts what still runs: each recorded process is verified by pid
+//! *and* start time, or by membership of the instance's cgroup. It never
+//! starts a second copy and never kills a live one.
+
+use std::io::Write;
+use std::os::fd::{AsFd, AsRawFd};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use nix::sys::epoll::EpollFlags;
+use serde::{Deserialize, Serialize};
+
+use super::fsm::{Event, Fsm, State};
+use super::instance::{Proc, ProcRole};
+use super::{Daemon, tok};
+use crate::isolation::lock::Lock;
+use crate::model::ServiceKind;
+use crate::process::pidfd::Pidfd;
+use crate::process::procfs;
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Saved {
+    pub id: String,
+    pub state: String,
+    /// UNIX seconds when the state began.
+    pub since: u64,
+    pub procs: Vec<SavedProc>,
+    /// Without cgroups: every member seen, to find them again.
+    #[serde(default)]
+    pub members: Vec<(i32, u64)>,
+    pub cgroup: Option<String>,
+    pub restarts: u32,
+    pub last_failure: Option<String>,
+    pub owned_address: bool,
+    pub supervisor_pid: u32,
+    pub fingerprint: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct SavedProc {
+    pub name: String,
+    pub pid: i32,
+    pub start_time: u64,
+    pub script: bool,
+    pub exit: Option<String>,
+}
+
+pub const DIED_WHILE_DOWN: &str = "exited while the supervisor was down";
+
+impl Daemon {
+    fn state_path(&self, id: &str) -> std::path::PathBuf {
+        self.runtime_path("state").join(format!("{id}.json"))
+    }
+
+    pub(super) fn flush_state(&mut self) {
+        let dirty = std::mem::take(&mut self.dirty);
+        for idx in dirty {
+            let saved = self.saved(idx);
+            let path = self.state_path(&saved.id);
+            let tmp = path.with_extension("json.tmp");
+            let res = std::fs::File::create(&tmp).and_then(|mut f| {
+                serde_json::to_writer(&mut f, &saved)?;
+                f.write_all(b"\n")
+            });
+            match res.and_then(|()| std::fs::rename(&tmp, &path)) {
+                Ok(()) => {}
+                Err(e) => tracing::error!(instance = %saved.id, "writing {}: {e}", path.display()),
+            }
+        }
+    }
+
+    fn saved(&self, idx: usize) -> Saved {
+        let inst = &self.insts[idx];
+        let members = if inst.cgroup.is_none() && inst.state().may_have_processes() {
+            self.members(idx)
+                .into_iter()
+                .filter_map(|(p, t)| t.map(|t| (p, t)))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Saved {
+            id: inst.id().to_string(),
+            state: inst.state().as_str().to_string(),
+            since: inst
+                .since_wall
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            procs: inst
+                .procs
+                .iter()
+                .map(|p| SavedProc {
+                    name: p.name.clone(),
+                    pid: p.pid,
+                    start_time: p.start_time,
+                    script: p.role == ProcRole::StartScript,
+                    exit: p.exit.clone(),
+                })
+                .collect(),
+            members,
+            cgroup: inst.cgroup.as_ref().map(|c| c.dir.display().to_string()),
+            restarts: inst.fsm.restart_count,
+            last_failure: inst.fsm.last_failure.clone(),
+            owned_address: inst.owned_address,
+            supervisor_pid: std::process::id(),
+            fingerprint: inst.spec.fingerprint(),
+        }
+    }
+
+    /// Reads every state file and takes over what still runs.
+    pub(super) fn adopt_all(&mut self) {
+        let dir = self.runtime_path("state");
+        let Ok(rd) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let mut adopted = 0;
+        for e in rd.flatten() {
+            let path = e.path();
+            if path.extension().and_then(|x| x.to_str()) != Some("json") {
+                continue;
+            }
+            let saved: Saved = match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+            {
+                Ok(s) => s,
+                Err(err) => {
+                    tracing::error!(
+                        "state file {} unreadable ({err}); its instance is treated as stopped",
+                        path.display()
+                    );
+                    continue;
+                }
+            };
+            if self.adopt(saved) {
+                adopted += 1;
+            }
+        }
+        if adopted > 0 {
+            tracing::info!(adopted, "instances adopted from the previous supervisor");
+        }
+    }
+
+    /// Adopts one instance; true if something of it still runs.
+    fn adopt(&mut self, saved: Saved) -> bool {
+        let Some(idx) = self.idx_of(&saved.id) else {
+            let live: Vec<String> = saved
+                .procs
+                .iter()
+                .filter(|p| procfs::start_time(p.pid) == Some(p.start_time))
+                .map(|p| p.pid.to_string())
+                .collect();
+            if !live.is_empty() {
+                tracing::error!(
+                    instance = %saved.id,
+                    "is no longer in the instances file but its processes {} still run: left untouched; put it back and reload to manage it",
+                    live.join(" ")
+                );
+            }
+            return false;
+        };
+        let now = Instant::now();
+        let was = State::parse(&saved.state).unwrap_or(State::Stopped);
+        let since = UNIX_EPOCH + Duration::from_secs(saved.since);
+        {
+            let inst = &mut self.insts[idx];
+            inst.fsm.last_failure = saved.last_failure.clone();
+            inst.fsm.restart_count = saved.restarts;
+            inst.since_wall = since;
+            inst.owned_address = saved.owned_address;
+        }
+        if !was.may_have_processes() && was != State::WaitingAddress {
+            if was == State::Failed || was == State::Restarting {
+                self.insts[idx].fsm = Fsm::adopted(now, State::Failed);
+                self.insts[idx].fsm.last_failure = saved.last_failure;
+            }
+            return false;
+        }
+        // The cgroup, if the instance had one and it still has members.
+        if let Ok(root) = &self.cgroot {
+            let cg = root.instance(&saved.id);
+            if cg.exists() {
+                self.insts[idx].cgroup = Some(cg);
+                self.watch_cgroup(idx);
+            }
+        }
+        let cg_live = self.insts[idx]
+            .cgroup
+            .as_ref()
+            .is_some_and(|c| c.populated());
+        let mut procs = Vec::new();
+        let mut any_alive = cg_live;
+        for sp in saved.procs {
+            let fd = Pidfd::open_verified(sp.pid, sp.start_time).ok().flatten();
+            let alive = sp.exit.is_none() && fd.is_some();
+            any_alive |= alive;
+            procs.push(Proc {
+                name: sp.name,
+                pid: sp.pid,
+                start_time: sp.start_time,
+                role: if sp.script {
+                    ProcRole::StartScript
+                } else {
+                    ProcRole::Main
+                },
+                child: false,
+                pidfd: if alive { fd } else { None },
+                exit: if alive {
+                    None
+                } else {
+                    Some(sp.exit.unwrap_or_else(|| DIED_WHILE_DOWN.into()))
+                },
+            });
+        }
+        // Without cgroups: the members recorded last time, if still them.
+        let extra: Vec<(i32, u64)> = saved
+            .members
+            .into_iter()
+            .filter(|(p, t)| {
+                procfs::start_time(*p) == Some(*t) && !procs.iter().any(|x| x.pid == *p)
+            })
+            .collect();
+        any_alive |= !extra.is_empty();
+        for (pid, t) in extra {
+            procs.push(Proc {
+                name: format!("member-{pid}"),
+                pid,
+                start_time: t,
+                role: ProcRole::StartScript,
+                child: false,
+                pidfd: Pidfd::open_verified(pid, t).ok().flatten(),
+                exit: None,
+            });
+        }
+        let id = saved.id.clone();
+        if !any_alive {
+            tracing::warn!(instance = %id, "was {} but nothing of it runs: {DIED_WHILE_DOWN}", was.as_str());
+            self.insts[idx].procs = procs;
+            self.insts[idx].fsm = Fsm::adopted(now, State::Failed);
+            self.insts[idx].fsm.last_failure = Some(DIED_WHILE_DOWN.into());
+            if let Some(cg) = self.insts[idx].cgroup.take() {
+                cg.remove();
+            }
+            self.unwatch_cgroup(idx);
+            self.dirty.insert(idx);
+            return false;
+        }
+        // Watch the adopted processes through their pidfds.
+        for p in &procs {
+            if let Some(fd) = &p.pidfd {
+                let raw = fd.as_raw_fd();
+                self.register(fd.as_fd(), tok::PIDFD | raw as u64, EpollFlags::EPOLLIN);
+                self.pidfds.insert(raw, (idx, p.pid));
+            }
+        }
+        // Hold the lock again: the same open file description as the
+        // instance's processes (their fd 3), or a fresh lock if none holds it.
+        let spec = self.insts[idx].spec.clone();
+        if let Some(lp) = &spec.lock {
+            let from_proc = procs
+                .iter()
+                .filter_map(|p| p.pidfd.as_ref())
+                .find_map(|fd| Lock::adopt(lp, fd));
+            let lock = from_proc.or_else(|| {
+                let me = crate::isolation::lock::Holder {
+                    node: self.node.clone(),
+                    pid: std::process::id(),
+                    since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                    runtime_dir: self.opts.runtime_dir.display().to_string(),
+                    instance: id.clone(),
+                };
+                Lock::acquire(lp, &me).ok()
+            });
+            if lock.is_none() {
+                tracing::warn!(instance = %id, "could not take its lock back ({}): another holder?", lp.display());
+            }
+            self.insts[idx].lock = lock;
+        }
+        let dead_main: Vec<(String, String)> = procs
+            .iter()
+            .filter(|p| p.role == ProcRole::Main && !p.alive())
+            .map(|p| (p.name.clone(), p.exit.clone().unwrap_or_default()))
+            .collect();
+        let pids: Vec<String> = procs
+            .iter()
+            .filter(|p| p.alive())
+            .map(|p| p.pid.to_string())
+            .collect();
+        let inst = &mut self.insts[idx];
+        inst.procs = procs;
+        inst.adopted = true;
+        inst.fsm = Fsm::adopted(now, State::Running);
+        inst.fsm.last_failure = saved.last_failure;
+        inst.fsm.restart_count = saved.restarts;
+        tracing::info!(instance = %id, was = was.as_str(), pids = %pids.join(" "), tracking = %self.tracking_desc(idx), "adopted");
+        self.schedule_health(idx, now);
+        self.dirty.insert(idx);
+        if spec.kind == ServiceKind::Simple
+            && let Some((name, status)) = dead_main.into_iter().next()
+        {
+            self.post(
+                idx,
+                Event::ProcessExited {
+                    name,
+                    status,
+                    clean: false,
+                },
+            );
+        } else if was == State::Stopping {
+            // The previous supervisor was stopping it: finish the job.
+            self.post(idx, Event::Stop { timeout: None });
+        }
+        self.check_empty(idx);
+        true
+    }
+}

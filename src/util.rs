@@ -1,0 +1,33 @@
+//! Small helpers shared by the daemon and the CLI.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+/// The last `n` lines of a file (at most the last 64 KiB are read).
+pub fn tail(path: &Path, n: usize) -> Vec<String> {
+    let Ok(mut f) = std::fs::File::open(path) else {
+        return Vec::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(64 * 1024);
+    let _ = f.seek(SeekFrom::Start(start));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().collect();
+    let from = lines.len().saturating_sub(n);
+    lines[from..].iter().map(|l| l.to_string()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn tails() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("x.log");
+        std::fs::write(&p, "a\nb\nc\nd\n").unwrap();
+        assert_eq!(super::tail(&p, 2), vec!["c", "d"]);
+        assert_eq!(super::tail(&p, 10).len(), 4);
+        assert!(super::tail(&d.path().join("none"), 3).is_empty());
+    }
+}

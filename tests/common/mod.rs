@@ -1,0 +1,382 @@
+//! Test harness: a temp dir with an instances dir, a runtime dir and data
+//! dirs; the real `cohost` binary; the example services; cleanup on Drop
+//! (daemon, every process in the test's cgroup subtree, the subtree, the
+//! files), pass or fail.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub const TIMEOUT: Duration = Duration::from_secs(90);
+
+static NEXT: AtomicU32 = AtomicU32::new(1);
+
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+    pub cmd: String,
+}
+
+impl Out {
+    pub fn ok(self) -> Out {
+        assert_eq!(self.code, 0, "expected success\n{self}");
+        self
+    }
+    pub fn code(self, want: i32) -> Out {
+        assert_eq!(self.code, want, "expected exit {want}\n{self}");
+        self
+    }
+    pub fn all(&self) -> String {
+        format!("{}{}", self.stdout, self.stderr)
+    }
+}
+
+impl std::fmt::Display for Out {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "command: {}\nexit: {}\n--- stdout\n{}--- stderr\n{}---",
+            self.cmd, self.code, self.stdout, self.stderr
+        )
+    }
+}
+
+pub fn cohost_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cohost"))
+}
+
+/// An example binary (`cargo test` builds examples next to the binary).
+pub fn example(name: &str) -> PathBuf {
+    let p = cohost_bin().parent().unwrap().join("examples").join(name);
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("examples")
+        .join(format!("{name}.rs"));
+    let mtime = |f: &Path| std::fs::metadata(f).and_then(|m| m.modified()).ok();
+    assert!(
+        p.exists() && mtime(&p) >= mtime(&src),
+        "{} is missing or older than its source: run plain `cargo test` (it builds the examples; `cargo test --test X` does not) or `cargo build --examples`",
+        p.display()
+    );
+    p
+}
+
+/// Runs a command with a generous timeout (only to never hang the suite).
+pub fn run_cmd(mut cmd: Command) -> Out {
+    let shown = format!("{cmd:?}");
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {shown}: {e}"));
+    let mut so = child.stdout.take().unwrap();
+    let mut se = child.stderr.take().unwrap();
+    let t_out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = so.read_to_string(&mut s);
+        s
+    });
+    let t_err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = se.read_to_string(&mut s);
+        s
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{shown} did not finish within {TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Out {
+        code: status.code().unwrap_or(-1),
+        stdout: t_out.join().unwrap(),
+        stderr: t_err.join().unwrap(),
+        cmd: shown,
+    }
+}
+
+pub struct Harness {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub runtime: PathBuf,
+    /// Second and third octets of this test's 127.x.y.z addresses.
+    block: (u8, u8),
+    extra_env: Vec<(String, String)>,
+}
+
+impl Harness {
+    pub fn new() -> Harness {
+        let dir = tempfile::Builder::new()
+            .prefix("cohost-test-")
+            .tempdir()
+            .unwrap();
+        let config = dir.path().join("instances.d");
+        let runtime = dir.path().join("run");
+        std::fs::create_dir(&config).unwrap();
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        // Distinct per test binary (pid) and per test (n): tests run in parallel.
+        let block = (10 + (pid % 200) as u8, (n % 250) as u8 + 1);
+        Harness {
+            dir,
+            config,
+            runtime,
+            block,
+            extra_env: Vec::new(),
+        }
+    }
+
+    /// This test's own loopback address number `i`.
+    pub fn addr(&self, i: u8) -> String {
+        format!("127.{}.{}.{}", self.block.0, self.block.1, i)
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    /// Creates directories (shared storage) under the temp dir.
+    pub fn mkdirs(&self, rels: &[&str]) {
+        for r in rels {
+            std::fs::create_dir_all(self.path(r)).unwrap();
+        }
+    }
+
+    pub fn write_config(&self, name: &str, text: &str) -> PathBuf {
+        let p = self.config.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    pub fn env(&mut self, k: &str, v: &str) {
+        self.extra_env.push((k.into(), v.into()));
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(cohost_bin());
+        c.arg("--config")
+            .arg(&self.config)
+            .arg("--runtime-dir")
+            .arg(&self.runtime)
+            .args(args);
+        c.env_remove("COHOST_CONFIG")
+            .env_remove("COHOST_RUNTIME_DIR");
+        for (k, v) in &self.extra_env {
+            c.env(k, v);
+        }
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Out {
+        run_cmd(self.command(args))
+    }
+
+    pub fn daemon_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.runtime.join("daemon.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    pub fn daemon_log(&self) -> String {
+        std::fs::read_to_string(self.runtime.join("daemon.log")).unwrap_or_default()
+    }
+
+    /// The instance's status as JSON.
+    pub fn status_json(&self, id: &str) -> serde_json::Value {
+        let out = self.run(&["status", id, "--json"]);
+        let v: serde_json::Value =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        v[0].clone()
+    }
+
+    pub fn state(&self, id: &str) -> String {
+        self.status_json(id)["state"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    /// Every pid of the instance (its cgroup members or tracked group).
+    pub fn members(&self, id: &str) -> Vec<i32> {
+        let v = self.status_json(id);
+        let mut m: Vec<i32> = v["members"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_i64())
+                    .map(|x| x as i32)
+                    .collect()
+            })
+            .unwrap_or_default();
+        m.sort();
+        m
+    }
+
+    /// This test's cgroup subtree, found the way the daemon finds it.
+    pub fn cgroup_dir(&self) -> PathBuf {
+        let tag = cohost::isolation::cgroup::tag_for(&self.runtime);
+        cohost::isolation::cgroup::CgroupRoot::base_for(&Default::default(), &tag)
+            .unwrap_or_default()
+    }
+
+    /// Waits (bounded) until `f` holds; panics with `what` otherwise.
+    pub fn wait_for(&self, what: &str, f: impl FnMut() -> bool) {
+        wait_for(what, f)
+    }
+}
+
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while start.elapsed() < TIMEOUT {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// One line from a TCP service (connect, read to EOF).
+pub fn ask(addr: &str) -> std::io::Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(5))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+pub fn alive(pid: i32) -> bool {
+    // A zombie is not alive for our purposes.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+pub fn start_time(pid: i32) -> Option<u64> {
+    cohost::process::procfs::start_time(pid)
+}
+
+/// A process outside every instance, killed on drop.
+pub struct Bystander(pub std::process::Child);
+
+impl Bystander {
+    pub fn sleep() -> Bystander {
+        let mut c = Command::new(example("testsvc"));
+        c.arg("sleep").stdout(Stdio::null());
+        Bystander(c.spawn().unwrap())
+    }
+    pub fn pid(&self) -> i32 {
+        self.0.id() as i32
+    }
+}
+
+impl Drop for Bystander {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        if self.daemon_pid().is_some() {
+            let mut c = self.command(&["shutdown"]);
+            c.stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Ok(mut child) = c.spawn() {
+                let start = Instant::now();
+                while start.elapsed() < Duration::from_secs(30) {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            if let Some(pid) = self.daemon_pid()
+                && alive(pid)
+            {
+                // SAFETY: kill(2); the pid was just checked alive.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+        // Whatever is still in this test's cgroups (a test that killed the
+        // daemon on purpose): kill it, remove the subtree.
+        kill_cgroup_tree(&self.cgroup_dir());
+        if std::thread::panicking() {
+            let log = self.daemon_log();
+            if !log.is_empty() {
+                eprintln!(
+                    "--- daemon log ({})\n{log}",
+                    self.runtime.join("daemon.log").display()
+                );
+            }
+        }
+    }
+}
+
+pub fn kill_cgroup_tree(dir: &Path) {
+    if dir.as_os_str().is_empty() {
+        return;
+    }
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        if e.path().is_dir() {
+            kill_cgroup_tree(&e.path());
+        }
+    }
+    let _ = std::fs::write(dir.join("cgroup.kill"), "1");
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if let Some(parent) = dir.parent()
+        && parent.ends_with("cohost")
+    {
+        let _ = std::fs::remove_dir(parent);
+    }
+}
+
+/// Requires root and a writable cgroup v2: fail loudly, never skip.
+pub fn require_root_cgroups() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "this test needs root (CI runs as root): namespaces, cgroups and addresses are used for real"
+    );
+    let base = cohost::isolation::cgroup::CgroupRoot::base_for(&Default::default(), "probe");
+    assert!(
+        base.is_ok(),
+        "this test needs a mounted cgroup v2 hierarchy: {base:?}"
+    );
+}
+
+pub fn write(file: &Path, text: &str) {
+    let mut f = std::fs::File::create(file).unwrap();
+    f.write_all(text.as_bytes()).unwrap();
+}
