@@ -97,6 +97,7 @@ impl Daemon {
     }
 
     fn proc_exited(&mut self, idx: usize, pid: i32, status: String, clean: bool) {
+        self.claim_orphans(idx);
         let spawn_error = self.take_errpipe_of(pid);
         let kind = self.insts[idx].spec.kind;
         let id = self.insts[idx].id().to_string();
@@ -111,7 +112,7 @@ impl Daemon {
             self.post(idx, Event::LaunchFailed(format!("{name}: {err}")));
         } else if role == ProcRole::StartScript {
             self.post(idx, Event::ScriptExited { ok: clean, status });
-        } else if kind == ServiceKind::Simple {
+        } else if kind == ServiceKind::Simple && role == ProcRole::Main {
             self.post(
                 idx,
                 Event::ProcessExited {
@@ -122,6 +123,48 @@ impl Daemon {
             );
         }
         self.check_empty(idx);
+    }
+
+    /// Without cgroups: a process of the instance that just died may have
+    /// left children, which the kernel re-parented to us (the subreaper)
+    /// before telling us. They are the instance's: a start script's daemon
+    /// above all. Take them into the instance's tracking now, while that is
+    /// still knowable. (A process orphaned by a death that is not ours to
+    /// see, a double fork inside the service, is only found through
+    /// cgroups: `status` says which tracking is in use.)
+    fn claim_orphans(&mut self, idx: usize) {
+        if self.insts[idx].cgroup.is_some() {
+            return;
+        }
+        let me = std::process::id() as i32;
+        let known: std::collections::BTreeSet<i32> = self
+            .insts
+            .iter()
+            .flat_map(|i| i.procs.iter().map(|p| p.pid))
+            .chain(self.children.keys().copied())
+            .collect();
+        for pid in crate::process::procfs::all_pids() {
+            if known.contains(&pid) {
+                continue;
+            }
+            let Some(st) = crate::process::procfs::stat(pid) else {
+                continue;
+            };
+            if st.ppid != me || st.state == 'Z' {
+                continue;
+            }
+            tracing::info!(instance = %self.insts[idx].id(), pid, comm = %st.comm, "orphaned process taken into the instance");
+            self.children.insert(pid, Role::Proc { idx });
+            self.insts[idx].procs.push(super::instance::Proc {
+                name: st.comm.clone(),
+                pid,
+                start_time: st.start_time,
+                role: ProcRole::Member,
+                child: true,
+                pidfd: None,
+                exit: None,
+            });
+        }
     }
 
     /// The exec result of a child that has just died, if its pipe is still

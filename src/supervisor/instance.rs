@@ -17,6 +17,10 @@ pub enum ProcRole {
     Main,
     /// The start script of a forking service.
     StartScript,
+    /// A process of the instance cohost did not start (a daemon left by a
+    /// start script, found again after adoption). Its exit alone fails
+    /// nothing; the instance ends when none of its processes is left.
+    Member,
 }
 
 #[derive(Debug)]

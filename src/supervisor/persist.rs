@@ -235,7 +235,7 @@ impl Daemon {
                 name: format!("member-{pid}"),
                 pid,
                 start_time: t,
-                role: ProcRole::StartScript,
+                role: ProcRole::Member,
                 child: false,
                 pidfd: Pidfd::open_verified(pid, t).ok().flatten(),
                 exit: None,
