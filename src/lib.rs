@@ -9,6 +9,7 @@
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod integration;
 pub mod isolation;
 pub mod model;
 pub mod process;

@@ -264,6 +264,28 @@ pub fn daemon(ctx: &Ctx, foreground: bool, format: &str, level: &str) -> i32 {
     })
 }
 
+/// Turns a result into (exit code, message).
+fn quiet(res: Result<Done, (i32, String)>) -> (i32, String) {
+    match res {
+        Ok(d) => (d.code, d.message),
+        Err(e) => e,
+    }
+}
+
+pub fn start_quiet(ctx: &Ctx, id: &str, timeout: Option<f64>) -> (i32, String) {
+    quiet(connect(ctx, Launch::Always, Some(id)).and_then(|s| {
+        call(
+            ctx,
+            s.expect("launched"),
+            Request::Start {
+                id: id.into(),
+                timeout_ms: ms(timeout),
+                with_deps: false,
+            },
+        )
+    }))
+}
+
 pub fn start(ctx: &Ctx, id: &str, timeout: Option<f64>, with_deps: bool) -> i32 {
     let res = connect(ctx, Launch::Always, Some(id)).and_then(|s| {
         call(
@@ -295,27 +317,29 @@ pub fn restart(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {
 
 /// stop/kill/reset: with no daemon and nothing recorded as running, the
 /// instance is stopped already (exit 0), provided it exists.
-fn stopish(ctx: &Ctx, id: &str, req: Request) -> i32 {
+fn stopish(ctx: &Ctx, id: &str, req: Request) -> (i32, String) {
     match connect(ctx, Launch::IfState, Some(id)) {
-        Ok(Some(s)) => finish(call(ctx, s, req)),
+        Ok(Some(s)) => quiet(call(ctx, s, req)),
         Ok(None) => match super::local::known_instance(ctx, id) {
-            Ok(()) => {
-                println!("{id} is stopped");
-                0
-            }
-            Err((c, m)) => {
-                eprintln!("cohost: {m}");
-                c
-            }
+            Ok(()) => (0, format!("{id} is stopped")),
+            Err(e) => e,
         },
-        Err((c, m)) => {
-            eprintln!("cohost: {m}");
-            c
-        }
+        Err(e) => e,
     }
 }
 
-pub fn stop(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {
+fn print_quiet((code, msg): (i32, String)) -> i32 {
+    if !msg.is_empty() {
+        if code == 0 {
+            println!("{msg}");
+        } else {
+            eprintln!("cohost: {msg}");
+        }
+    }
+    code
+}
+
+pub fn stop_quiet(ctx: &Ctx, id: &str, timeout: Option<f64>) -> (i32, String) {
     stopish(
         ctx,
         id,
@@ -326,12 +350,16 @@ pub fn stop(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {
     )
 }
 
+pub fn stop(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {
+    print_quiet(stop_quiet(ctx, id, timeout))
+}
+
 pub fn kill(ctx: &Ctx, id: &str) -> i32 {
-    stopish(ctx, id, Request::Kill { id: id.into() })
+    print_quiet(stopish(ctx, id, Request::Kill { id: id.into() }))
 }
 
 pub fn reset(ctx: &Ctx, id: &str) -> i32 {
-    stopish(ctx, id, Request::Reset { id: id.into() })
+    print_quiet(stopish(ctx, id, Request::Reset { id: id.into() }))
 }
 
 /// `monitor`: (exit code, message). With no daemon and no live state, the
@@ -450,21 +478,23 @@ pub fn up_down(ctx: &Ctx, up: bool) -> i32 {
     }
 }
 
-pub fn reload(ctx: &Ctx) -> i32 {
+pub fn reload_quiet(ctx: &Ctx) -> (i32, String) {
     match connect(ctx, Launch::IfState, None) {
-        Ok(Some(s)) => finish(call(ctx, s, Request::Reload)),
-        Ok(None) => {
-            // No daemon: nothing to reload, but say whether the file is good.
-            let code = super::local::validate(ctx);
-            if code == 0 {
-                println!(
-                    "no daemon runs; the instances file is valid and will be read at its start"
-                );
-            }
-            code
-        }
-        Err(e) => finish(Err(e)),
+        Ok(Some(s)) => quiet(call(ctx, s, Request::Reload)),
+        // No daemon: nothing to reload; say whether the file is good.
+        Ok(None) => match super::local::load_check(ctx) {
+            Ok(()) => (
+                0,
+                "no daemon runs; the instances file is valid and will be read at its start".into(),
+            ),
+            Err(e) => e,
+        },
+        Err(e) => e,
     }
+}
+
+pub fn reload(ctx: &Ctx) -> i32 {
+    print_quiet(reload_quiet(ctx))
 }
 
 pub fn shutdown(ctx: &Ctx) -> i32 {

@@ -38,6 +38,10 @@ fn instance(ctx: &Ctx, id: &str) -> Result<std::sync::Arc<InstanceSpec>, (i32, S
     }
 }
 
+pub fn load_check(ctx: &Ctx) -> Result<(), (i32, String)> {
+    load(ctx).map(|_| ())
+}
+
 pub fn known_instance(ctx: &Ctx, id: &str) -> Result<(), (i32, String)> {
     instance(ctx, id).map(|_| ())
 }

@@ -99,6 +99,10 @@ pub enum Cmd {
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
     },
+    /// OCF resource agent (OCF_RESKEY_instance, OCF_RESKEY_config, OCF_RESKEY_runtime_dir).
+    Ocf { action: String },
+    /// LSB init-script action: start stop restart force-reload try-restart status.
+    Lsb { id: String, action: String },
     /// Start every instance in `after` order.
     Up,
     /// Stop every instance in reverse `after` order.
@@ -180,6 +184,8 @@ pub fn run(cli: Cli) -> i32 {
         Cmd::List { json } => daemonctl::status(&ctx, None, json),
         Cmd::Env { id } => local::env(&ctx, &id),
         Cmd::Exec { id, cmd } => local::exec(&ctx, &id, &cmd),
+        Cmd::Ocf { action } => crate::integration::ocf::run(&action),
+        Cmd::Lsb { id, action } => crate::integration::lsb::run(&ctx, &id, &action),
         Cmd::Up => daemonctl::up_down(&ctx, true),
         Cmd::Down => daemonctl::up_down(&ctx, false),
         Cmd::Reset { id } => daemonctl::reset(&ctx, &id),
@@ -190,4 +196,4 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-pub use daemonctl::{monitor as monitor_code, start as start_code, status_code, stop as stop_code};
+pub use daemonctl::{monitor_quiet, reload_quiet, start_quiet, status_code, stop_quiet};

@@ -292,6 +292,11 @@ impl Daemon {
             instances = d.insts.len(),
             "daemon ready"
         );
+        sd_notify(&format!(
+            "READY=1\nMAINPID={}\nSTATUS=supervising {} instances",
+            std::process::id(),
+            d.insts.len()
+        ));
         if let Some(fd) = d.opts.notify_fd.take() {
             // SAFETY: the fd was handed to us by the launching client.
             let f = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -417,6 +422,7 @@ impl Daemon {
 
     pub fn begin_shutdown(&mut self, conn: Option<u64>) {
         self.shutting_down = true;
+        sd_notify("STOPPING=1\nSTATUS=stopping every instance");
         let all: Vec<String> = self
             .insts
             .iter()
@@ -593,6 +599,23 @@ impl Daemon {
                 },
             );
         }
+    }
+}
+
+/// Tells systemd (Type=notify) about readiness and shutdown, if it asked:
+/// sd_notify(3), a datagram to $NOTIFY_SOCKET ("@" = abstract namespace).
+fn sd_notify(msg: &str) {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr, UnixDatagram};
+    let Ok(path) = std::env::var("NOTIFY_SOCKET") else {
+        return;
+    };
+    let addr = match path.strip_prefix('@') {
+        Some(name) => SocketAddr::from_abstract_name(name.as_bytes()),
+        None => SocketAddr::from_pathname(&path),
+    };
+    if let (Ok(sock), Ok(addr)) = (UnixDatagram::unbound(), addr) {
+        let _ = sock.send_to_addr(msg.as_bytes(), &addr);
     }
 }
 

@@ -389,6 +389,18 @@ impl Daemon {
     /// when they are done.
     pub(super) fn monitor(&mut self, conn: u64, idx: usize, depth: u8) {
         let now = Instant::now();
+        if self.insts[idx].state() == State::Running {
+            // Process counts are process state, cheap and exact: evaluated
+            // at every monitor, at any depth, never from a cache.
+            for slot in 1..=self.insts[idx].health.len() {
+                if matches!(
+                    self.insts[idx].health[slot - 1].check,
+                    Check::Process { .. }
+                ) {
+                    self.run_probe(idx, slot, now);
+                }
+            }
+        }
         if self.insts[idx].state() != State::Running || depth == 0 {
             self.answer_monitor(idx, conn);
             return;
@@ -475,13 +487,15 @@ impl Daemon {
         let id = inst.id();
         match inst.state() {
             State::Stopped => (7, format!("{id} is stopped")),
-            State::Failed => (
-                1,
-                format!(
-                    "{id} failed: {}",
-                    inst.fsm.last_failure.as_deref().unwrap_or("unknown reason")
-                ),
-            ),
+            State::Failed => {
+                let why = inst.fsm.last_failure.as_deref().unwrap_or("unknown reason");
+                match self.partial(idx) {
+                    Some(p) if inst.procs.iter().any(|x| x.alive()) => {
+                        (1, format!("{id} failed: {why} (partial: {p})"))
+                    }
+                    _ => (1, format!("{id} failed: {why}")),
+                }
+            }
             State::Running => {
                 if let Some(partial) = self.partial(idx) {
                     return (1, format!("{id} is partial: {partial}"));

@@ -1,0 +1,72 @@
+#!/bin/sh
+# Runs ClusterLabs' ocf-tester (Debian: resource-agents + libxml2-utils)
+# against the shipped OCF agent, examples/ocf/cohost, for two instances of
+# a throw-away instances file: demo01 (the counter demo service) and pm01
+# (a service of three processes).
+#
+#   tests/peers/ocf-tester.sh COHOST_BIN EXAMPLES_BIN_DIR [--lying-monitor]
+#
+# --lying-monitor runs it against a copy of the agent whose monitor always
+# answers 0, to prove that ocf-tester catches a broken agent (it must fail).
+# Everything lives in a temp dir readable by `nobody` (ocf-tester runs
+# meta-data as nobody); nothing outside it is touched; all is removed.
+set -eu
+BIN=$1
+EX=$2
+MODE=${3:-}
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+command -v ocf-tester >/dev/null || { echo "ocf-tester is missing: apt-get install resource-agents libxml2-utils" >&2; exit 2; }
+command -v xmllint >/dev/null || { echo "xmllint is missing: apt-get install libxml2-utils" >&2; exit 2; }
+
+W=$(mktemp -d /tmp/cohost-ocft.XXXXXX)
+chmod 755 "$W"
+# shellcheck disable=SC2317 # called by the trap
+cleanup() {
+	"$W/cohost" --runtime-dir "$W/run" shutdown >/dev/null 2>&1 || true
+	rm -rf "$W"
+}
+trap cleanup EXIT INT TERM
+install -m 755 "$BIN" "$W/cohost"
+install -m 755 "$EX/counter" "$EX/testsvc" "$W/"
+if [ "$MODE" = --lying-monitor ]; then
+	# The shipped agent, except that monitor always says "running".
+	{
+		echo '#!/bin/sh'
+		# shellcheck disable=SC2016 # the agent, not this script, expands it
+		echo '[ "${1:-}" = monitor ] && exit 0'
+		sed 1d "$ROOT/examples/ocf/cohost"
+	} > "$W/agent"
+else
+	cp "$ROOT/examples/ocf/cohost" "$W/agent"
+fi
+chmod 755 "$W/agent"
+mkdir -p "$W/instances.d" "$W/demo01/data" "$W/demo01/log" "$W/pm01"
+cat > "$W/instances.d/ocf.toml" <<TOML
+[service.counter]
+command = ["$W/counter"]
+ready   = { tcp = "\${address}:\${port}", timeout = "15s" }
+
+[service.multi]
+[[service.multi.process]]
+name    = "worker"
+command = ["$W/testsvc", "sleep"]
+count   = 3
+
+[instance.demo01]
+service = "counter"
+address = "127.0.77.2"
+port    = 9003
+paths   = { data = "$W/demo01/data", log = "$W/demo01/log" }
+
+[instance.pm01]
+service = "multi"
+paths   = { data = "$W/pm01" }
+TOML
+export COHOST_BIN="$W/cohost"
+rc=0
+for id in demo01 pm01; do
+	echo "== ocf-tester: instance $id"
+	ocf-tester -n "$id" -o instance="$id" -o config="$W/instances.d" -o runtime_dir="$W/run" "$W/agent" || rc=1
+done
+exit $rc
