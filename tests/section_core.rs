@@ -453,3 +453,92 @@ fn stop_and_kill_of_stopped_instances_are_fine_without_a_daemon() {
     assert!(h.daemon_pid().is_none(), "no daemon was started for these");
     h.run(&["monitor", "nope"]).code(2);
 }
+
+#[test]
+fn readiness_by_command_and_by_file() {
+    let h = Harness::new();
+    h.mkdirs(&["r/data"]);
+    let flag = h.path("r/data/ready");
+    h.write_config(
+        "r.toml",
+        &format!(
+            "[service.bycmd]\ncommand = [\"{t}\", \"sleep\"]\nready = {{ command = [\"test\", \"-e\", \"{flag}\"], timeout = \"20s\" }}\n\n\
+             [service.byfile]\ncommand = [\"sh\", \"-c\", \"sleep 0.3; touch ${{data}}/file-ready; exec {t} sleep\"]\nready = {{ file = \"${{data}}/file-ready\", timeout = \"20s\" }}\n\n\
+             [instance.rc]\nservice = \"bycmd\"\n\n[instance.rf]\nservice = \"byfile\"\npaths = {{ data = \"{data}\" }}\n",
+            t = example("testsvc").display(),
+            flag = flag.display(),
+            data = h.path("r/data").display()
+        ),
+    );
+    // rc becomes ready only once the flag exists: create it a little later.
+    let t = std::thread::spawn({
+        let flag = flag.clone();
+        move || {
+            std::thread::sleep(Duration::from_millis(500));
+            std::fs::write(flag, "").unwrap();
+        }
+    });
+    let start = Instant::now();
+    h.run(&["start", "rc"]).ok();
+    assert!(
+        start.elapsed() >= Duration::from_millis(450),
+        "waited for the command to succeed"
+    );
+    t.join().unwrap();
+    let out = h.run(&["start", "rf"]).ok();
+    assert!(out.stdout.contains("ready: file"), "{out}");
+    assert!(h.path("r/data/file-ready").exists());
+}
+
+#[test]
+fn kill_is_immediate_even_for_a_hostile_service() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let addr = format!("{}:7008", h.addr(8));
+    h.write_config(
+        "k.toml",
+        &format!(
+            "[service.hostile]\ncommand = [\"{}\", \"hostile\", \"{addr}\"]\nready = {{ tcp = \"{addr}\" }}\nstop = {{ timeout = \"60s\" }}\n\n[instance.k1]\nservice = \"hostile\"\n",
+            example("testsvc").display()
+        ),
+    );
+    h.run(&["start", "k1"]).ok();
+    let members = h.members("k1");
+    assert!(members.len() >= 2);
+    let t = Instant::now();
+    h.run(&["kill", "k1"]).ok();
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "kill does not wait for the 60 s stop timeout: {:?}",
+        t.elapsed()
+    );
+    assert!(members.iter().all(|p| !alive(*p)), "{members:?}");
+    assert_eq!(h.state("k1"), "stopped");
+}
+
+#[test]
+fn one_daemon_per_runtime_dir_and_two_runtime_dirs_coexist() {
+    let h = Harness::new();
+    h.write_config(
+        "s.toml",
+        &format!(
+            "[service.s]\ncommand = [\"{}\", \"sleep\"]\n\n[instance.s1]\nservice = \"s\"\n",
+            example("testsvc").display()
+        ),
+    );
+    h.run(&["daemon"]).ok();
+    let out = h.run(&["daemon", "--foreground"]).code(1);
+    assert!(out.stderr.contains("already runs for"), "{out}");
+    // A second supervisor with its own runtime dir, same node.
+    let other = h.other_runtime("run2");
+    let mut c = h.command(&["start", "s1"]);
+    c.args(["--runtime-dir", other.to_str().unwrap()]);
+    run_cmd(c).ok();
+    let mut c = h.command(&["status", "s1"]);
+    c.args(["--runtime-dir", other.to_str().unwrap()]);
+    run_cmd(c).ok();
+    h.run(&["status", "s1"]).code(3);
+    let mut c = h.command(&["shutdown"]);
+    c.args(["--runtime-dir", other.to_str().unwrap()]);
+    run_cmd(c).ok();
+}

@@ -113,6 +113,8 @@ pub struct Harness {
     /// Second and third octets of this test's 127.x.y.z addresses.
     block: (u8, u8),
     extra_env: Vec<(String, String)>,
+    /// Other runtime dirs the test used (a second supervisor): cleaned too.
+    extra_runtimes: std::sync::Mutex<Vec<PathBuf>>,
 }
 
 impl Harness {
@@ -134,7 +136,16 @@ impl Harness {
             runtime,
             block,
             extra_env: Vec::new(),
+            extra_runtimes: Default::default(),
         }
+    }
+
+    /// A second runtime dir (another supervisor on this node), cleaned up
+    /// with the harness.
+    pub fn other_runtime(&self, name: &str) -> PathBuf {
+        let p = self.path(name);
+        self.extra_runtimes.lock().unwrap().push(p.clone());
+        p
     }
 
     /// This test's own loopback address number `i`.
@@ -298,32 +309,20 @@ impl Drop for Bystander {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        if self.daemon_pid().is_some() {
-            let mut c = self.command(&["shutdown"]);
-            c.stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null());
-            if let Ok(mut child) = c.spawn() {
-                let start = Instant::now();
-                while start.elapsed() < Duration::from_secs(30) {
-                    if let Ok(Some(_)) = child.try_wait() {
-                        break;
-                    }
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = child.kill();
-                let _ = child.wait();
-            }
-            if let Some(pid) = self.daemon_pid()
-                && alive(pid)
-            {
-                // SAFETY: kill(2); the pid was just checked alive.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
+        let extra: Vec<PathBuf> = self.extra_runtimes.lock().map(|v| v.clone()).unwrap_or_default();
+        for rt in extra.iter().chain(std::iter::once(&self.runtime.clone())) {
+            shutdown_daemon(self, rt);
         }
         // Whatever is still in this test's cgroups (a test that killed the
         // daemon on purpose): kill it, remove the subtree.
-        kill_cgroup_tree(&self.cgroup_dir());
+        for rt in extra.iter().chain(std::iter::once(&self.runtime.clone())) {
+            let tag = cohost::isolation::cgroup::tag_for(rt);
+            if let Ok(dir) =
+                cohost::isolation::cgroup::CgroupRoot::base_for(&Default::default(), &tag)
+            {
+                kill_cgroup_tree(&dir);
+            }
+        }
         if std::thread::panicking() {
             let log = self.daemon_log();
             if !log.is_empty() {
@@ -333,6 +332,42 @@ impl Drop for Harness {
                 );
             }
         }
+    }
+}
+
+/// `cohost shutdown` for the daemon of `rt`, then SIGKILL if it lingers.
+fn shutdown_daemon(h: &Harness, rt: &Path) {
+    let pid_of = || -> Option<i32> {
+        std::fs::read_to_string(rt.join("daemon.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
+    if pid_of().is_none() {
+        return;
+    }
+    let mut c = h.command(&["shutdown"]);
+    c.arg("--runtime-dir").arg(rt);
+    c.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if let Ok(mut child) = c.spawn() {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    if let Some(pid) = pid_of()
+        && alive(pid)
+    {
+        // SAFETY: kill(2); the pid was just checked alive.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
     }
 }
 
