@@ -240,3 +240,18 @@ fn world_writable_file_is_refused_as_root() {
     let out = h.run(&["start", "a"]).code(2);
     assert!(out.stderr.contains("writable by everyone"), "{out}");
 }
+
+#[test]
+fn private_tmp_over_the_instances_own_paths_is_refused() {
+    let h = Harness::new();
+    h.write_config(
+        "a.toml",
+        &format!("{SERVICE}isolate = {{ private_tmp = true }}\n\n[instance.a]\nservice = \"counter\"\npaths = {{ data = \"/tmp/a/data\" }}\n"),
+    );
+    expect_problem(
+        &h,
+        "a.toml",
+        4,
+        "private_tmp hides /tmp, where paths.data live",
+    );
+}

@@ -683,6 +683,38 @@ impl<'a> Resolver<'a> {
                 iso.bind.push((inside, shown));
             }
         }
+        if iso.private_tmp {
+            // A private /tmp is an empty tmpfs over /tmp: anything of the
+            // instance's own below /tmp would vanish from its view.
+            let tmp = Path::new("/tmp");
+            let hidden: Vec<String> = self
+                .ri
+                .paths
+                .iter()
+                .filter_map(|(k, v)| {
+                    clean_absolute(&v.v)
+                        .filter(|p| p.starts_with(tmp))
+                        .map(|_| format!("paths.{}", k.v))
+                })
+                .chain(
+                    iso.bind
+                        .iter()
+                        .filter(|(i, s)| i.starts_with(tmp) || s.starts_with(tmp))
+                        .map(|(i, _)| format!("bind \"{}\"", i.display())),
+                )
+                .collect();
+            if !hidden.is_empty() {
+                let at = raw
+                    .private_tmp
+                    .as_ref()
+                    .map(|b| b.at.clone())
+                    .unwrap_or_else(|| self.ri.id.at.clone());
+                self.err(
+                    &at,
+                    format!("isolate.private_tmp hides /tmp, where {} live(s); move them out of /tmp or drop private_tmp", hidden.join(", ")),
+                );
+            }
+        }
         iso
     }
 

@@ -285,14 +285,20 @@ impl CgroupRoot {
         &self.mount.point
     }
 
-    /// The cgroup of `id` (not created).
+    /// The cgroup of `id` (not created), with the v1 limit directories
+    /// that exist for it (an adopted instance's, say).
     pub fn instance(&self, id: &str) -> InstanceCgroup {
         let dir = self.base.join(id);
         let rel = rel_path(&self.mount, &dir);
         InstanceCgroup {
             dir,
             rel,
-            v1_dirs: Vec::new(),
+            v1_dirs: self
+                .v1
+                .iter()
+                .map(|(_, b)| b.join(id))
+                .filter(|d| d.is_dir())
+                .collect(),
             has_kill: self.has_kill,
         }
     }

@@ -179,7 +179,22 @@ impl Daemon {
         self.deregister(&e.child.errpipe);
         // The child is dead: what it wrote is all there, then EOF.
         let _ = std::fs::File::from(e.child.errpipe.try_clone().ok()?).read_to_end(&mut e.buf);
-        spawn::decode_failure(&e.child, &e.buf)
+        let failure = spawn::decode_failure(&e.child, &e.buf);
+        if failure.is_none() {
+            self.exec_done(e.idx);
+        }
+        failure
+    }
+
+    /// One more process of the current launch has exec'd: once all have,
+    /// the instance is launched (systemd's Type=exec: `start` never says
+    /// "running" for a process still in its set-up).
+    fn exec_done(&mut self, idx: usize) {
+        let inst = &mut self.insts[idx];
+        inst.execs_pending = inst.execs_pending.saturating_sub(1);
+        if inst.execs_pending == 0 {
+            self.post(idx, Event::Launched);
+        }
     }
 
     /// The exec-error pipe of a child became readable. EOF with nothing
@@ -195,7 +210,9 @@ impl Daemon {
                     let done = self.errpipes.remove(&fd);
                     if let Some(mut d) = done {
                         self.deregister(&d.child.errpipe);
-                        if !d.buf.is_empty() {
+                        if d.buf.is_empty() {
+                            self.exec_done(d.idx);
+                        } else {
                             // Keep the report (unregistered) for the reaper.
                             d.buf.shrink_to_fit();
                             self.errpipes.insert(fd, d);

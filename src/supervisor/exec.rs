@@ -98,7 +98,8 @@ impl Daemon {
     fn launch(&mut self, idx: usize) {
         self.waiting_address.remove(&idx);
         match self.try_launch(idx) {
-            Ok(()) => self.post(idx, Event::Launched),
+            // `Launched` follows once every process has exec'd (exec_done).
+            Ok(()) => {}
             Err(msg) => self.post(idx, Event::LaunchFailed(msg)),
         }
     }
@@ -160,6 +161,7 @@ impl Daemon {
         };
         self.insts[idx].procs.clear();
         self.insts[idx].warnings.clear();
+        self.insts[idx].execs_pending = 0;
         for p in &spec.processes {
             for k in 1..=p.count {
                 let name = if p.count == 1 {
@@ -214,11 +216,13 @@ impl Daemon {
         self.errpipes.insert(
             fd,
             super::ErrPipe {
+                idx,
                 child,
                 buf: Vec::new(),
             },
         );
         self.children.insert(pid, Role::Proc { idx });
+        self.insts[idx].execs_pending += 1;
         self.insts[idx].procs.push(Proc {
             name: name.to_string(),
             pid,

@@ -85,6 +85,8 @@ pub struct Policy {
     pub has_stop_command: bool,
     pub has_ready_check: bool,
     pub gate_address: bool,
+    /// The logical address, for messages.
+    pub address: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -271,7 +273,10 @@ impl Fsm {
             }
             (S::WaitingAddress | S::Starting, E::Timeout) => {
                 let why = if self.state == S::WaitingAddress {
-                    "the address is not configured on this node".to_string()
+                    format!(
+                        "{} is not configured on this node",
+                        p.address.as_deref().unwrap_or("the address")
+                    )
                 } else {
                     "not ready".to_string()
                 };
@@ -579,6 +584,7 @@ mod tests {
             has_stop_command: false,
             has_ready_check: true,
             gate_address: false,
+            address: None,
         }
     }
 

@@ -165,6 +165,8 @@ pub struct Inst {
     pub healthy: Option<bool>,
     /// The instance was adopted from a previous supervisor.
     pub adopted: bool,
+    /// Processes forked by the current launch whose exec is not confirmed.
+    pub execs_pending: u32,
 }
 
 impl Inst {
@@ -189,6 +191,7 @@ impl Inst {
             warnings: Vec::new(),
             healthy: None,
             adopted: false,
+            execs_pending: 0,
         }
     }
 
@@ -211,6 +214,7 @@ impl Inst {
             has_stop_command: s.stop.command.is_some(),
             has_ready_check: s.ready.check.is_some(),
             gate_address: s.address_mode != crate::model::AddressMode::None,
+            address: s.address.map(|a| a.to_string()),
         }
     }
 

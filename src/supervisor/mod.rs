@@ -116,6 +116,7 @@ fn os(step: &'static str) -> impl FnOnce(nix::Error) -> DaemonError {
 
 /// A child whose exec result is not known yet.
 pub(crate) struct ErrPipe {
+    pub idx: usize,
     pub child: crate::process::spawn::Child,
     pub buf: Vec<u8>,
 }

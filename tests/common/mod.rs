@@ -119,9 +119,11 @@ pub struct Harness {
 
 impl Harness {
     pub fn new() -> Harness {
+        // Under /var/tmp, not /tmp: an instance with a private /tmp must
+        // still see its own paths.
         let dir = tempfile::Builder::new()
             .prefix("cohost-test-")
-            .tempdir()
+            .tempdir_in("/var/tmp")
             .unwrap();
         let config = dir.path().join("instances.d");
         let runtime = dir.path().join("run");
@@ -309,7 +311,11 @@ impl Drop for Bystander {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        let extra: Vec<PathBuf> = self.extra_runtimes.lock().map(|v| v.clone()).unwrap_or_default();
+        let extra: Vec<PathBuf> = self
+            .extra_runtimes
+            .lock()
+            .map(|v| v.clone())
+            .unwrap_or_default();
         for rt in extra.iter().chain(std::iter::once(&self.runtime.clone())) {
             shutdown_daemon(self, rt);
         }
@@ -414,4 +420,59 @@ pub fn require_root_cgroups() {
 pub fn write(file: &Path, text: &str) {
     let mut f = std::fs::File::create(file).unwrap();
     f.write_all(text.as_bytes()).unwrap();
+}
+
+/// `ip ARGS…`, asserting success.
+pub fn ip(args: &[&str]) -> Out {
+    let mut c = std::process::Command::new("ip");
+    c.args(args);
+    run_cmd(c).ok()
+}
+
+pub fn require_tools(tools: &[(&str, &str)]) {
+    for (tool, package) in tools {
+        let ok = std::process::Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            ok,
+            "{tool} is not installed: apt-get install {package} (CI installs it)"
+        );
+    }
+}
+
+/// A network namespace, deleted (with its interfaces) on drop.
+pub struct Netns(pub String);
+
+impl Netns {
+    pub fn new(name: &str) -> Netns {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", name])
+            .output();
+        ip(&["netns", "add", name]);
+        let ns = Netns(name.to_string());
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+    pub fn ip(&self, args: &[&str]) -> Out {
+        let mut full = vec!["-n", self.0.as_str()];
+        full.extend_from_slice(args);
+        ip(&full)
+    }
+    /// A command run in this network namespace only (the mount namespace,
+    /// and so /sys/fs/cgroup, stays the host's: unlike `ip netns exec`).
+    pub fn cmd(&self, program: &Path) -> std::process::Command {
+        let mut c = std::process::Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.0)).arg(program);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.0])
+            .output();
+    }
 }
