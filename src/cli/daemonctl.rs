@@ -85,6 +85,11 @@ fn state_says_live(rt: &Path, id: Option<&str>) -> bool {
 /// runtime dir) and waits until it listens. Launches are serialized with a
 /// lock file, so concurrent `cohost start`s start one daemon.
 pub fn launch_daemon(ctx: &Ctx) -> Result<u32, (i32, String)> {
+    launch_daemon_with(ctx, &[])
+}
+
+/// As [`launch_daemon`], with extra `daemon` options (log format, level).
+fn launch_daemon_with(ctx: &Ctx, extra: &[&str]) -> Result<u32, (i32, String)> {
     use std::os::unix::fs::DirBuilderExt;
     let rt = &ctx.runtime_dir;
     if !rt.exists() {
@@ -129,6 +134,7 @@ pub fn launch_daemon(ctx: &Ctx) -> Result<u32, (i32, String)> {
         .arg("--runtime-dir")
         .arg(rt)
         .args(["daemon", "--foreground"])
+        .args(extra)
         .env("COHOST_NOTIFY_FD", wfd.to_string())
         .stdin(Stdio::null())
         .stdout(log.try_clone().map_err(|e| (1, e.to_string()))?)
@@ -148,13 +154,16 @@ pub fn launch_daemon(ctx: &Ctx) -> Result<u32, (i32, String)> {
         .map_err(|e| (1, format!("starting the daemon: {e}")))?;
     drop(w);
     let got = read_with_timeout(r, DAEMON_START_TIMEOUT);
-    if got.starts_with("ready") {
+    if got.as_deref().is_some_and(|g| g.starts_with("ready")) {
         return Ok(child.id());
     }
     // It did not come up: say why (its log), and do not leave it behind.
-    let status = match child.try_wait() {
-        Ok(Some(s)) => s.code(),
-        _ => {
+    let status = match got {
+        // EOF without "ready": it is exiting (its fds close before it can
+        // be reaped): wait for its status.
+        Some(_) => child.wait().ok().and_then(|s| s.code()),
+        // Silent for the whole timeout: stop it.
+        None => {
             let _ = child.kill();
             let _ = child.wait();
             None
@@ -171,7 +180,9 @@ pub fn launch_daemon(ctx: &Ctx) -> Result<u32, (i32, String)> {
     ))
 }
 
-fn read_with_timeout(r: OwnedFd, timeout: Duration) -> String {
+/// What the daemon wrote on the notify pipe before closing it (`Some`),
+/// or `None` if it stayed silent for `timeout`.
+fn read_with_timeout(r: OwnedFd, timeout: Duration) -> Option<String> {
     let mut fds = [nix::poll::PollFd::new(
         std::os::fd::AsFd::as_fd(&r),
         nix::poll::PollFlags::POLLIN,
@@ -184,9 +195,9 @@ fn read_with_timeout(r: OwnedFd, timeout: Duration) -> String {
         Ok(n) if n > 0 => {
             let mut s = String::new();
             let _ = std::fs::File::from(r).take(64).read_to_string(&mut s);
-            s
+            Some(s)
         }
-        _ => String::new(),
+        _ => None,
     }
 }
 
@@ -228,7 +239,7 @@ pub fn daemon(ctx: &Ctx, foreground: bool, format: &str, level: &str) -> i32 {
             );
             return 1;
         }
-        return match launch_daemon(ctx) {
+        return match launch_daemon_with(ctx, &["--log-format", format, "--log-level", level]) {
             Ok(pid) => {
                 println!(
                     "cohost daemon started (pid {pid}) for {}",

@@ -27,7 +27,12 @@ pub enum Role {
         idx: usize,
         slot: usize,
     },
-    Hook,
+    /// An event hook of instance `idx`.
+    Hook {
+        idx: usize,
+    },
+    /// A probe command whose result no longer matters (reaped, ignored).
+    Discard,
 }
 
 /// "exited with status 1" / "killed by signal 9 (SIGKILL)", and whether
@@ -75,11 +80,13 @@ impl Daemon {
                 Some(Role::Probe { idx, slot }) => {
                     self.probe_command_exited(idx, slot, pid, clean, &status)
                 }
-                Some(Role::Hook) => {
+                Some(Role::Hook { idx }) => {
                     if !clean {
-                        tracing::warn!(pid, "event hook {status}");
+                        tracing::warn!(instance = %self.insts[idx].id(), pid, "event hook {status}");
                     }
+                    self.hook_exited(idx);
                 }
+                Some(Role::Discard) => {}
                 None => orphans = true,
             }
         }

@@ -167,6 +167,8 @@ pub struct Inst {
     pub adopted: bool,
     /// Processes forked by the current launch whose exec is not confirmed.
     pub execs_pending: u32,
+    /// Event hooks waiting to run, in order.
+    pub hooks: super::hooks::HookQueue,
 }
 
 impl Inst {
@@ -192,6 +194,7 @@ impl Inst {
             healthy: None,
             adopted: false,
             execs_pending: 0,
+            hooks: Default::default(),
         }
     }
 

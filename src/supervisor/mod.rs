@@ -14,7 +14,7 @@ mod batch;
 mod children;
 mod conn;
 mod exec;
-mod hooks;
+pub mod hooks;
 mod persist;
 mod probe;
 mod requests;

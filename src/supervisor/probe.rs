@@ -89,8 +89,8 @@ impl Daemon {
             }
             Some(Running::Command { pid, .. }) => {
                 self.kill_group_if_child(pid);
-                // Reaped later; its result is then ignored (epoch changed).
-                self.children.insert(pid, Role::Hook);
+                // Reaped later; its result is then ignored.
+                self.children.insert(pid, Role::Discard);
             }
             None => {}
         }
