@@ -12,6 +12,8 @@
 //!     testsvc wildcard PORT          listen on 0.0.0.0:PORT (the "port 94" bug)
 //!     testsvc report FILE            write env, host name, cwd, uid, /etc view
 //!                                    to FILE, then sleep
+//!     testsvc chatter                a line on stdout every 5 ms, write errors
+//!                                    (a full log disk) ignored
 //!     testsvc sleep                  sleep forever
 //!     testsvc deaf                   sleep forever, ignoring SIGTERM
 
@@ -45,6 +47,7 @@ fn main() {
         Some("daemons") => daemons(&a(1), a(2).parse().unwrap_or(1)),
         Some("wildcard") => serve(&bind(&format!("0.0.0.0:{}", a(1))), "wild"),
         Some("report") => report(&a(1)),
+        Some("chatter") => chatter(),
         Some("sleep") => sleep_forever(false),
         Some("deaf") => sleep_forever(true),
         _ => die(
@@ -90,6 +93,17 @@ fn sleep_forever(deaf: bool) -> ! {
     let _ = std::io::stdout().flush();
     loop {
         std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+fn chatter() -> ! {
+    let mut n: u64 = 0;
+    loop {
+        n += 1;
+        // Not println!: it panics when the disk is full.
+        let _ = std::io::stdout().write_all(format!("chatter line {n}\n").as_bytes());
+        let _ = std::io::stdout().flush();
+        std::thread::sleep(Duration::from_millis(5));
     }
 }
 

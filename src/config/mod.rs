@@ -71,13 +71,10 @@ pub fn load(dir: &Path, trust: Trust) -> Result<Config, Vec<Diag>> {
             return Err(bad);
         }
     }
-    let mut raw = parse::RawDir::default();
+    let mut texts = Vec::with_capacity(files.len());
     for f in &files {
         match std::fs::read_to_string(f) {
-            Ok(text) => {
-                let src = reader::Source::new(f, text);
-                parse::parse_file(&src, &diags, &mut raw);
-            }
+            Ok(text) => texts.push((f.clone(), text)),
             Err(e) => diags.push(
                 &Origin {
                     file: Arc::from(f.as_path()),
@@ -86,6 +83,25 @@ pub fn load(dir: &Path, trust: Trust) -> Result<Config, Vec<Diag>> {
                 format!("cannot read: {e}"),
             ),
         }
+    }
+    parse_files(dir, texts, diags)
+}
+
+/// Parses and validates instances-file texts (name, content), in order:
+/// the pure part of [`load`] (and what the fuzz tests drive).
+pub fn parse_text(dir: &Path, files: Vec<(PathBuf, String)>) -> Result<Config, Vec<Diag>> {
+    parse_files(dir, files, reader::Diags::default())
+}
+
+fn parse_files(
+    dir: &Path,
+    files: Vec<(PathBuf, String)>,
+    diags: reader::Diags,
+) -> Result<Config, Vec<Diag>> {
+    let mut raw = parse::RawDir::default();
+    for (f, text) in files {
+        let src = reader::Source::new(&f, text);
+        parse::parse_file(&src, &diags, &mut raw);
     }
     let config = resolve::resolve(raw, dir, &diags);
     if diags.is_empty() {

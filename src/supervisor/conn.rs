@@ -71,9 +71,12 @@ impl Daemon {
                 match e.raw_os_error() {
                     Some(libc::EAGAIN) | Some(libc::EINTR) => return,
                     Some(libc::EMFILE) | Some(libc::ENFILE) => {
-                        // Out of fds: we cannot even answer. Supervision goes
-                        // on; the client sees its connect time out or reset.
-                        tracing::error!("accept: {e}; requests are refused until fds are free");
+                        // Out of fds. The pending connection keeps the
+                        // listening socket readable (level-triggered epoll
+                        // would spin), so give the reserve fd up, accept,
+                        // answer with the error, close, take the reserve back
+                        // (the nginx/libev way). Supervision goes on.
+                        self.refuse_one_for_lack_of_fds();
                         return;
                     }
                     _ => {
@@ -116,6 +119,35 @@ impl Daemon {
                 },
             );
         }
+    }
+
+    fn refuse_one_for_lack_of_fds(&mut self) {
+        self.reserve_fd = None;
+        // SAFETY: accept4 on our listening socket; a new fd we own.
+        let fd = unsafe {
+            libc::accept4(
+                self.listener.as_raw_fd(),
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: fd is a fresh connected socket.
+            let mut s = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
+            let _ = s.set_write_timeout(Some(Duration::from_millis(100)));
+            let reply = crate::control::proto::Reply::Done {
+                code: 1,
+                message: "the cohost daemon is out of file descriptors: request refused (supervision goes on); raise its RLIMIT_NOFILE".into(),
+                data: None,
+            };
+            if let Ok(mut line) = serde_json::to_vec(&reply) {
+                line.push(b'\n');
+                let _ = s.write_all(&line);
+            }
+        }
+        tracing::error!("out of file descriptors: a request was refused");
+        self.reserve_fd = std::fs::File::open("/dev/null").ok().map(OwnedFd::from);
     }
 
     pub(super) fn on_conn(&mut self, id: u64, flags: EpollFlags) {

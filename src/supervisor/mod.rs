@@ -152,6 +152,8 @@ pub(crate) struct Daemon {
     pub pidfds: HashMap<RawFd, (usize, i32)>,
     /// Held while we run: a second daemon for this runtime dir is refused.
     _runtime_lock: OwnedFd,
+    /// An fd kept in reserve to answer a client when all others are used.
+    pub reserve_fd: Option<OwnedFd>,
 }
 
 pub fn run(opts: Options) -> i32 {
@@ -283,6 +285,7 @@ impl Daemon {
             probe_fds: HashMap::new(),
             pidfds: HashMap::new(),
             _runtime_lock: runtime_lock,
+            reserve_fd: std::fs::File::open("/dev/null").ok().map(OwnedFd::from),
         };
         d.adopt_all();
         tracing::info!(

@@ -178,12 +178,16 @@ impl Daemon {
             inst.since_wall = since;
             inst.owned_address = saved.owned_address;
         }
-        if !was.may_have_processes() && was != State::WaitingAddress {
-            if was == State::Failed || was == State::Restarting {
+        match was {
+            State::Stopped => return false,
+            State::Failed => {
+                // Failed stays failed (monitor 1) until stopped or reset,
+                // across supervisor restarts too. (Any remnants are found
+                // through the cgroup below.)
                 self.insts[idx].fsm = Fsm::adopted(now, State::Failed);
-                self.insts[idx].fsm.last_failure = saved.last_failure;
+                self.insts[idx].fsm.last_failure = saved.last_failure.clone();
             }
-            return false;
+            _ => {}
         }
         // The cgroup, if the instance had one and it still has members.
         if let Ok(root) = &self.cgroot {
@@ -200,7 +204,12 @@ impl Daemon {
         let mut procs = Vec::new();
         let mut any_alive = cg_live;
         for sp in saved.procs {
-            let fd = Pidfd::open_verified(sp.pid, sp.start_time).ok().flatten();
+            // A zombie (dead, not yet reaped by its new parent) is dead:
+            // its pidfd is already readable.
+            let fd = Pidfd::open_verified(sp.pid, sp.start_time)
+                .ok()
+                .flatten()
+                .filter(|f| !f.exited());
             let alive = sp.exit.is_none() && fd.is_some();
             any_alive |= alive;
             procs.push(Proc {
@@ -243,16 +252,45 @@ impl Daemon {
         }
         let id = saved.id.clone();
         if !any_alive {
-            tracing::warn!(instance = %id, "was {} but nothing of it runs: {DIED_WHILE_DOWN}", was.as_str());
             self.insts[idx].procs = procs;
-            self.insts[idx].fsm = Fsm::adopted(now, State::Failed);
-            self.insts[idx].fsm.last_failure = Some(DIED_WHILE_DOWN.into());
             if let Some(cg) = self.insts[idx].cgroup.take() {
                 cg.remove();
             }
             self.unwatch_cgroup(idx);
             self.dirty.insert(idx);
+            match was {
+                State::Failed => {}
+                // The stop it was doing has finished by itself.
+                State::Stopping => self.insts[idx].fsm = Fsm::adopted(now, State::Stopped),
+                // It should be running and nothing is: a failure, which the
+                // restart policy handles as any other (restart or failed).
+                _ => {
+                    tracing::warn!(instance = %id, "was {} but nothing of it runs: {DIED_WHILE_DOWN}", was.as_str());
+                    self.insts[idx].fsm = Fsm::adopted(now, State::Running);
+                    self.insts[idx].fsm.last_failure = saved.last_failure;
+                    self.insts[idx].fsm.restart_count = saved.restarts;
+                    let name = self.insts[idx]
+                        .spec
+                        .processes
+                        .first()
+                        .map(|p| p.name.clone())
+                        .unwrap_or_else(|| id.clone());
+                    self.post(
+                        idx,
+                        Event::ProcessExited {
+                            name,
+                            status: DIED_WHILE_DOWN.into(),
+                            clean: false,
+                        },
+                    );
+                }
+            }
             return false;
+        }
+        if was == State::Failed {
+            // Remnants of a failed instance: keep it failed, track them.
+            self.insts[idx].procs = procs;
+            return true;
         }
         // Watch the adopted processes through their pidfds.
         for p in &procs {
