@@ -480,7 +480,11 @@ pub fn status(ctx: &Ctx, id: Option<&str>, json: bool) -> i32 {
 pub fn up_down(ctx: &Ctx, up: bool) -> i32 {
     let launch = if up { Launch::Always } else { Launch::IfState };
     match connect(ctx, launch, None) {
-        Ok(Some(s)) => finish(call(ctx, s, if up { Request::Up } else { Request::Down })),
+        Ok(Some(s)) => finish(call(
+            ctx,
+            s,
+            if up { Request::Up {} } else { Request::Down {} },
+        )),
         Ok(None) => {
             println!("nothing runs");
             0
@@ -491,7 +495,7 @@ pub fn up_down(ctx: &Ctx, up: bool) -> i32 {
 
 pub fn reload_quiet(ctx: &Ctx) -> (i32, String) {
     match connect(ctx, Launch::IfState, None) {
-        Ok(Some(s)) => quiet(call(ctx, s, Request::Reload)),
+        Ok(Some(s)) => quiet(call(ctx, s, Request::Reload {})),
         // No daemon: nothing to reload; say whether the file is good.
         Ok(None) => match super::local::load_check(ctx) {
             Ok(()) => (
@@ -510,7 +514,7 @@ pub fn reload(ctx: &Ctx) -> i32 {
 
 pub fn shutdown(ctx: &Ctx) -> i32 {
     match client::connect(&ctx.runtime_dir) {
-        Ok(s) => finish(call(ctx, s, Request::Shutdown)),
+        Ok(s) => finish(call(ctx, s, Request::Shutdown {})),
         Err(ClientError::NoDaemon(_)) => {
             println!("no cohost daemon runs for {}", ctx.runtime_dir.display());
             0

@@ -21,9 +21,13 @@ pub struct Envelope {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+// Operations without arguments are empty struct variants, not unit ones:
+// serde ignores extra fields on a unit variant even with
+// deny_unknown_fields, and {"op":"down","id":"x"} must be refused, not
+// taken for "stop everything" (found by tests/fuzz_inputs.rs).
 #[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
-    Ping,
+    Ping {},
     Start {
         id: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -51,17 +55,17 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         id: Option<String>,
     },
-    List,
+    List {},
     /// depth 0: state and cached check results; 10: run stale probes now.
     Monitor {
         id: String,
         #[serde(default)]
         depth: u8,
     },
-    Up,
-    Down,
-    Reload,
-    Shutdown,
+    Up {},
+    Down {},
+    Reload {},
+    Shutdown {},
 }
 
 impl Request {
@@ -69,7 +73,7 @@ impl Request {
     pub fn is_read_only(&self) -> bool {
         matches!(
             self,
-            Request::Ping | Request::Status { .. } | Request::List | Request::Monitor { .. }
+            Request::Ping {} | Request::Status { .. } | Request::List {} | Request::Monitor { .. }
         )
     }
 }

@@ -2,50 +2,42 @@
 //! address for its port. Such a listener makes a second copy on the same
 //! node fail with "address in use" (the "port 94: In use. Waiting…" story).
 //!
-//! LISTEN sockets come from /proc/net/tcp and tcp6 (proc(5)); a socket's
-//! inode is matched to a process through /proc/PID/fd links "socket:[N]".
+//! The kernel is asked for LISTEN sockets on that one port only
+//! (NETLINK_SOCK_DIAG with a port filter, sock_diag(7), as `ss 'sport = :P'`
+//! does): the answer is usually empty and costs the same at 10 or 1000
+//! instances on the node. /proc/net/tcp, which lists and formats every
+//! socket of the node, is only the fallback. A wildcard socket's inode is
+//! then matched to a member through /proc/PID/fd links "socket:[N]".
 
 use std::collections::BTreeMap;
 
-/// One listening socket: (local address text, inode).
-fn wildcard_listen_inodes(table: &str, port: u16, v6: bool) -> Vec<(String, u64)> {
-    let mut out = Vec::new();
-    for line in table.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 10 || f[3] != "0A" {
-            continue;
+/// Every wildcard TCP listener of this network namespace, by port:
+/// port -> [(inode, "0.0.0.0:P" / "[::]:P")]. One kernel query, however
+/// many instances there are to audit (the supervisor audits everything that
+/// became ready in one loop iteration with one call).
+pub fn wildcard_listeners_by_port() -> BTreeMap<u16, Vec<(u64, String)>> {
+    let mut by_port: BTreeMap<u16, Vec<(u64, String)>> = BTreeMap::new();
+    match sock_diag_wildcard(None) {
+        Ok(found) => {
+            for (port, inode, addr) in found {
+                by_port.entry(port).or_default().push((inode, addr));
+            }
         }
-        let Some((addr, p)) = f[1].split_once(':') else {
-            continue;
-        };
-        if u16::from_str_radix(p, 16).ok() != Some(port) {
-            continue;
-        }
-        if addr.bytes().all(|b| b == b'0') {
-            let shown = if v6 {
-                format!("[::]:{port}")
-            } else {
-                format!("0.0.0.0:{port}")
-            };
-            if let Ok(inode) = f[9].parse() {
-                out.push((shown, inode));
+        Err(_) => {
+            for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
+                if let Ok(t) = std::fs::read_to_string(file) {
+                    for (port, inode, addr) in wildcard_listen_all(&t, v6) {
+                        by_port.entry(port).or_default().push((inode, addr));
+                    }
+                }
             }
         }
     }
-    out
+    by_port
 }
 
-/// (pid, comm, address) of every wildcard listener on `port` owned by one
-/// of `pids`.
-pub fn wildcard_listeners(pids: &[i32], port: u16) -> Vec<(i32, String, String)> {
-    let mut inodes: BTreeMap<u64, String> = BTreeMap::new();
-    for (file, v6) in [("/proc/net/tcp", false), ("/proc/net/tcp6", true)] {
-        if let Ok(t) = std::fs::read_to_string(file) {
-            for (a, i) in wildcard_listen_inodes(&t, port, v6) {
-                inodes.insert(i, a);
-            }
-        }
-    }
+/// (pid, comm, address) of the sockets among `inodes` owned by `pids`.
+pub fn owners(pids: &[i32], inodes: &[(u64, String)]) -> Vec<(i32, String, String)> {
     if inodes.is_empty() {
         return Vec::new();
     }
@@ -62,7 +54,10 @@ pub fn wildcard_listeners(pids: &[i32], port: u16) -> Vec<(i32, String, String)>
             let Some(n) = l.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) else {
                 continue;
             };
-            if let Some(addr) = n.parse::<u64>().ok().and_then(|i| inodes.get(&i)) {
+            let Ok(inode) = n.parse::<u64>() else {
+                continue;
+            };
+            if let Some((_, addr)) = inodes.iter().find(|(i, _)| *i == inode) {
                 let comm = crate::process::procfs::stat(*pid)
                     .map(|s| s.comm)
                     .unwrap_or_default();
@@ -75,9 +70,186 @@ pub fn wildcard_listeners(pids: &[i32], port: u16) -> Vec<(i32, String, String)>
     out
 }
 
+/// (pid, comm, address) of every wildcard listener on `port` owned by one
+/// of `pids`.
+pub fn wildcard_listeners(pids: &[i32], port: u16) -> Vec<(i32, String, String)> {
+    let all = wildcard_listeners_by_port();
+    owners(pids, all.get(&port).map(Vec::as_slice).unwrap_or(&[]))
+}
+
+fn wildcard_listen_all(table: &str, v6: bool) -> Vec<(u16, u64, String)> {
+    let mut out = Vec::new();
+    for line in table.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 10 || f[3] != "0A" {
+            continue;
+        }
+        let Some((addr, p)) = f[1].split_once(':') else {
+            continue;
+        };
+        let Ok(port) = u16::from_str_radix(p, 16) else {
+            continue;
+        };
+        if addr.bytes().all(|b| b == b'0') {
+            let shown = if v6 {
+                format!("[::]:{port}")
+            } else {
+                format!("0.0.0.0:{port}")
+            };
+            if let Ok(inode) = f[9].parse() {
+                out.push((port, inode, shown));
+            }
+        }
+    }
+    out
+}
+
+/// (port, inode, "0.0.0.0:P" / "[::]:P") of wildcard TCP listeners (on
+/// `port`, or on any port), both families, filtered by the kernel.
+fn sock_diag_wildcard(port: Option<u16>) -> std::io::Result<Vec<(u16, u64, String)>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const INET_DIAG_REQ_BYTECODE: u16 = 1;
+    // enum in linux/inet_diag.h: NOP, JMP, S_GE, S_LE, D_GE, D_LE, AUTO,
+    // S_COND (7), D_COND, DEV_COND, MARK_COND, S_EQ, D_EQ, CGROUP_COND.
+    const INET_DIAG_BC_S_COND: u8 = 7;
+    const TCP_LISTEN: u32 = 10;
+    // SAFETY: socket(2): a new fd we own.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is new.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut out = Vec::new();
+    for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
+        // Bytecode "source address is the wildcard, source port is P": one
+        // S_COND op with an inet_diag_hostcond {family, prefix_len, port,
+        // addr}; yes jumps to the end (accept), no past it (reject). So the
+        // kernel copies out only the offending sockets, even with 1000
+        // instances listening on P at their own addresses.
+        let addr_len: usize = if family == libc::AF_INET as u8 { 4 } else { 16 };
+        let bc_len = 4 + 8 + addr_len;
+        let total = 16 + 56 + 4 + bc_len;
+        let mut m: Vec<u8> = Vec::with_capacity(total);
+        m.extend_from_slice(&(total as u32).to_ne_bytes());
+        m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+        m.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
+        m.extend_from_slice(&1u32.to_ne_bytes());
+        m.extend_from_slice(&0u32.to_ne_bytes());
+        m.push(family);
+        m.push(libc::IPPROTO_TCP as u8);
+        m.push(0); // idiag_ext
+        m.push(0); // pad
+        m.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
+        m.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: all zero
+        m.extend_from_slice(&((4 + bc_len) as u16).to_ne_bytes());
+        m.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
+        m.push(INET_DIAG_BC_S_COND);
+        m.push(bc_len as u8);
+        m.extend_from_slice(&((bc_len + 4) as u16).to_ne_bytes());
+        m.push(family);
+        m.push((addr_len * 8) as u8);
+        m.extend_from_slice(&[0, 0]);
+        // -1: any port.
+        m.extend_from_slice(&port.map_or(-1, i32::from).to_ne_bytes());
+        m.resize(m.len() + addr_len, 0);
+        // SAFETY: send on our socket (connected to the kernel by default).
+        if unsafe { libc::send(fd.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let mut buf = vec![0u8; 32 * 1024];
+        'recv: loop {
+            // SAFETY: recv into our buffer.
+            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let n = n as usize;
+            let mut off = 0;
+            while off + 16 <= n {
+                let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
+                let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
+                if len < 16 || off + len > n {
+                    break;
+                }
+                match kind as i32 {
+                    libc::NLMSG_DONE => break 'recv,
+                    libc::NLMSG_ERROR => {
+                        return Err(std::io::Error::other("sock_diag refused the request"));
+                    }
+                    _ => {}
+                }
+                // inet_diag_msg: family, state, timer, retrans, then sockid
+                // (sport, dport: be16; src[16], dst[16], if, cookie[8]),
+                // expires, rqueue, wqueue, uid, inode.
+                let msg = &buf[off + 16..off + len];
+                if msg.len() >= 72 {
+                    let src = &msg[8..24];
+                    let wild = if family == libc::AF_INET as u8 {
+                        src[..4] == [0; 4]
+                    } else {
+                        src == [0u8; 16]
+                    };
+                    let sport = u16::from_be_bytes([msg[4], msg[5]]);
+                    let inode = u32::from_ne_bytes(msg[68..72].try_into().unwrap()) as u64;
+                    if wild && port.is_none_or(|p| p == sport) {
+                        let shown = if family == libc::AF_INET as u8 {
+                            format!("0.0.0.0:{sport}")
+                        } else {
+                            format!("[::]:{sport}")
+                        };
+                        out.push((sport, inode, shown));
+                    }
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sock_diag_sees_a_wildcard_listener_and_ignores_a_specific_one() {
+        let wild = std::net::TcpListener::bind("0.0.0.0:0").unwrap();
+        let port = wild.local_addr().unwrap().port();
+        let found = sock_diag_wildcard(Some(port)).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].2, format!("0.0.0.0:{port}"));
+        assert!(
+            sock_diag_wildcard(None)
+                .unwrap()
+                .iter()
+                .any(|(p, _, _)| *p == port),
+            "any port"
+        );
+        let specific = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let p2 = specific.local_addr().unwrap().port();
+        assert!(sock_diag_wildcard(Some(p2)).unwrap().is_empty());
+        // The same port on a specific address beside a wildcard one: only
+        // the wildcard socket is reported.
+        let wild6 = std::net::TcpListener::bind("[::]:0").unwrap();
+        let p3 = wild6.local_addr().unwrap().port();
+        let _same_port_specific = std::net::TcpListener::bind(("127.0.0.1", p3)).ok();
+        let found = sock_diag_wildcard(Some(p3)).unwrap();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].2, format!("[::]:{p3}"));
+        // The whole path: the owner of the socket is named.
+        let me = std::process::id() as i32;
+        let hits = wildcard_listeners(&[me], port);
+        assert_eq!(hits.len(), 1, "{hits:?}");
+        assert_eq!(hits[0].0, me);
+    }
 
     #[test]
     fn finds_only_wildcard_listeners_on_the_port() {
@@ -86,7 +258,10 @@ mod tests {
    1: 0200007F:232B 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 222 1 0 100 0 0 10 0\n\
    2: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 333 1 0 100 0 0 10 0\n\
    3: 00000000:232B 0100007F:9999 01 00000000:00000000 00:00000000 00000000     0        0 444 1 0 100 0 0 10 0\n";
-        let got = wildcard_listen_inodes(t, 9003, false);
-        assert_eq!(got, vec![("0.0.0.0:9003".to_string(), 111)]);
+        let got: Vec<_> = wildcard_listen_all(t, false)
+            .into_iter()
+            .filter(|(p, _, _)| *p == 9003)
+            .collect();
+        assert_eq!(got, vec![(9003, 111, "0.0.0.0:9003".to_string())]);
     }
 }

@@ -285,28 +285,35 @@ impl CgroupRoot {
         &self.mount.point
     }
 
-    /// The cgroup of `id` (not created), with the v1 limit directories
-    /// that exist for it (an adopted instance's, say).
-    pub fn instance(&self, id: &str) -> InstanceCgroup {
+    /// The cgroup of `id` (not created), with no v1 directories.
+    fn instance_v2(&self, id: &str) -> InstanceCgroup {
         let dir = self.base.join(id);
         let rel = rel_path(&self.mount, &dir);
         InstanceCgroup {
             dir,
             rel,
-            v1_dirs: self
-                .v1
-                .iter()
-                .map(|(_, b)| b.join(id))
-                .filter(|d| d.is_dir())
-                .collect(),
+            v1_dirs: Vec::new(),
             has_kill: self.has_kill,
         }
+    }
+
+    /// The cgroup of `id` as it exists now, with the v1 limit directories
+    /// it has (an adopted instance's, say).
+    pub fn instance(&self, id: &str) -> InstanceCgroup {
+        let mut cg = self.instance_v2(id);
+        cg.v1_dirs = self
+            .v1
+            .iter()
+            .map(|(_, b)| b.join(id))
+            .filter(|d| d.is_dir())
+            .collect();
+        cg
     }
 
     /// Creates the cgroup of `id` and applies `limits` through whichever
     /// hierarchy has the controller.
     pub fn create(&self, id: &str, limits: &Limits) -> Result<InstanceCgroup, CgroupError> {
-        let mut cg = self.instance(id);
+        let mut cg = self.instance_v2(id);
         std::fs::create_dir_all(&cg.dir).map_err(|source| CgroupError::Create {
             path: cg.dir.clone(),
             source,

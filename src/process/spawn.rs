@@ -114,6 +114,46 @@ fn high(fd: RawFd) -> Result<OwnedFd, SpawnError> {
     Ok(unsafe { OwnedFd::from_raw_fd(n) })
 }
 
+/// /dev/null, opened once per process (every spawn needs it for stdin).
+fn dev_null() -> io::Result<&'static std::fs::File> {
+    static NULL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(f) = NULL.get() {
+        return Ok(f);
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    Ok(NULL.get_or_init(|| f))
+}
+
+/// The stack a spawned child runs on until it execs: one mapping for the
+/// whole process, reused (CLONE_VFORK: one child at a time uses it).
+fn child_stack() -> io::Result<*mut libc::c_void> {
+    const SIZE: usize = 512 * 1024;
+    static STACK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(top) = STACK.get() {
+        return Ok(*top as *mut libc::c_void);
+    }
+    // SAFETY: an anonymous private mapping; never unmapped.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // Stacks grow down: hand out the (16-byte aligned) top.
+    let top = (base as usize + SIZE) & !15;
+    Ok(*STACK.get_or_init(|| top) as *mut libc::c_void)
+}
+
 /// Resolved credentials.
 #[derive(Debug, Clone)]
 pub struct Creds {
@@ -411,11 +451,7 @@ impl ExecPlan {
         let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
         envp_ptrs.push(std::ptr::null());
 
-        let devnull = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open("/dev/null")
-            .map_err(os("opening /dev/null"))?;
+        let devnull = dev_null().map_err(os("opening /dev/null"))?;
         let (stdin, stdout, stderr) = match &s.output {
             Output::Inherit => (None, None, None),
             Output::Null => (
@@ -522,18 +558,43 @@ impl ExecPlan {
                 source: e.into(),
             })?;
         let w = high(w.as_raw_fd())?;
-        // SAFETY: the child only runs `child_main`, which makes raw syscalls
-        // on memory prepared before the fork and ends in exec or _exit.
-        let pid = unsafe { libc::fork() };
+        let stack = child_stack().map_err(os("allocating the child's stack"))?;
+        struct Arg<'a> {
+            plan: &'a ExecPlan,
+            errfd: RawFd,
+        }
+        extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
+            // SAFETY: `arg` points at the Arg below, alive until exec (the
+            // parent is suspended meanwhile: CLONE_VFORK).
+            let a = unsafe { &*(arg as *const Arg) };
+            // SAFETY: in the child; never returns.
+            unsafe { a.plan.child_main(a.errfd) }
+        }
+        let mut arg = Arg {
+            plan: &self,
+            errfd: w.as_raw_fd(),
+        };
+        // clone(CLONE_VM | CLONE_VFORK) on a stack of its own, like glibc's
+        // posix_spawn: no page tables are copied and no copy-on-write
+        // faults follow (a fork of the supervisor costs more than the
+        // rest of a start). The parent is suspended until the child has
+        // exec'd or died; the child only reads the prepared plan and makes
+        // raw syscalls (child_main), so sharing the memory is safe.
+        // SAFETY: as described; `stack` is the top of a private mapping no
+        // other child uses (the parent waits for this one to exec).
+        let pid = unsafe {
+            libc::clone(
+                trampoline,
+                stack,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&mut arg as *mut Arg).cast(),
+            )
+        };
         if pid < 0 {
             return Err(SpawnError::Os {
-                step: "fork",
+                step: "clone",
                 source: io::Error::last_os_error(),
             });
-        }
-        if pid == 0 {
-            // SAFETY: in the child; never returns.
-            unsafe { self.child_main(w.as_raw_fd()) }
         }
         drop(w);
         // The supervisor reads the result from its event loop.
@@ -694,10 +755,20 @@ impl ExecPlan {
                 check!(
                     Step::Groups,
                     0,
-                    libc::setgroups(groups.len(), groups.as_ptr())
+                    // Raw syscalls: glibc's wrappers would try to apply
+                    // them to every thread of the (shared-memory) parent.
+                    libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) as i32
                 );
-                check!(Step::Gid, 0, libc::setgid(*gid));
-                check!(Step::Uid, 0, libc::setuid(*uid));
+                check!(
+                    Step::Gid,
+                    0,
+                    libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) as i32
+                );
+                check!(
+                    Step::Uid,
+                    0,
+                    libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) as i32
+                );
             }
             check!(Step::Chdir, 0, libc::chdir(self.cwd.as_ptr()));
             libc::execve(

@@ -250,7 +250,16 @@ impl Daemon {
         if matches!(r, Reply::Done { .. }) {
             c.phase = Phase::Done;
         }
-        self.flush_conn(id);
+        // Written at the end of the loop iteration: the progress lines of
+        // 500 instances starting at once go out in a few writes, not 1000.
+        self.unflushed.insert(id);
+    }
+
+    /// Writes what every connection has queued.
+    pub(super) fn flush_replies(&mut self) {
+        for id in std::mem::take(&mut self.unflushed) {
+            self.flush_conn(id);
+        }
     }
 
     pub fn reply_done(
@@ -281,7 +290,7 @@ impl Daemon {
         );
     }
 
-    fn flush_conn(&mut self, id: u64) {
+    pub(super) fn flush_conn(&mut self, id: u64) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };

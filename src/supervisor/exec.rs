@@ -20,6 +20,9 @@ use crate::process::pidfd::Pidfd;
 use crate::process::spawn::{ExecPlan, Output, Spawn};
 use crate::process::{procfs, track};
 
+/// At most one bind-audit query this often during a burst of starts.
+const AUDIT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+
 impl Daemon {
     pub(super) fn execute(&mut self, idx: usize, a: Action, now: Instant) {
         match a {
@@ -65,8 +68,18 @@ impl Daemon {
                 }
             }
         }
+        // Usually configured already: no watch, one check.
+        match address::is_local(addr) {
+            Ok(true) => {
+                self.post(idx, Event::AddressReady);
+                return;
+            }
+            Ok(false) => {}
+            Err(e) => tracing::warn!(instance = %spec.id, "checking {addr}: {e}"),
+        }
         self.waiting_address.insert(idx);
         self.ensure_address_watch();
+        // It may have appeared between the check and the watch.
         self.check_address(idx);
         if self.waiting_address.contains(&idx) {
             let msg = format!("waiting for {addr} to be configured on this node");
@@ -454,13 +467,13 @@ impl Daemon {
         match to {
             State::Running => {
                 self.insts[idx].healthy = None;
-                match self.bind_audit(idx) {
-                    Some(violation) => self.post(idx, Event::Violation(violation)),
-                    None => {
-                        self.schedule_health(idx, now);
-                        let msg = self.ready_message(idx);
-                        self.answer_waiters(idx, WaitFor::Start, 0, msg);
-                    }
+                let spec = &self.insts[idx].spec;
+                if spec.address.is_some() && spec.port.is_some() {
+                    // Audited (bind audit) with everything else that became
+                    // ready in this loop iteration, then answered.
+                    self.ready_queue.push(idx);
+                } else {
+                    self.ready_confirmed(idx, now);
                 }
             }
             State::Failed => {
@@ -609,15 +622,59 @@ impl Daemon {
         msg
     }
 
-    /// After `running`: a process listening on the wildcard address for
-    /// the instance's port would block a co-resident copy ("port 94: In
-    /// use"). A warning; with `strict_bind`, the violation to fail with.
-    fn bind_audit(&mut self, idx: usize) -> Option<String> {
+    /// Running, audited: health checks begin, the start is answered.
+    fn ready_confirmed(&mut self, idx: usize, now: Instant) {
+        self.schedule_health(idx, now);
+        let msg = self.ready_message(idx);
+        self.answer_waiters(idx, WaitFor::Start, 0, msg);
+    }
+
+    /// The bind audit of every instance that became ready in this loop
+    /// iteration, with one kernel query: a process listening on the
+    /// wildcard address for its instance's port would block a co-resident
+    /// copy ("port 94: In use"). A warning; with `strict_bind`, a failure.
+    pub(super) fn audit_ready(&mut self) {
+        if self.ready_queue.is_empty() {
+            return;
+        }
+        // The kernel walks every listener of the node for one query: in a
+        // burst (500 instances starting) query at most every AUDIT_EVERY,
+        // the first at once (a single `cohost start` waits for nothing).
+        let now = Instant::now();
+        if let Some(last) = self.last_audit
+            && now < last + AUDIT_EVERY
+        {
+            if !self.audit_scheduled {
+                self.audit_scheduled = true;
+                self.timers
+                    .add(last + AUDIT_EVERY, super::timers::Key::Audit);
+            }
+            return;
+        }
+        self.last_audit = Some(now);
+        let queue = std::mem::take(&mut self.ready_queue);
+        let wildcards = crate::isolation::audit::wildcard_listeners_by_port();
+        for idx in queue {
+            if self.insts[idx].state() != State::Running {
+                continue;
+            }
+            match self.bind_audit(idx, &wildcards) {
+                Some(violation) => self.post(idx, Event::Violation(violation)),
+                None => self.ready_confirmed(idx, now),
+            }
+        }
+    }
+
+    fn bind_audit(
+        &mut self,
+        idx: usize,
+        wildcards: &std::collections::BTreeMap<u16, Vec<(u64, String)>>,
+    ) -> Option<String> {
         let spec = self.insts[idx].spec.clone();
         let port = spec.port?;
-        spec.address?;
+        let suspects = wildcards.get(&port)?;
         let members: Vec<i32> = self.members(idx).into_iter().map(|(p, _)| p).collect();
-        let found = crate::isolation::audit::wildcard_listeners(&members, port);
+        let found = crate::isolation::audit::owners(&members, suspects);
         if found.is_empty() {
             return None;
         }

@@ -154,6 +154,12 @@ pub(crate) struct Daemon {
     _runtime_lock: OwnedFd,
     /// An fd kept in reserve to answer a client when all others are used.
     pub reserve_fd: Option<OwnedFd>,
+    /// Instances that became ready and wait for their bind audit.
+    pub ready_queue: Vec<usize>,
+    pub last_audit: Option<Instant>,
+    pub audit_scheduled: bool,
+    /// Connections with replies queued, written at the end of the iteration.
+    pub unflushed: BTreeSet<u64>,
 }
 
 pub fn run(opts: Options) -> i32 {
@@ -286,6 +292,10 @@ impl Daemon {
             pidfds: HashMap::new(),
             _runtime_lock: runtime_lock,
             reserve_fd: std::fs::File::open("/dev/null").ok().map(OwnedFd::from),
+            ready_queue: Vec::new(),
+            last_audit: None,
+            audit_scheduled: false,
+            unflushed: BTreeSet::new(),
         };
         d.adopt_all();
         tracing::info!(
@@ -369,6 +379,7 @@ impl Daemon {
                 self.drain();
             }
             self.fire_timers(Instant::now());
+            self.flush_replies();
             self.flush_state();
         }
     }
@@ -459,6 +470,18 @@ impl Daemon {
 
     /// Runs queued events through the table, and the resulting actions.
     fn drain(&mut self) {
+        loop {
+            self.drain_events();
+            let waiting = self.ready_queue.len();
+            self.audit_ready();
+            // Done when nothing was audited (none waiting, or deferred).
+            if waiting == 0 || self.ready_queue.len() == waiting {
+                break;
+            }
+        }
+    }
+
+    fn drain_events(&mut self) {
         while let Some((idx, ev)) = self.queue.pop_front() {
             let policy = self.insts[idx].policy();
             let now = Instant::now();
@@ -487,6 +510,11 @@ impl Daemon {
             timers::Key::Probe { idx, slot, epoch } => self.on_probe_timer(idx, slot, epoch, now),
             timers::Key::Conn { id } => self.on_conn_timeout(id),
             timers::Key::Hook { pid } => self.kill_group_if_child(pid),
+            timers::Key::Audit => {
+                self.audit_scheduled = false;
+                self.last_audit = None;
+                self.audit_ready();
+            }
         }
     }
 

@@ -11,7 +11,6 @@
 //! *and* start time, or by membership of the instance's cgroup. It never
 //! starts a second copy and never kills a live one.
 
-use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -66,10 +65,11 @@ impl Daemon {
             let saved = self.saved(idx);
             let path = self.state_path(&saved.id);
             let tmp = path.with_extension("json.tmp");
-            let res = std::fs::File::create(&tmp).and_then(|mut f| {
-                serde_json::to_writer(&mut f, &saved)?;
-                f.write_all(b"\n")
-            });
+            // One write(2): serde_json on an unbuffered File would issue
+            // one per token.
+            let mut bytes = serde_json::to_vec(&saved).unwrap_or_default();
+            bytes.push(b'\n');
+            let res = std::fs::write(&tmp, &bytes);
             match res.and_then(|()| std::fs::rename(&tmp, &path)) {
                 Ok(()) => {}
                 Err(e) => tracing::error!(instance = %saved.id, "writing {}: {e}", path.display()),

@@ -55,7 +55,8 @@ impl Daemon {
             self.reply_done(conn, code::INVALID, msg, None);
             return;
         }
-        if self.shutting_down && !env.req.is_read_only() && !matches!(env.req, Request::Shutdown) {
+        if self.shutting_down && !env.req.is_read_only() && !matches!(env.req, Request::Shutdown {})
+        {
             self.reply_done(
                 conn,
                 code::FAILED,
@@ -65,7 +66,7 @@ impl Daemon {
             return;
         }
         match env.req {
-            Request::Ping => {
+            Request::Ping {} => {
                 let data = serde_json::json!({
                     "pid": std::process::id(),
                     "config": self.opts.config_dir.display().to_string(),
@@ -128,7 +129,7 @@ impl Daemon {
                     );
                 }
             }
-            Request::Status { id: None } | Request::List => {
+            Request::Status { id: None } | Request::List {} => {
                 let all: Vec<InstanceStatus> = (0..self.insts.len())
                     .map(|i| self.status_of(i, false))
                     .collect();
@@ -144,7 +145,7 @@ impl Daemon {
                     self.monitor(conn, idx, depth);
                 }
             }
-            Request::Up => {
+            Request::Up {} => {
                 let all: Vec<String> = self
                     .insts
                     .iter()
@@ -153,15 +154,15 @@ impl Daemon {
                     .collect();
                 self.start_batch(Some(conn), batch::Op::Up, all);
             }
-            Request::Down => {
+            Request::Down {} => {
                 let all: Vec<String> = self.insts.iter().map(|i| i.id().to_string()).collect();
                 self.start_batch(Some(conn), batch::Op::Down, all);
             }
-            Request::Reload => {
+            Request::Reload {} => {
                 let (c, msg) = self.reload();
                 self.reply_done(conn, c, msg, None);
             }
-            Request::Shutdown => self.begin_shutdown(Some(conn)),
+            Request::Shutdown {} => self.begin_shutdown(Some(conn)),
         }
     }
 
@@ -417,19 +418,19 @@ fn list(v: &[String]) -> String {
 
 fn op_name(r: &Request) -> &'static str {
     match r {
-        Request::Ping => "ping",
+        Request::Ping {} => "ping",
         Request::Start { .. } => "start",
         Request::Stop { .. } => "stop",
         Request::Restart { .. } => "restart",
         Request::Kill { .. } => "kill",
         Request::Reset { .. } => "reset",
         Request::Status { .. } => "status",
-        Request::List => "list",
+        Request::List {} => "list",
         Request::Monitor { .. } => "monitor",
-        Request::Up => "up",
-        Request::Down => "down",
-        Request::Reload => "reload",
-        Request::Shutdown => "shutdown",
+        Request::Up {} => "up",
+        Request::Down {} => "down",
+        Request::Reload {} => "reload",
+        Request::Shutdown {} => "shutdown",
     }
 }
 

@@ -16,6 +16,8 @@ pub enum Key {
     Conn { id: u64 },
     /// A hook or probe command that overran its timeout.
     Hook { pid: i32 },
+    /// The deferred bind audit of instances that became ready.
+    Audit,
 }
 
 #[derive(Default)]
