@@ -542,3 +542,37 @@ fn one_daemon_per_runtime_dir_and_two_runtime_dirs_coexist() {
     c.args(["--runtime-dir", other.to_str().unwrap()]);
     run_cmd(c).ok();
 }
+
+#[test]
+fn services_start_with_default_signal_dispositions_and_an_empty_mask() {
+    // The supervisor ignores SIGPIPE, and whoever starts it may ignore more
+    // (nohup ignores SIGHUP): none of that may reach a service.
+    let h = Harness::new();
+    h.mkdirs(&["sig/data"]);
+    h.write_config(
+        "s.toml",
+        &format!(
+            "[service.s]\ncommand = [\"sh\", \"-c\", \"grep -E '^Sig(Ign|Blk)' /proc/self/status > ${{data}}/sig; exec {} sleep\"]\n\n[instance.sig1]\nservice = \"s\"\npaths = {{ data = \"{}\" }}\n",
+            example("testsvc").display(),
+            h.path("sig/data").display()
+        ),
+    );
+    let mut c = std::process::Command::new("nohup");
+    c.arg(cohost_bin())
+        .arg("--config")
+        .arg(&h.config)
+        .arg("--runtime-dir")
+        .arg(&h.runtime)
+        .args(["start", "sig1"]);
+    run_cmd(c).ok();
+    let f = h.path("sig/data/sig");
+    h.wait_for("signal report", || {
+        std::fs::read_to_string(&f).is_ok_and(|s| s.lines().count() == 2)
+    });
+    let text = std::fs::read_to_string(&f).unwrap();
+    // sh itself ignores nothing at start; both masks must be empty.
+    assert!(
+        text.contains("SigIgn:\t0000000000000000") && text.contains("SigBlk:\t0000000000000000"),
+        "{text}"
+    );
+}

@@ -7,6 +7,7 @@
 //! instances file directly.
 
 mod daemonctl;
+pub mod fast;
 mod local;
 mod output;
 

@@ -127,6 +127,47 @@ fn dev_null() -> io::Result<&'static std::fs::File> {
     Ok(NULL.get_or_init(|| f))
 }
 
+/// Signals whose disposition is not SIG_DFL in this process: an ignored one
+/// survives exec(2) (SIGPIPE, ignored by the supervisor; whatever the
+/// caller of `cohost start` ignored, like SIGHUP under nohup). A service
+/// must start with all of them at the default, and only these need a
+/// sigaction in the child. Dispositions are looked up once: the supervisor
+/// never changes them afterwards.
+fn non_default_signals() -> &'static [libc::c_int] {
+    static SET: std::sync::OnceLock<Vec<libc::c_int>> = std::sync::OnceLock::new();
+    SET.get_or_init(|| {
+        (1..=64)
+            .filter(|&sig| sig != libc::SIGKILL && sig != libc::SIGSTOP)
+            .filter(|&sig| {
+                let mut old = KernelSigaction::default();
+                // SAFETY: rt_sigaction(2) query with a valid out pointer.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_rt_sigaction,
+                        sig,
+                        std::ptr::null::<KernelSigaction>(),
+                        &mut old,
+                        8,
+                    )
+                };
+                r == 0 && old.handler != libc::SIG_DFL
+            })
+            .collect()
+    })
+}
+
+/// The kernel's struct sigaction (x86-64 and aarch64 layout). The raw
+/// syscall is used because glibc refuses its two internal real-time
+/// signals (32, 33), which a launcher may still have ignored.
+#[repr(C)]
+#[derive(Default)]
+struct KernelSigaction {
+    handler: libc::sighandler_t,
+    flags: libc::c_ulong,
+    restorer: usize,
+    mask: u64,
+}
+
 /// The stack a spawned child runs on until it execs: one mapping for the
 /// whole process, reused (CLONE_VFORK: one child at a time uses it).
 fn child_stack() -> io::Result<*mut libc::c_void> {
@@ -405,6 +446,8 @@ pub struct ExecPlan {
     rlimits: Vec<(libc::c_int, libc::rlimit)>,
     umask: Option<libc::mode_t>,
     creds: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
+    /// Signals to set back to SIG_DFL before exec (see `non_default_signals`).
+    reset_signals: &'static [libc::c_int],
     /// Human description for messages: "/opt/counter/bin/counter --listen …".
     pub display: String,
 }
@@ -537,6 +580,7 @@ impl ExecPlan {
             rlimits,
             umask: run.umask.map(|m| m as libc::mode_t),
             creds: creds.map(|c| (c.uid, c.gid, c.groups)),
+            reset_signals: non_default_signals(),
             display,
         })
     }
@@ -657,10 +701,15 @@ impl ExecPlan {
                 0,
                 libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
             );
-            for sig in 1..32 {
-                if sig != libc::SIGKILL && sig != libc::SIGSTOP {
-                    libc::signal(sig, libc::SIG_DFL);
-                }
+            let dfl = KernelSigaction::default();
+            for &sig in self.reset_signals {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &dfl,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8,
+                );
             }
             if self.setsid {
                 check!(Step::Setsid, 0, libc::setsid());
