@@ -430,3 +430,36 @@ fn daemon_logs_carry_the_instance_and_can_be_json() {
     let out = h.run(&["logs", "j1", "-n", "1"]).ok();
     assert!(out.stdout.contains("sleeping (pid"), "{out}");
 }
+
+/// Context switches of a process so far (each wake-up is one).
+fn switches(pid: i32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .filter(|l| {
+            l.starts_with("voluntary_ctxt_switches") || l.starts_with("nonvoluntary_ctxt_switches")
+        })
+        .map(|l| l.split_whitespace().last().unwrap().parse::<u64>().unwrap())
+        .sum()
+}
+
+#[test]
+fn an_idle_daemon_never_wakes_up() {
+    // No health check: nothing to do, so no wake-up at all; not even for
+    // the start deadline (1 s here), which became moot when it was ready.
+    let h = Harness::new();
+    let addr = format!("{}:7080", h.addr(80));
+    h.write_config(
+        "i.toml",
+        &format!(
+            "[service.s]\ncommand = [\"{}\", \"serve\", \"{addr}\"]\nready = {{ tcp = \"{addr}\", timeout = \"1s\" }}\n\n[instance.i1]\nservice = \"s\"\n",
+            t()
+        ),
+    );
+    h.run(&["start", "i1"]).ok();
+    let pid = h.daemon_pid().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    let before = switches(pid);
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(switches(pid) - before, 0, "the idle daemon woke up");
+}

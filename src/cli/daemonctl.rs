@@ -283,33 +283,30 @@ fn quiet(res: Result<Done, (i32, String)>) -> (i32, String) {
     }
 }
 
+fn start_request(
+    ctx: &Ctx,
+    id: &str,
+    timeout: Option<f64>,
+    with_deps: bool,
+) -> Result<Done, (i32, String)> {
+    let stream = connect(ctx, Launch::Always, Some(id))?.expect("launched");
+    call(
+        ctx,
+        stream,
+        Request::Start {
+            id: id.into(),
+            timeout_ms: ms(timeout),
+            with_deps,
+        },
+    )
+}
+
 pub fn start_quiet(ctx: &Ctx, id: &str, timeout: Option<f64>) -> (i32, String) {
-    quiet(connect(ctx, Launch::Always, Some(id)).and_then(|s| {
-        call(
-            ctx,
-            s.expect("launched"),
-            Request::Start {
-                id: id.into(),
-                timeout_ms: ms(timeout),
-                with_deps: false,
-            },
-        )
-    }))
+    quiet(start_request(ctx, id, timeout, false))
 }
 
 pub fn start(ctx: &Ctx, id: &str, timeout: Option<f64>, with_deps: bool) -> i32 {
-    let res = connect(ctx, Launch::Always, Some(id)).and_then(|s| {
-        call(
-            ctx,
-            s.expect("launched"),
-            Request::Start {
-                id: id.into(),
-                timeout_ms: ms(timeout),
-                with_deps,
-            },
-        )
-    });
-    finish(res)
+    finish(start_request(ctx, id, timeout, with_deps))
 }
 
 pub fn restart(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {

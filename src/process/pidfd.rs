@@ -35,30 +35,28 @@ impl Pidfd {
     /// still matches, the pidfd holds that very process (a reused pid would
     /// have a later start time), so later signals are safe.
     pub fn open_verified(pid: i32, start_time: u64) -> io::Result<Option<Pidfd>> {
-        let fd = match Pidfd::open(pid) {
-            Ok(fd) => fd,
-            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        match procfs::start_time(pid) {
-            Some(t) if t == start_time => Ok(Some(fd)),
-            _ => Ok(None),
-        }
+        Pidfd::open_if(pid, |p| procfs::start_time(p) == Some(start_time))
     }
 
     /// Opens `pid` only if it is (still) in the cgroup at `cgroup` (a v2
     /// path like "/cohost/x/demo01"). Membership is checked after opening,
     /// so the pidfd names a member: ownership is membership.
     pub fn open_in_cgroup(pid: i32, cgroup: &str) -> io::Result<Option<Pidfd>> {
+        Pidfd::open_if(pid, |p| {
+            procfs::cgroup_v2_path(p).as_deref() == Some(cgroup)
+        })
+    }
+
+    /// Opens `pid`, then keeps the pidfd only if `still_ours` holds: checked
+    /// after opening, so a pid reused in between fails the check instead
+    /// of being signalled. `None` also when the process is gone.
+    fn open_if(pid: i32, still_ours: impl FnOnce(i32) -> bool) -> io::Result<Option<Pidfd>> {
         let fd = match Pidfd::open(pid) {
             Ok(fd) => fd,
             Err(e) if e.raw_os_error() == Some(libc::ESRCH) => return Ok(None),
             Err(e) => return Err(e),
         };
-        match procfs::cgroup_v2_path(pid) {
-            Some(p) if p == cgroup => Ok(Some(fd)),
-            _ => Ok(None),
-        }
+        Ok(still_ours(pid).then_some(fd))
     }
 
     pub fn pid(&self) -> i32 {

@@ -359,6 +359,7 @@ impl Daemon {
                 tracing::info!("every instance stopped; daemon exits");
                 return Ok(());
             }
+            self.purge_stale_timers();
             let timeout = match self.timers.next_deadline() {
                 None => EpollTimeout::NONE,
                 Some(at) => {
@@ -498,6 +499,36 @@ impl Daemon {
             self.on_timer(key, now);
             self.drain();
         }
+    }
+
+    /// Whether a timer still means something (cancellation is lazy: a key
+    /// carries the epoch it was set for).
+    fn timer_live(&self, key: &timers::Key) -> bool {
+        match *key {
+            timers::Key::Deadline { idx, epoch } => self.insts[idx].deadline_epoch == epoch,
+            timers::Key::Probe { idx, slot, epoch } => {
+                let inst = &self.insts[idx];
+                let p = if slot == 0 {
+                    inst.ready_probe.as_ref()
+                } else {
+                    inst.health.get(slot - 1)
+                };
+                p.is_some_and(|p| p.epoch == epoch)
+            }
+            timers::Key::Conn { id } => self
+                .conns
+                .get(&id)
+                .is_some_and(|c| c.phase == conn::Phase::Reading),
+            timers::Key::Hook { pid } => self.children.contains_key(&pid),
+            timers::Key::Audit => self.audit_scheduled,
+        }
+    }
+
+    /// Zero wake-ups when idle: a cancelled timer must not wake the loop.
+    fn purge_stale_timers(&mut self) {
+        let mut timers = std::mem::take(&mut self.timers);
+        timers.purge_head(|k| self.timer_live(k));
+        self.timers = timers;
     }
 
     fn on_timer(&mut self, key: timers::Key, now: Instant) {

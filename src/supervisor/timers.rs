@@ -36,6 +36,17 @@ impl Timers {
         self.heap.peek().map(|Reverse((at, _, _))| *at)
     }
 
+    /// Drops cancelled timers from the head, so that a cancelled deadline
+    /// never wakes the loop (`live` tells a key still matters).
+    pub fn purge_head(&mut self, mut live: impl FnMut(&Key) -> bool) {
+        while let Some(Reverse((_, _, k))) = self.heap.peek() {
+            if live(k) {
+                break;
+            }
+            self.heap.pop();
+        }
+    }
+
     pub fn pop_due(&mut self, now: Instant) -> Option<Key> {
         match self.heap.peek() {
             Some(Reverse((at, _, _))) if *at <= now => self.heap.pop().map(|Reverse((_, _, k))| k),
@@ -53,6 +64,22 @@ impl Timers {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn stale_heads_are_purged_live_ones_kept() {
+        let t0 = Instant::now();
+        let mut t = Timers::default();
+        t.add(t0 + Duration::from_secs(1), Key::Conn { id: 1 });
+        t.add(t0 + Duration::from_secs(2), Key::Conn { id: 2 });
+        t.add(t0 + Duration::from_secs(3), Key::Conn { id: 3 });
+        t.purge_head(|k| *k != Key::Conn { id: 1 } && *k != Key::Conn { id: 3 });
+        assert_eq!(
+            t.next_deadline(),
+            Some(t0 + Duration::from_secs(2)),
+            "only the stale head goes"
+        );
+        assert_eq!(t.len(), 2);
+    }
 
     #[test]
     fn pops_in_order_only_when_due() {
