@@ -1,0 +1,42 @@
+#!/bin/bash
+# Adapter: cohost (one daemon, one cgroup per instance, thin CLI client).
+# Protocol: see ../README.md.  Env: BENCH_N BENCH_PORT BENCH_LISTENER BENCH_WORK
+# BENCH_PROBE, and COHOST_BIN (the cohost binary; run.sh sets it).
+set -euo pipefail
+W=$BENCH_WORK
+COHOST=${COHOST_BIN:-cohost}
+CFG=$W/instances.d
+RT=$W/run
+c() { printf '%s\n' "$COHOST" --config "$CFG" --runtime-dir "$RT" "$@"; }
+case "${1:-}" in
+setup)
+    rm -rf "$W"; mkdir -p "$CFG"
+    {
+        # No readiness check (like runit and s6: started = exec'd); every
+        # instance starts with the daemon (the harness's cold start).
+        # shellcheck disable=SC2016 # ${address} is for cohost, not the shell
+        printf '[service.listener]\ncommand = ["%s", "${address}", "${port}"]\n' "$BENCH_LISTENER"
+        for i in $(seq 1 "$BENCH_N"); do
+            printf '\n[instance.inst%d]\nservice = "listener"\naddress = "127.10.%d.%d"\nport = %d\nautostart = true\n' \
+                "$i" $(( (i - 1) / 250 )) $(( (i - 1) % 250 + 1 )) "$BENCH_PORT"
+        done
+    } > "$CFG/bench.toml"
+    ;;
+argv)
+    case "$2" in
+    daemon)    c daemon --foreground ;;
+    start-all) c up ;;
+    stop-all)  c down ;;
+    status)    c status "inst$3" ;;
+    monitor)   c monitor "inst$3" ;;
+    *) echo "unknown action $2" >&2; exit 2 ;;
+    esac
+    ;;
+shutdown)   # stops every instance; the daemon exits when they are gone
+    "$COHOST" --config "$CFG" --runtime-dir "$RT" shutdown >/dev/null
+    ;;
+cleanup)
+    rm -rf "$W"
+    ;;
+*) echo "usage: $0 setup|argv ACTION [I]|shutdown PID|cleanup" >&2; exit 2 ;;
+esac

@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+"""One table from the runs of bench.py: cohost, the floor and the peers.
+
+    ./compare.py [--since STAMP] [--out FILE]
+
+For every supervisor the newest results/<name>-<stamp>.jsonl (newer than
+STAMP if given) is read. Every time is a median over reps; every ratio to
+the floor uses the floor measured inside the same run (the machine is
+noisy: ratios taken under the same noise are steadier than milliseconds),
+and "x cohost" compares the supervisor's own ratio to cohost's.
+"""
+import argparse
+import glob
+import json
+import os
+import statistics
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ORDER = ["cohost", "runit", "s6-fifo", "s6", "supervisord"]
+
+
+def med(v):
+    v = [x for x in v if x is not None and x == x and x >= 0]
+    return statistics.median(v) if v else float("nan")
+
+
+def rng(v):
+    v = [x for x in v if x is not None and x == x and x >= 0]
+    return (min(v), max(v)) if v else (float("nan"), float("nan"))
+
+
+def load(since):
+    runs = {}
+    for f in glob.glob(os.path.join(HERE, "results", "*.jsonl")):
+        name, stamp = os.path.basename(f)[:-6].rsplit("-", 2)[0], "-".join(os.path.basename(f)[:-6].rsplit("-", 2)[1:])
+        if since and stamp < since:
+            continue
+        if name not in runs or stamp > runs[name][0]:
+            runs[name] = (stamp, f)
+    out = {}
+    for name, (stamp, f) in runs.items():
+        with open(f) as fh:
+            out[name] = [json.loads(line) for line in fh]
+    return out
+
+
+def summarize(rows):
+    true_ms = next((r["median_ms"] for r in rows if r["kind"] == "exec_floor"), float("nan"))
+    by_n = {}
+    for n in sorted({r["n"] for r in rows if "n" in r}):
+        rs = [r for r in rows if r.get("n") == n]
+        k = lambda kind: [r for r in rs if r["kind"] == kind]
+        start, stop, fl = k("start_all"), k("stop_all"), k("floor")
+        st, mon, mem, idle = k("status"), k("monitor"), k("memory"), k("idle")
+        # per-rep ratios, then their median
+        def ratios(measure, floor_key):
+            out = []
+            for r in measure:
+                f = next((x for x in fl if x.get("rep") == r.get("rep")), None)
+                if f and f.get(floor_key, 0) > 0 and r.get("ms", -1) > 0:
+                    out.append(r["ms"] / f[floor_key])
+            return out
+        by_n[n] = dict(
+            start=med([r["ms"] for r in start]), start_rng=rng([r["ms"] for r in start]),
+            start_x=med(ratios(start, "up_ms")),
+            stop=med([r["ms"] for r in stop]), stop_rng=rng([r["ms"] for r in stop]),
+            stop_x=med(ratios(stop, "down_ms")),
+            floor_up=med([r["up_ms"] for r in fl]), floor_down=med([r["down_ms"] for r in fl]),
+            status=st[0]["median_ms"] if st else float("nan"),
+            monitor=mon[0]["median_ms"] if mon else float("nan"),
+            true=true_ms,
+            rss=med([r["rss_kib"] for r in mem]) / 1024, pss=med([r["pss_kib"] for r in mem]) / 1024,
+            procs=int(med([r["procs"] for r in mem])) if mem else 0,
+            idle_cpu=(idle[0]["cpu_ms"] * 60 / idle[0]["secs"]) if idle else float("nan"),
+            idle_secs=idle[0]["secs"] if idle else 0,
+            wakeups=idle[0]["wakeups_per_s"] if idle else float("nan"),
+            errors=sum(1 for r in rs if r.get("err")),
+        )
+    return by_n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--since", default=None)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args()
+    runs = {name: summarize(rows) for name, rows in load(args.since).items()}
+    names = [n for n in ORDER if n in runs] + sorted(n for n in runs if n not in ORDER)
+    co = runs.get("cohost", {})
+    lines = ["| N | supervisor | start-all ms (min-max) | x floor | x cohost | stop-all ms (min-max) | x floor | x cohost "
+             "| status ms | monitor ms | /bin/true ms | sup. procs | RSS MiB | PSS MiB | idle CPU ms/min | wake-ups/s | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    f2 = lambda x: "-" if x != x else f"{x:.2f}"
+    f1 = lambda x: "-" if x != x else f"{x:.1f}"
+    for n in sorted({n for r in runs.values() for n in r}):
+        fl = co.get(n) or next((r[n] for r in runs.values() if n in r), None)
+        lines.append(f"| {n} | fork/exec floor | {f1(fl['floor_up'])} | 1 | | {f1(fl['floor_down'])} | 1 | | | | | | | | | | |")
+        for name in names:
+            d = runs[name].get(n)
+            if not d:
+                continue
+            c = co.get(n)
+            xs = lambda key: f"{d[key] / c[key]:.2f}" if c and c[key] == c[key] and c[key] > 0 else "-"
+            lines.append(
+                f"| {n} | {name} | {f1(d['start'])} ({f1(d['start_rng'][0])}-{f1(d['start_rng'][1])}) | {f2(d['start_x'])}x | {xs('start_x')} "
+                f"| {f1(d['stop'])} ({f1(d['stop_rng'][0])}-{f1(d['stop_rng'][1])}) | {f2(d['stop_x'])}x | {xs('stop_x')} "
+                f"| {f2(d['status'])} | {f2(d['monitor'])} | {f2(d['true'])} | {d['procs']} | {f1(d['rss'])} | {f1(d['pss'])} "
+                f"| {f1(d['idle_cpu'])} | {f2(d['wakeups'])} | {d['errors']} |")
+    table = "\n".join(lines) + "\n"
+    print(table)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(table)
+
+
+if __name__ == "__main__":
+    main()
