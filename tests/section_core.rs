@@ -576,3 +576,35 @@ fn services_start_with_default_signal_dispositions_and_an_empty_mask() {
         "{text}"
     );
 }
+
+#[test]
+fn a_request_for_another_instances_file_is_refused_a_symlink_to_ours_is_not() {
+    let h = Harness::new();
+    h.write_config(
+        "s.toml",
+        &format!(
+            "[service.s]\ncommand = [\"{}\", \"sleep\"]\n\n[instance.s1]\nservice = \"s\"\n",
+            example("testsvc").display()
+        ),
+    );
+    h.run(&["start", "s1"]).ok();
+    // Another directory, same runtime dir: an operator error worth naming.
+    let other = h.path("other.d");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::copy(h.config.join("s.toml"), other.join("s.toml")).unwrap();
+    let mut c = h.command(&["status", "s1"]);
+    c.arg("--config").arg(&other);
+    let out = run_cmd(c);
+    assert_eq!(out.code, 2, "{out}");
+    assert!(
+        out.stderr.contains("runs the instances file")
+            && out.stderr.contains("its own --runtime-dir"),
+        "{out}"
+    );
+    // The same directory through a symlink is the same instances file.
+    let link = h.path("link.d");
+    std::os::unix::fs::symlink(&h.config, &link).unwrap();
+    let mut c = h.command(&["monitor", "s1"]);
+    c.arg("--config").arg(&link);
+    run_cmd(c).ok();
+}

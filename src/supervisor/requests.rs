@@ -434,9 +434,11 @@ fn op_name(r: &Request) -> &'static str {
     }
 }
 
-fn same_dir(a: &str, b: &str) -> bool {
-    let canon = |p: &str| std::fs::canonicalize(p).unwrap_or_else(|_| p.into());
-    canon(a) == canon(b)
+/// The client's instances dir is the daemon's (canonical since start-up).
+/// The same string needs no syscall; otherwise the client's path is
+/// resolved (symlinks, `..`) once.
+fn same_dir(client: &str, ours: &str) -> bool {
+    client == ours || std::fs::canonicalize(client).is_ok_and(|c| c == std::path::Path::new(ours))
 }
 
 /// Is the peer in group `g`? Its primary gid, or its supplementary groups
