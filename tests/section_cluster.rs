@@ -561,7 +561,7 @@ fn forking_service_process_count_check_reports_partial() {
     h.write_config(
         "f.toml",
         &format!(
-            "[service.xm]\ntype = \"forking\"\ncommand = [\"{}\", \"daemons\", \"xmofts\", \"3\"]\nhealth = [{{ process = \"xmofts\", count = 3, interval = \"1h\" }}]\n\n[instance.xm1]\nservice = \"xm\"\n",
+            "[service.xm]\ntype = \"forking\"\ncommand = [\"{}\", \"daemons\", \"xmofts\", \"3\"]\nready = {{ process = \"xmofts\", count = 3, timeout = \"20s\" }}\nhealth = [{{ process = \"xmofts\", count = 3, interval = \"1h\" }}]\n\n[instance.xm1]\nservice = \"xm\"\n",
             example("testsvc").display()
         ),
     );
