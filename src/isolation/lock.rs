@@ -206,7 +206,21 @@ mod tests {
             other => panic!("expected Held, got {other:?}"),
         }
         drop(a);
-        let b = Lock::acquire(&p, &me("nodeB")).unwrap();
+        // Other tests of this binary fork on other threads: a forked child
+        // holds a copy of every fd (ours too) until its exec closes it, so
+        // the lock may outlive our drop by that moment. (The daemon is one
+        // thread and vfork-waits for each child's exec: no such window.)
+        let start = std::time::Instant::now();
+        let b = loop {
+            match Lock::acquire(&p, &me("nodeB")) {
+                Ok(b) => break b,
+                Err(e) if start.elapsed() < std::time::Duration::from_secs(10) => {
+                    let _ = e;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("the lock outlived its holder: {e}"),
+            }
+        };
         assert_eq!(
             b.previous.unwrap().node,
             "nodeA",
