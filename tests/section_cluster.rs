@@ -22,14 +22,7 @@ fn system_lock() -> std::sync::MutexGuard<'static, ()> {
 }
 
 fn need(tool: &str, package: &str) {
-    let ok = Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{tool} is not installed: apt-get install {package} (CI installs it)"
-    );
+    require_tools(&[(tool, package)]);
 }
 
 fn root() -> PathBuf {

@@ -33,10 +33,7 @@ impl Node {
         run_cmd(c)
     }
     fn status(&self, id: &str) -> serde_json::Value {
-        let out = self.cohost(&["status", id, "--json"]);
-        serde_json::from_str::<serde_json::Value>(&out.stdout)
-            .unwrap_or_else(|e| panic!("{e}\n{out}"))[0]
-            .clone()
+        first_status(self.cohost(&["status", id, "--json"]))
     }
 }
 

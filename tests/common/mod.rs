@@ -209,10 +209,7 @@ impl Harness {
 
     /// The instance's status as JSON.
     pub fn status_json(&self, id: &str) -> serde_json::Value {
-        let out = self.run(&["status", id, "--json"]);
-        let v: serde_json::Value =
-            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"));
-        v[0].clone()
+        first_status(self.run(&["status", id, "--json"]))
     }
 
     pub fn state(&self, id: &str) -> String {
@@ -249,6 +246,13 @@ impl Harness {
     pub fn wait_for(&self, what: &str, f: impl FnMut() -> bool) {
         wait_for(what, f)
     }
+}
+
+/// The one instance of a `status ID --json` answer.
+pub fn first_status(out: Out) -> serde_json::Value {
+    let v: serde_json::Value =
+        serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"));
+    v[0].clone()
 }
 
 pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
