@@ -463,3 +463,42 @@ fn an_idle_daemon_never_wakes_up() {
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(switches(pid) - before, 0, "the idle daemon woke up");
 }
+
+#[test]
+fn logs_follow_prints_new_lines_across_a_restart() {
+    use std::io::{BufRead, BufReader};
+    let h = Harness::new();
+    h.mkdirs(&["f1/log"]);
+    h.write_config(
+        "f.toml",
+        &format!(
+            "[service.chat]\ncommand = [\"{}\", \"chatter\"]\n\n[instance.f1]\nservice = \"chat\"\npaths = {{ log = \"{}\" }}\n",
+            t(),
+            h.path("f1/log").display()
+        ),
+    );
+    h.run(&["start", "f1"]).ok();
+    let mut c = h.command(&["logs", "f1", "-f", "-n", "1"]);
+    c.stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let mut child = c.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("chatter line "), "{first}");
+    // The log is rotated at a restart (.log -> .log.1): -f reads the new one.
+    h.run(&["restart", "f1"]).ok();
+    let mut saw_restart = false;
+    for _ in 0..2000 {
+        let l = lines.next().unwrap().unwrap();
+        if l == "chatter line 1" {
+            saw_restart = true;
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        saw_restart,
+        "logs -f followed the new log after the restart"
+    );
+}
