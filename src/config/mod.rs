@@ -3,6 +3,7 @@
 //! `load` is the only entry point: read (the only I/O), parse, resolve.
 //! It returns every problem at once as `FILE:LINE: message`.
 
+pub mod checks;
 pub mod import;
 pub mod parse;
 pub mod reader;
