@@ -20,8 +20,13 @@ use crate::process::pidfd::Pidfd;
 use crate::process::spawn::{ExecPlan, Output, Spawn};
 use crate::process::{procfs, track};
 
-/// At most one bind-audit query this often during a burst of starts.
-const AUDIT_EVERY: std::time::Duration = std::time::Duration::from_millis(50);
+/// Bind-audit queries are spaced by ten times what the last one cost (the
+/// kernel walks every listener of the node), within these bounds: in a
+/// burst of starts the audit takes at most a tenth of the daemon's time,
+/// and a single `cohost start` (or a script's sequence of them) waits for
+/// nothing.
+const AUDIT_GAP_MIN: std::time::Duration = std::time::Duration::from_micros(100);
+const AUDIT_GAP_MAX: std::time::Duration = std::time::Duration::from_millis(50);
 
 impl Daemon {
     pub(super) fn execute(&mut self, idx: usize, a: Action, now: Instant) {
@@ -638,22 +643,23 @@ impl Daemon {
             return;
         }
         // The kernel walks every listener of the node for one query: in a
-        // burst (500 instances starting) query at most every AUDIT_EVERY,
-        // the first at once (a single `cohost start` waits for nothing).
+        // burst (500 instances starting) the ones that become ready while
+        // the gap runs share the next query (see AUDIT_GAP_MIN).
         let now = Instant::now();
         if let Some(last) = self.last_audit
-            && now < last + AUDIT_EVERY
+            && now < last + self.audit_gap
         {
             if !self.audit_scheduled {
                 self.audit_scheduled = true;
                 self.timers
-                    .add(last + AUDIT_EVERY, super::timers::Key::Audit);
+                    .add(last + self.audit_gap, super::timers::Key::Audit);
             }
             return;
         }
         self.last_audit = Some(now);
         let queue = std::mem::take(&mut self.ready_queue);
         let wildcards = crate::isolation::audit::wildcard_listeners_by_port();
+        self.audit_gap = (now.elapsed() * 10).clamp(AUDIT_GAP_MIN, AUDIT_GAP_MAX);
         for idx in queue {
             if self.insts[idx].state() != State::Running {
                 continue;

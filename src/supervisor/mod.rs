@@ -159,6 +159,8 @@ pub(crate) struct Daemon {
     /// Instances that became ready and wait for their bind audit.
     pub ready_queue: Vec<usize>,
     pub last_audit: Option<Instant>,
+    /// The least time between two audits (ten times the last one's cost).
+    pub audit_gap: std::time::Duration,
     pub audit_scheduled: bool,
     /// Connections with replies queued, written at the end of the iteration.
     pub unflushed: BTreeSet<u64>,
@@ -296,6 +298,7 @@ impl Daemon {
             reserve_fd: std::fs::File::open("/dev/null").ok().map(OwnedFd::from),
             ready_queue: Vec::new(),
             last_audit: None,
+            audit_gap: std::time::Duration::ZERO,
             audit_scheduled: false,
             unflushed: BTreeSet::new(),
         };
