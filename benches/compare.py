@@ -68,7 +68,10 @@ def summarize(rows):
             floor_up=med([r["up_ms"] for r in fl]), floor_down=med([r["down_ms"] for r in fl]),
             status=st[0]["median_ms"] if st else float("nan"),
             monitor=mon[0]["median_ms"] if mon else float("nan"),
-            true=true_ms,
+            # /bin/true measured right after each (older results: once per run)
+            status_true=st[0].get("true_ms", true_ms) if st else float("nan"),
+            monitor_true=mon[0].get("true_ms", true_ms) if mon else float("nan"),
+            true=st[0].get("true_ms", true_ms) if st else true_ms,
             rss=med([r["rss_kib"] for r in mem]) / 1024, pss=med([r["pss_kib"] for r in mem]) / 1024,
             procs=int(med([r["procs"] for r in mem])) if mem else 0,
             idle_cpu=(idle[0]["cpu_ms"] * 60 / idle[0]["secs"]) if idle else float("nan"),
@@ -88,10 +91,12 @@ def main():
     names = [n for n in ORDER if n in runs] + sorted(n for n in runs if n not in ORDER)
     co = runs.get("cohost", {})
     lines = ["| N | supervisor | start-all ms (min-max) | x floor | x cohost | stop-all ms (min-max) | x floor | x cohost "
-             "| status ms | monitor ms | /bin/true ms | sup. procs | RSS MiB | PSS MiB | idle CPU ms/min | wake-ups/s | errors |",
+             "| status ms (vs true) | monitor ms (vs true) | /bin/true ms | sup. procs | RSS MiB | PSS MiB | idle CPU ms/min | wake-ups/s | errors |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     f2 = lambda x: "-" if x != x else f"{x:.2f}"
     f1 = lambda x: "-" if x != x else f"{x:.1f}"
+    # a query's median, and its difference to /bin/true measured with it
+    fq = lambda x, t: "-" if x != x else f"{x:.2f} ({x - t:+.2f})" if t == t else f"{x:.2f}"
     for n in sorted({n for r in runs.values() for n in r}):
         fl = co.get(n) or next((r[n] for r in runs.values() if n in r), None)
         lines.append(f"| {n} | fork/exec floor | {f1(fl['floor_up'])} | 1 | | {f1(fl['floor_down'])} | 1 | | | | | | | | | | |")
@@ -104,7 +109,7 @@ def main():
             lines.append(
                 f"| {n} | {name} | {f1(d['start'])} ({f1(d['start_rng'][0])}-{f1(d['start_rng'][1])}) | {f2(d['start_x'])}x | {xs('start_x')} "
                 f"| {f1(d['stop'])} ({f1(d['stop_rng'][0])}-{f1(d['stop_rng'][1])}) | {f2(d['stop_x'])}x | {xs('stop_x')} "
-                f"| {f2(d['status'])} | {f2(d['monitor'])} | {f2(d['true'])} | {d['procs']} | {f1(d['rss'])} | {f1(d['pss'])} "
+                f"| {fq(d['status'], d['status_true'])} | {fq(d['monitor'], d['monitor_true'])} | {f2(d['true'])} | {d['procs']} | {f1(d['rss'])} | {f1(d['pss'])} "
                 f"| {f1(d['idle_cpu'])} | {f2(d['wakeups'])} | {d['errors']} |")
     table = "\n".join(lines) + "\n"
     print(table)
