@@ -229,8 +229,13 @@ fn failed_readiness_returns_1_names_the_check_and_leaves_nothing() {
     assert_eq!(st["state"], "failed");
     let pid = st["processes"][0]["pid"].as_i64().unwrap() as i32;
     assert!(!alive(pid), "no process left behind");
-    assert!(!h.cgroup_dir().join("nr").exists(), "cgroup removed");
+    // The empty cgroup is kept for the next start, and removed with the daemon.
+    let cg = h.cgroup_dir().join("nr");
+    let procs = std::fs::read_to_string(cg.join("cgroup.procs")).unwrap_or_default();
+    assert!(procs.trim().is_empty(), "cgroup empty: {procs}");
     h.run(&["monitor", "nr"]).code(1);
+    h.run(&["shutdown"]).code(0);
+    assert!(!cg.exists(), "cgroup removed when the daemon exits");
 }
 
 #[test]

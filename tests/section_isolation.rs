@@ -259,9 +259,33 @@ fn cgroup_limits_are_applied_where_the_controller_is() {
     );
     let dir = pids_max.parent().unwrap().to_path_buf();
     h.run(&["stop", "lim1"]).ok();
+    // Kept empty for the next start (same limits)...
+    let left = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+    assert!(left.trim().is_empty(), "empty after stop: {left}");
+    // ...a changed limit applies at the next start...
+    h.write_config(
+        "l.toml",
+        &format!(
+            "[service.s]\ncommand = [\"{}\", \"sleep\"]\npids_max = 30\n\n[instance.lim1]\nservice = \"s\"\n",
+            testsvc()
+        ),
+    );
+    h.run(&["reload"]).ok();
+    h.run(&["start", "lim1"]).ok();
+    let pid = h.members("lim1")[0];
+    let pids_max = controller_file(pid, "pids", "pids.max");
+    assert_eq!(std::fs::read_to_string(&pids_max).unwrap().trim(), "30");
+    let own = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    let memory = own.lines().find(|l| l.split(':').nth(1) == Some("memory"));
+    assert!(
+        memory.is_none_or(|l| !l.ends_with("/lim1")),
+        "no memory cgroup once memory_max is gone: {own}"
+    );
+    // ...and the daemon removes its cgroups when it exits.
+    h.run(&["shutdown"]).ok();
     assert!(
         !dir.exists(),
-        "limit cgroup removed at stop: {}",
+        "limit cgroup removed at exit: {}",
         dir.display()
     );
 }

@@ -25,15 +25,29 @@ pub fn is_local(addr: IpAddr) -> io::Result<bool> {
     }
 }
 
+/// The ip_nonlocal_bind sysctl, read at most once a second (500 instances
+/// starting at once ask 500 times within milliseconds).
 fn nonlocal_bind(addr: IpAddr) -> bool {
-    let f = if addr.is_ipv4() {
-        "/proc/sys/net/ipv4/ip_nonlocal_bind"
+    use std::sync::Mutex;
+    use std::time::{Duration, Instant};
+    static CACHE: Mutex<[Option<(Instant, bool)>; 2]> = Mutex::new([None, None]);
+    let (slot, f) = if addr.is_ipv4() {
+        (0, "/proc/sys/net/ipv4/ip_nonlocal_bind")
     } else {
-        "/proc/sys/net/ipv6/ip_nonlocal_bind"
+        (1, "/proc/sys/net/ipv6/ip_nonlocal_bind")
     };
-    std::fs::read_to_string(f)
+    let now = Instant::now();
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((at, v)) = cache[slot]
+        && now.duration_since(at) < Duration::from_secs(1)
+    {
+        return v;
+    }
+    let v = std::fs::read_to_string(f)
         .map(|s| s.trim() == "1")
-        .unwrap_or(false)
+        .unwrap_or(false);
+    cache[slot] = Some((now, v));
+    v
 }
 
 fn listed(addr: IpAddr) -> io::Result<bool> {

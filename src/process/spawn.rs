@@ -293,26 +293,19 @@ pub fn environment(
 /// Finds `cmd` the way execvp(3) would, but in the parent, so that "not
 /// found" is a clear error and not an exit status 127 of a child.
 pub fn find_program(cmd: &str, path_var: &str) -> Result<PathBuf, SpawnError> {
-    let is_exec = |p: &Path| {
-        std::fs::metadata(p)
-            .map(|m| {
-                use std::os::unix::fs::PermissionsExt;
-                m.is_file() && m.permissions().mode() & 0o111 != 0
-            })
-            .unwrap_or(false)
-    };
+    use std::os::unix::fs::PermissionsExt;
+    let exec_bits = |m: &std::fs::Metadata| m.is_file() && m.permissions().mode() & 0o111 != 0;
+    let is_exec = |p: &Path| std::fs::metadata(p).is_ok_and(|m| exec_bits(&m));
     if cmd.contains('/') {
         let p = PathBuf::from(cmd);
-        if !p.exists() {
-            return Err(SpawnError::NotFound {
+        return match std::fs::metadata(&p) {
+            Err(_) => Err(SpawnError::NotFound {
                 cmd: cmd.into(),
                 path: "(absolute path)".into(),
-            });
-        }
-        if !is_exec(&p) {
-            return Err(SpawnError::NotExecutable { cmd: cmd.into() });
-        }
-        return Ok(p);
+            }),
+            Ok(m) if !exec_bits(&m) => Err(SpawnError::NotExecutable { cmd: cmd.into() }),
+            Ok(_) => Ok(p),
+        };
     }
     for dir in path_var.split(':').filter(|d| !d.is_empty()) {
         let p = Path::new(dir).join(cmd);

@@ -58,7 +58,7 @@ impl Daemon {
     fn wait_address(&mut self, idx: usize) {
         let spec = self.insts[idx].spec.clone();
         let Some(addr) = spec.address else {
-            self.post(idx, Event::AddressReady);
+            self.post_next(idx, Event::AddressReady);
             return;
         };
         if let AddressMode::Own { interface, prefix } = &spec.address_mode {
@@ -76,7 +76,7 @@ impl Daemon {
         // Usually configured already: no watch, one check.
         match address::is_local(addr) {
             Ok(true) => {
-                self.post(idx, Event::AddressReady);
+                self.post_next(idx, Event::AddressReady);
                 return;
             }
             Ok(false) => {}
@@ -155,7 +155,21 @@ impl Daemon {
             }
             self.insts[idx].lock = Some(lock);
         }
+        // The empty cgroup of the last run, still watched, if its limits
+        // are still the ones wanted; else it goes and a new one is made.
+        match self.insts[idx].spare_cgroup.take() {
+            // (Removed behind our back? spawn_tracked makes it again.)
+            Some((cg, limits)) if limits == spec.limits => {
+                self.insts[idx].cgroup = Some(cg);
+            }
+            Some((cg, _)) => {
+                self.unwatch_cgroup(idx);
+                cg.remove();
+            }
+            None => {}
+        }
         match &self.cgroot {
+            Ok(_) if self.insts[idx].cgroup.is_some() => {}
             Ok(root) => {
                 let cg = root.create(&id, &spec.limits).map_err(|e| format!("{e}"))?;
                 self.insts[idx].cgroup = Some(cg);
@@ -169,9 +183,10 @@ impl Daemon {
             Err(_) => {}
         }
         let log_dir = self.log_dir(idx);
-        if spec.log_dir.is_none() {
+        if spec.log_dir.is_none() && !self.insts[idx].log_dir_made {
             std::fs::create_dir_all(&log_dir)
                 .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+            self.insts[idx].log_dir_made = true;
         }
         let role = match spec.kind {
             ServiceKind::Simple => ProcRole::Main,
@@ -187,10 +202,22 @@ impl Daemon {
                 } else {
                     format!("{}.{k}", p.name)
                 };
-                let log =
-                    open_log(&log_dir, &name, true).map_err(|e| format!("log of {name}: {e}"))?;
+                let mut log = open_log(&log_dir, &name, true);
+                if matches!(&log, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
+                    && spec.log_dir.is_none()
+                {
+                    // Our own log dir, removed since the last start.
+                    std::fs::create_dir_all(&log_dir)
+                        .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
+                    log = open_log(&log_dir, &name, true);
+                }
+                let log = log.map_err(|e| format!("log of {name}: {e}"))?;
                 self.spawn_tracked(idx, &name, &p.argv, Output::File(log), role)?;
             }
+        }
+        if self.insts[idx].execs_pending == 0 {
+            // Every exec was confirmed at once (see spawn_tracked).
+            self.post(idx, Event::Launched);
         }
         self.dirty.insert(idx);
         Ok(())
@@ -207,9 +234,24 @@ impl Daemon {
     ) -> Result<i32, String> {
         let spec = self.insts[idx].spec.clone();
         let cgroups = match &self.insts[idx].cgroup {
-            Some(cg) => cg
-                .join_files()
-                .map_err(|e| format!("opening {}: {e}", cg.dir.display()))?,
+            Some(cg) => match cg.join_files() {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // The kept cgroup was removed since the last run.
+                    self.unwatch_cgroup(idx);
+                    let root = self.cgroot.as_ref().map_err(Clone::clone)?;
+                    let cg = root
+                        .create(&spec.id, &spec.limits)
+                        .map_err(|e| format!("{e}"))?;
+                    let files = cg
+                        .join_files()
+                        .map_err(|e| format!("opening {}: {e}", cg.dir.display()))?;
+                    self.insts[idx].cgroup = Some(cg);
+                    self.watch_cgroup(idx);
+                    files
+                }
+                Err(e) => return Err(format!("opening {}: {e}", cg.dir.display())),
+            },
             None => Vec::new(),
         };
         let plan = ExecPlan::new(Spawn {
@@ -225,22 +267,27 @@ impl Daemon {
         let pid = child.pid;
         let start_time = procfs::start_time(pid).unwrap_or(0);
         tracing::info!(instance = %spec.id, process = name, pid, "started");
-        let fd = child.errpipe.as_raw_fd();
-        self.register(
-            child.errpipe.as_fd(),
-            tok::ERRPIPE | fd as u64,
-            EpollFlags::EPOLLIN,
-        );
-        self.errpipes.insert(
-            fd,
-            super::ErrPipe {
-                idx,
-                child,
-                buf: Vec::new(),
-            },
-        );
+        // The parent resumes when the child's exec has replaced its memory;
+        // its close-on-exec files (the pipe's write end) close a moment
+        // later. EOF now confirms the exec without a trip through epoll;
+        // otherwise (a report, or not closed yet) the loop reads the pipe.
+        let mut first = [0u8; 16];
+        let confirmed = match nix::unistd::read(&child.errpipe, &mut first) {
+            Ok(0) => Ok(()),
+            Ok(n) => Err(first[..n].to_vec()),
+            Err(_) => Err(Vec::new()),
+        };
         self.children.insert(pid, Role::Proc { idx });
-        self.insts[idx].execs_pending += 1;
+        if let Err(buf) = confirmed {
+            let fd = child.errpipe.as_raw_fd();
+            self.register(
+                child.errpipe.as_fd(),
+                tok::ERRPIPE | fd as u64,
+                EpollFlags::EPOLLIN,
+            );
+            self.errpipes.insert(fd, super::ErrPipe { idx, child, buf });
+            self.insts[idx].execs_pending += 1;
+        }
         self.insts[idx].procs.push(Proc {
             name: name.to_string(),
             pid,
@@ -428,11 +475,19 @@ impl Daemon {
 
     fn cleanup(&mut self, idx: usize) {
         self.waiting_address.remove(&idx);
-        self.unwatch_cgroup(idx);
-        let inst = &mut self.insts[idx];
-        if let Some(cg) = inst.cgroup.take() {
-            cg.remove();
+        if let Some(cg) = self.insts[idx].cgroup.take() {
+            if self.insts[idx].removed || self.shutting_down {
+                self.unwatch_cgroup(idx);
+                cg.remove();
+            } else {
+                // Kept (empty, watched) for the next start.
+                let limits = self.insts[idx].spec.limits.clone();
+                self.insts[idx].spare_cgroup = Some((cg, limits));
+            }
+        } else {
+            self.unwatch_cgroup(idx);
         }
+        let inst = &mut self.insts[idx];
         // Closing our fd releases the lock: every other holder (the
         // instance's processes) is gone.
         inst.lock = None;
@@ -456,6 +511,14 @@ impl Daemon {
             }
         }
         self.dirty.insert(idx);
+    }
+
+    /// Removes the empty cgroup kept from the instance's last run.
+    pub(super) fn release_spare_cgroup(&mut self, idx: usize) {
+        if let Some((cg, _)) = self.insts[idx].spare_cgroup.take() {
+            self.unwatch_cgroup(idx);
+            cg.remove();
+        }
     }
 
     // ------------------------------------------------------------ transitions
@@ -702,10 +765,16 @@ impl Daemon {
 
 /// Opens `<dir>/<name>.log` for appending; `rotate` keeps the previous one
 /// as `<name>.log.1` first (contract: one old log per start).
+/// Opens `dir/name.log` for appending; with `rotate`, the previous run's
+/// log becomes `name.log.1` first (the contract: at each start).
 pub fn open_log(dir: &Path, name: &str, rotate: bool) -> std::io::Result<OwnedFd> {
     let path = dir.join(format!("{name}.log"));
-    if rotate && path.exists() {
-        std::fs::rename(&path, dir.join(format!("{name}.log.1")))?;
+    if rotate {
+        match std::fs::rename(&path, dir.join(format!("{name}.log.1"))) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
     }
     let f = std::fs::OpenOptions::new()
         .create(true)

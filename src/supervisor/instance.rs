@@ -148,6 +148,10 @@ pub struct Inst {
     pub since_wall: SystemTime,
     pub procs: Vec<Proc>,
     pub cgroup: Option<InstanceCgroup>,
+    /// The empty cgroup of the last run, with the limits it was made with:
+    /// the next start reuses it (one mkdir and one rmdir less per restart).
+    /// Removed when the instance is removed or the daemon exits.
+    pub spare_cgroup: Option<(InstanceCgroup, crate::model::Limits)>,
     pub cg_watch: Option<nix::sys::inotify::WatchDescriptor>,
     pub lock: Option<Lock>,
     /// cohost added the address (address_mode = "own") and removes it.
@@ -167,6 +171,8 @@ pub struct Inst {
     pub adopted: bool,
     /// Processes forked by the current launch whose exec is not confirmed.
     pub execs_pending: u32,
+    /// The default log dir was created by an earlier start.
+    pub log_dir_made: bool,
     /// Event hooks waiting to run, in order.
     pub hooks: super::hooks::HookQueue,
 }
@@ -182,6 +188,7 @@ impl Inst {
             since_wall: SystemTime::now(),
             procs: Vec::new(),
             cgroup: None,
+            spare_cgroup: None,
             cg_watch: None,
             lock: None,
             owned_address: false,
@@ -194,6 +201,7 @@ impl Inst {
             healthy: None,
             adopted: false,
             execs_pending: 0,
+            log_dir_made: false,
             hooks: Default::default(),
         }
     }

@@ -355,6 +355,13 @@ impl Daemon {
         self.queue.push_back((idx, ev));
     }
 
+    /// Queues `ev` ahead of everything else: the instance's next step is
+    /// taken before other instances' queued events (in `up`, each instance
+    /// is launched right after its address check, not after all 500 checks).
+    pub fn post_next(&mut self, idx: usize, ev: Event) {
+        self.queue.push_front((idx, ev));
+    }
+
     fn main_loop(&mut self) -> io::Result<()> {
         let mut events = vec![EpollEvent::empty(); 256];
         loop {
@@ -385,6 +392,13 @@ impl Daemon {
                 self.drain();
             }
             self.fire_timers(Instant::now());
+            // Before the replies go out: `cohost shutdown` returns once the
+            // daemon has cleaned up (cgroups, socket), not before.
+            if self.shutting_down && self.all_quiet() {
+                self.shutdown_cleanup();
+                tracing::info!("every instance stopped; daemon exits");
+                return Ok(());
+            }
             self.flush_replies();
             self.flush_state();
         }
@@ -462,16 +476,20 @@ impl Daemon {
     }
 
     fn shutdown_cleanup(&mut self) {
-        for c in self.conns.values_mut() {
-            c.flush_blocking();
-        }
         self.flush_state();
+        for idx in 0..self.insts.len() {
+            self.release_spare_cgroup(idx);
+        }
         if let Ok(root) = &self.cgroot {
             root.remove_base();
         }
         let rt = &self.opts.runtime_dir;
         let _ = std::fs::remove_file(crate::control::client::socket_path(rt));
         let _ = std::fs::remove_file(rt.join("daemon.pid"));
+        // Last: a waiting `cohost shutdown` learns that all of the above is done.
+        for c in self.conns.values_mut() {
+            c.flush_blocking();
+        }
     }
 
     /// Runs queued events through the table, and the resulting actions.
@@ -576,7 +594,10 @@ impl Daemon {
             }
         }
         for idx in touched {
-            self.check_empty(idx);
+            // A kept (spare) cgroup of a stopped instance says nothing.
+            if self.insts[idx].cgroup.is_some() {
+                self.check_empty(idx);
+            }
         }
     }
 

@@ -368,13 +368,15 @@ impl Daemon {
         let mut removed = Vec::new();
         let new_ids: BTreeMap<&String, &Arc<crate::model::InstanceSpec>> =
             cfg.instances.iter().collect();
-        for inst in &mut self.insts {
+        let mut release = Vec::new();
+        for (idx, inst) in self.insts.iter_mut().enumerate() {
             match new_ids.get(&inst.spec.id) {
                 None => {
                     if !inst.removed {
                         inst.removed = true;
                         removed.push(inst.spec.id.clone());
                     }
+                    release.push(idx);
                 }
                 Some(spec) => {
                     inst.removed = false;
@@ -388,6 +390,9 @@ impl Daemon {
                     }
                 }
             }
+        }
+        for idx in release {
+            self.release_spare_cgroup(idx);
         }
         for (id, spec) in &cfg.instances {
             if !self.index.contains_key(id) {
