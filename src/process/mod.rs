@@ -3,5 +3,7 @@
 
 pub mod pidfd;
 pub mod procfs;
+pub mod rawsys;
 pub mod spawn;
+mod stack;
 pub mod track;

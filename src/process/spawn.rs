@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
+use super::rawsys;
 use crate::model::RunContext;
 
 /// The soft RLIMIT_NOFILE the process started with. The daemon raises its
@@ -425,11 +426,15 @@ pub struct ExecPlan {
     envp: Vec<CString>,
     envp_ptrs: Vec<*const libc::c_char>,
     cwd: CString,
-    stdin: Option<OwnedFd>,
-    stdout: Option<OwnedFd>,
-    stderr: Option<OwnedFd>,
-    cgroups: Vec<OwnedFd>,
-    inherit: Option<OwnedFd>,
+    /// Descriptor numbers the child uses (dup'd at or above HIGH_FD); the
+    /// descriptors themselves are in `owned`, closed in the parent as soon
+    /// as the child has its copies (after clone).
+    stdin: Option<RawFd>,
+    stdout: Option<RawFd>,
+    stderr: Option<RawFd>,
+    cgroups: Vec<RawFd>,
+    inherit: Option<RawFd>,
+    owned: Vec<OwnedFd>,
     setsid: bool,
     unshare_flags: libc::c_int,
     mount_private: bool,
@@ -452,6 +457,17 @@ pub struct Child {
     pub errpipe: OwnedFd,
     /// Kept to explain a failure report.
     binds: Vec<(CString, CString)>,
+    /// What a child of [`ExecPlan::spawn_async`] reads until it execs or
+    /// dies: keep the `Child` until its errpipe reports EOF or it is reaped.
+    _in_flight: Option<Box<InFlight>>,
+}
+
+/// The plan and stack an asynchronous child runs on before exec.
+struct InFlight {
+    plan: ExecPlan,
+    /// Points at `plan` (the box does not move).
+    arg: ChildArg,
+    _stack: super::stack::Stack,
 }
 
 impl ExecPlan {
@@ -488,25 +504,31 @@ impl ExecPlan {
         envp_ptrs.push(std::ptr::null());
 
         let devnull = dev_null().map_err(os("opening /dev/null"))?;
+        let mut owned = Vec::new();
+        let mut keep = |fd: RawFd| -> Result<RawFd, SpawnError> {
+            let h = high(fd)?;
+            let n = h.as_raw_fd();
+            owned.push(h);
+            Ok(n)
+        };
         let (stdin, stdout, stderr) = match &s.output {
             Output::Inherit => (None, None, None),
             Output::Null => (
-                Some(high(devnull.as_raw_fd())?),
-                Some(high(devnull.as_raw_fd())?),
-                Some(high(devnull.as_raw_fd())?),
+                Some(keep(devnull.as_raw_fd())?),
+                Some(keep(devnull.as_raw_fd())?),
+                Some(keep(devnull.as_raw_fd())?),
             ),
-            Output::File(f) => (
-                Some(high(devnull.as_raw_fd())?),
-                Some(high(f.as_raw_fd())?),
-                Some(high(f.as_raw_fd())?),
-            ),
+            Output::File(f) => {
+                let out = keep(f.as_raw_fd())?;
+                (Some(keep(devnull.as_raw_fd())?), Some(out), Some(out))
+            }
         };
         let cgroups = s
             .cgroups
             .iter()
-            .map(|f| high(f.as_raw_fd()))
+            .map(|f| keep(f.as_raw_fd()))
             .collect::<Result<Vec<_>, _>>()?;
-        let inherit = s.inherit.map(high).transpose()?;
+        let inherit = s.inherit.map(&mut keep).transpose()?;
 
         let iso = &run.isolate;
         let mut unshare_flags = 0;
@@ -564,6 +586,7 @@ impl ExecPlan {
             stderr,
             cgroups,
             inherit,
+            owned,
             setsid: s.setsid,
             unshare_flags,
             mount_private: iso.needs_mount_ns(),
@@ -586,28 +609,15 @@ impl ExecPlan {
         &self.envp
     }
 
-    /// fork + exec. Returns at once; the child's exec result arrives on
-    /// `Child::errpipe` (see [`read_failure`]).
-    pub fn spawn(self) -> Result<Child, SpawnError> {
-        let (r, w) =
-            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| SpawnError::Os {
-                step: "pipe",
-                source: e.into(),
-            })?;
-        let w = high(w.as_raw_fd())?;
+    /// fork + exec, suspended until the child has exec'd or died
+    /// (`CLONE_VFORK`); the exec result arrives on `Child::errpipe` (see
+    /// [`decode_failure`]). For the occasional command (hooks, probes,
+    /// stop commands): the `Child` may be dropped at once.
+    pub fn spawn(mut self) -> Result<Child, SpawnError> {
+        let (r, w) = exec_pipe()?;
         let stack = child_stack().map_err(os("allocating the child's stack"))?;
-        struct Arg<'a> {
-            plan: &'a ExecPlan,
-            errfd: RawFd,
-        }
-        extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
-            // SAFETY: `arg` points at the Arg below, alive until exec (the
-            // parent is suspended meanwhile: CLONE_VFORK).
-            let a = unsafe { &*(arg as *const Arg) };
-            // SAFETY: in the child; never returns.
-            unsafe { a.plan.child_main(a.errfd) }
-        }
-        let mut arg = Arg {
+        let owned = std::mem::take(&mut self.owned);
+        let arg = ChildArg {
             plan: &self,
             errfd: w.as_raw_fd(),
         };
@@ -616,41 +626,69 @@ impl ExecPlan {
         // faults follow (a fork of the supervisor costs more than the
         // rest of a start). The parent is suspended until the child has
         // exec'd or died; the child only reads the prepared plan and makes
-        // raw syscalls (child_main), so sharing the memory is safe.
+        // raw syscalls (setup_and_exec), so sharing the memory is safe.
         // SAFETY: as described; `stack` is the top of a private mapping no
-        // other child uses (the parent waits for this one to exec).
+        // other child uses (the parent waits for this one to exec), and
+        // `arg` outlives the child's use of it (we are suspended).
         let pid = unsafe {
             libc::clone(
                 trampoline,
                 stack,
                 libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
-                (&mut arg as *mut Arg).cast(),
+                (&arg as *const ChildArg).cast_mut().cast(),
             )
         };
-        if pid < 0 {
-            return Err(SpawnError::Os {
-                step: "clone",
-                source: io::Error::last_os_error(),
-            });
-        }
-        drop(w);
-        // The supervisor reads the result from its event loop.
-        let _ = nix::fcntl::fcntl(
-            &r,
-            nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
-        );
-        Ok(Child {
-            pid,
-            errpipe: r,
-            binds: self.binds.clone(),
-        })
+        drop(owned);
+        finish_clone(pid, r, w, self.binds.clone(), None)
+    }
+
+    /// fork + exec without waiting for the exec: the supervisor goes on
+    /// while the child sets itself up and execs (on a busy node, 500
+    /// instances start in about half the time: the supervisor is not idle
+    /// while each child waits for a CPU). The child runs on a stack of its
+    /// own and reads this plan, both kept in the returned `Child`, which
+    /// must live until its errpipe reports EOF (exec done: the child has
+    /// left our memory) or the child is reaped.
+    pub fn spawn_async(mut self) -> Result<Child, SpawnError> {
+        let (r, w) = exec_pipe()?;
+        let stack = super::stack::Stack::take().map_err(os("allocating the child's stack"))?;
+        let top = stack.top();
+        let owned = std::mem::take(&mut self.owned);
+        let binds = self.binds.clone();
+        let mut in_flight = Box::new(InFlight {
+            plan: self,
+            arg: ChildArg {
+                plan: std::ptr::null(),
+                errfd: w.as_raw_fd(),
+            },
+            _stack: stack,
+        });
+        in_flight.arg.plan = &in_flight.plan;
+        // SAFETY: CLONE_VM without CLONE_VFORK: the child shares our memory
+        // and runs alongside us. It uses only its own stack (in_flight's)
+        // and reads only the plan and its `arg`, which are not touched until
+        // the caller drops the Child (after EOF on the pipe or the reap,
+        // when the child no longer uses our memory); it makes raw
+        // syscalls only (no errno, no locks, no allocation).
+        let pid = unsafe {
+            libc::clone(
+                trampoline,
+                top,
+                libc::CLONE_VM | libc::SIGCHLD,
+                (&in_flight.arg as *const ChildArg).cast_mut().cast(),
+            )
+        };
+        // The child's copies are made (its fd table is its own).
+        drop(owned);
+        finish_clone(pid, r, w, binds, Some(in_flight))
     }
 
     /// `cohost exec`: the same setup in this very process, then exec, so
     /// the command's exit status is ours. Returns only on failure.
     pub fn exec_here(self) -> SpawnError {
         // SAFETY: the CLI is single-threaded here; setup_and_exec only
-        // returns on failure, with the step and errno.
+        // returns on failure, with the step and errno. `owned` stays open
+        // (it is part of self) until the exec.
         let (step, index, errno) = unsafe { self.setup_and_exec() };
         SpawnError::Child {
             step: Step::describe(step as u8, &self.binds, index),
@@ -660,167 +698,239 @@ impl ExecPlan {
 
     /// The child side of `spawn`.
     unsafe fn child_main(&self, errfd: RawFd) -> ! {
-        // SAFETY: only async-signal-safe calls happen in setup_and_exec.
+        // SAFETY: only raw syscalls happen in setup_and_exec.
         let (step, index, errno) = unsafe { self.setup_and_exec() };
         let mut buf = [0u8; 8];
         buf[0] = step as u8;
         buf[1..3].copy_from_slice(&index.to_ne_bytes());
         buf[4..8].copy_from_slice(&errno.to_ne_bytes());
-        // SAFETY: write(2) and _exit(2) are async-signal-safe.
+        // SAFETY: write(2) of a local buffer.
         unsafe {
-            libc::write(errfd, buf.as_ptr().cast(), buf.len());
-            libc::_exit(127)
-        }
+            rawsys::call3(
+                libc::SYS_write,
+                errfd as usize,
+                buf.as_ptr() as usize,
+                buf.len(),
+            )
+        };
+        rawsys::exit(127)
     }
 
     /// Sets the process up and execs; returns (step, index, errno) only if
-    /// a step failed. Only async-signal-safe calls from here on.
+    /// a step failed. Raw syscalls only from here on: see `rawsys`.
     unsafe fn setup_and_exec(&self) -> (Step, u16, i32) {
-        macro_rules! check {
-            ($step:expr, $idx:expr, $e:expr) => {
-                if $e < 0 {
-                    return ($step, $idx, *libc::__errno_location());
+        use libc::c_long;
+        macro_rules! sys {
+            ($step:expr, $idx:expr, $n:expr, $($a:expr),*) => {{
+                let a: &[usize] = &[$($a as usize),*];
+                let mut all = [0usize; 6];
+                all[..a.len()].copy_from_slice(&a);
+                // SAFETY: each call below passes valid arguments for $n.
+                let r = unsafe { rawsys::call($n as c_long, all) };
+                if r < 0 {
+                    return ($step, $idx, (-r) as i32);
                 }
+                r
+            }};
+        }
+        let null = std::ptr::null::<u8>() as usize;
+        // The supervisor ignores SIGPIPE (and whoever started it may have
+        // ignored more); ignored dispositions survive exec. Reset them
+        // first, then unblock: no signal is handled in between.
+        let dfl = KernelSigaction::default();
+        for &sig in self.reset_signals {
+            // SAFETY: rt_sigaction with a valid struct; failures ignored
+            // (a signal that cannot be changed keeps its disposition).
+            unsafe {
+                rawsys::call(
+                    libc::SYS_rt_sigaction,
+                    [sig as usize, &dfl as *const _ as usize, null, 8, 0, 0],
+                )
             };
         }
-        unsafe {
-            // The supervisor blocks signals for its signalfd; a service must
-            // start with none blocked and default dispositions (SIGPIPE is
-            // ignored by the Rust runtime and SIG_IGN survives exec).
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            check!(
-                Step::SigMask,
-                0,
-                libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())
-            );
-            let dfl = KernelSigaction::default();
-            for &sig in self.reset_signals {
-                libc::syscall(
-                    libc::SYS_rt_sigaction,
-                    sig,
-                    &dfl,
-                    std::ptr::null_mut::<KernelSigaction>(),
-                    8,
-                );
-            }
-            if self.setsid {
-                check!(Step::Setsid, 0, libc::setsid());
-            }
-            // Join the instance's cgroup(s) before anything can fork, so every
-            // descendant is born inside (moving a parent later would not
-            // move its children).
-            for fd in &self.cgroups {
-                let r = libc::write(fd.as_raw_fd(), b"0".as_ptr().cast(), 1);
-                check!(Step::Cgroup, 0, r as i32);
-            }
-            if self.unshare_flags != 0 {
-                check!(Step::Unshare, 0, libc::unshare(self.unshare_flags));
-            }
-            if self.mount_private {
-                // Our mounts must not propagate back to the host (and the
-                // host's later mounts need not reach us): mount_namespaces(7).
-                check!(
-                    Step::MountPrivate,
-                    0,
-                    libc::mount(
-                        std::ptr::null(),
-                        c"/".as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_REC | libc::MS_PRIVATE,
-                        std::ptr::null()
-                    )
-                );
-            }
-            for (i, (src, dst)) in self.binds.iter().enumerate() {
-                check!(
-                    Step::Bind,
-                    i as u16,
-                    libc::mount(
-                        src.as_ptr(),
-                        dst.as_ptr(),
-                        std::ptr::null(),
-                        libc::MS_BIND | libc::MS_REC,
-                        std::ptr::null()
-                    )
-                );
-            }
-            if self.private_tmp {
-                check!(
-                    Step::Tmpfs,
-                    0,
-                    libc::mount(
-                        c"tmpfs".as_ptr(),
-                        c"/tmp".as_ptr(),
-                        c"tmpfs".as_ptr(),
-                        libc::MS_NOSUID | libc::MS_NODEV,
-                        c"mode=1777".as_ptr().cast()
-                    )
-                );
-            }
-            if let Some(h) = &self.hostname {
-                check!(
-                    Step::Hostname,
-                    0,
-                    libc::sethostname(h.as_ptr(), h.as_bytes().len())
-                );
-            }
-            for (res, lim) in &self.rlimits {
-                check!(Step::Rlimit, 0, libc::setrlimit(*res as _, lim));
-            }
-            if let Some(m) = self.umask {
-                libc::umask(m);
-            }
-            if let Some(i) = &self.stdin {
-                check!(Step::Dup, 0, libc::dup2(i.as_raw_fd(), 0));
-            }
-            if let Some(o) = &self.stdout {
-                check!(Step::Dup, 0, libc::dup2(o.as_raw_fd(), 1));
-            }
-            if let Some(e) = &self.stderr {
-                check!(Step::Dup, 0, libc::dup2(e.as_raw_fd(), 2));
-            }
-            let mut first_free = 3;
-            if let Some(l) = &self.inherit {
-                check!(Step::Dup, 0, libc::dup2(l.as_raw_fd(), 3));
-                first_free = 4;
-            }
-            // Everything else is close-on-exec already (std and nix open that
-            // way); this also covers fds a library opened without it.
-            libc::syscall(
-                libc::SYS_close_range,
-                first_free as u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            );
-            if let Some((uid, gid, groups)) = &self.creds {
-                check!(
-                    Step::Groups,
-                    0,
-                    // Raw syscalls: glibc's wrappers would try to apply
-                    // them to every thread of the (shared-memory) parent.
-                    libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) as i32
-                );
-                check!(
-                    Step::Gid,
-                    0,
-                    libc::syscall(libc::SYS_setresgid, *gid, *gid, *gid) as i32
-                );
-                check!(
-                    Step::Uid,
-                    0,
-                    libc::syscall(libc::SYS_setresuid, *uid, *uid, *uid) as i32
-                );
-            }
-            check!(Step::Chdir, 0, libc::chdir(self.cwd.as_ptr()));
-            libc::execve(
-                self.program.as_ptr(),
-                self.argv_ptrs.as_ptr(),
-                self.envp_ptrs.as_ptr(),
-            );
-            (Step::Exec, 0, *libc::__errno_location())
+        let empty: u64 = 0;
+        sys!(
+            Step::SigMask,
+            0,
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &empty as *const u64,
+            null,
+            8
+        );
+        if self.setsid {
+            sys!(Step::Setsid, 0, libc::SYS_setsid,);
         }
+        // Join the instance's cgroup(s) before anything can fork, so every
+        // descendant is born inside (moving a parent later would not
+        // move its children).
+        for &fd in &self.cgroups {
+            sys!(Step::Cgroup, 0, libc::SYS_write, fd, b"0".as_ptr(), 1);
+        }
+        if self.unshare_flags != 0 {
+            sys!(Step::Unshare, 0, libc::SYS_unshare, self.unshare_flags);
+        }
+        if self.mount_private {
+            // Our mounts must not propagate back to the host (and the
+            // host's later mounts need not reach us): mount_namespaces(7).
+            sys!(
+                Step::MountPrivate,
+                0,
+                libc::SYS_mount,
+                null,
+                c"/".as_ptr(),
+                null,
+                libc::MS_REC | libc::MS_PRIVATE,
+                null
+            );
+        }
+        for (i, (src, dst)) in self.binds.iter().enumerate() {
+            sys!(
+                Step::Bind,
+                i as u16,
+                libc::SYS_mount,
+                src.as_ptr(),
+                dst.as_ptr(),
+                null,
+                libc::MS_BIND | libc::MS_REC,
+                null
+            );
+        }
+        if self.private_tmp {
+            sys!(
+                Step::Tmpfs,
+                0,
+                libc::SYS_mount,
+                c"tmpfs".as_ptr(),
+                c"/tmp".as_ptr(),
+                c"tmpfs".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV,
+                c"mode=1777".as_ptr()
+            );
+        }
+        if let Some(h) = &self.hostname {
+            sys!(
+                Step::Hostname,
+                0,
+                libc::SYS_sethostname,
+                h.as_ptr(),
+                h.as_bytes().len()
+            );
+        }
+        for (res, lim) in &self.rlimits {
+            sys!(
+                Step::Rlimit,
+                0,
+                libc::SYS_prlimit64,
+                0,
+                *res,
+                lim as *const libc::rlimit,
+                null
+            );
+        }
+        if let Some(m) = self.umask {
+            sys!(Step::Rlimit, 0, libc::SYS_umask, m);
+        }
+        // dup3, not dup2 (arm64 has no dup2); sources are >= HIGH_FD, so
+        // never equal to the target.
+        for (src, dst) in [(self.stdin, 0), (self.stdout, 1), (self.stderr, 2)] {
+            if let Some(fd) = src {
+                sys!(Step::Dup, 0, libc::SYS_dup3, fd, dst, 0);
+            }
+        }
+        let mut first_free = 3u32;
+        if let Some(l) = self.inherit {
+            sys!(Step::Dup, 0, libc::SYS_dup3, l, 3, 0);
+            first_free = 4;
+        }
+        // Everything else is close-on-exec already (std and nix open that
+        // way); this also covers fds a library opened without it. Older
+        // kernels lack close_range: not an error.
+        // SAFETY: close_range with flags; no memory.
+        unsafe {
+            rawsys::call3(
+                libc::SYS_close_range,
+                first_free as usize,
+                u32::MAX as usize,
+                libc::CLOSE_RANGE_CLOEXEC as usize,
+            )
+        };
+        if let Some((uid, gid, groups)) = &self.creds {
+            // Raw syscalls: they apply to this process only (glibc's
+            // wrappers would signal every thread of the shared parent).
+            sys!(
+                Step::Groups,
+                0,
+                libc::SYS_setgroups,
+                groups.len(),
+                groups.as_ptr()
+            );
+            sys!(Step::Gid, 0, libc::SYS_setresgid, *gid, *gid, *gid);
+            sys!(Step::Uid, 0, libc::SYS_setresuid, *uid, *uid, *uid);
+        }
+        sys!(Step::Chdir, 0, libc::SYS_chdir, self.cwd.as_ptr());
+        sys!(
+            Step::Exec,
+            0,
+            libc::SYS_execve,
+            self.program.as_ptr(),
+            self.argv_ptrs.as_ptr(),
+            self.envp_ptrs.as_ptr()
+        );
+        // execve returns only on failure (handled by sys!).
+        (Step::Exec, 0, libc::ENOEXEC)
     }
+}
+
+/// What the child's entry point gets: the plan and the report pipe.
+struct ChildArg {
+    plan: *const ExecPlan,
+    errfd: RawFd,
+}
+
+extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points at a ChildArg, and it at a plan, that the parent
+    // keeps alive and unchanged while this child uses them (see callers).
+    let a = unsafe { &*(arg as *const ChildArg) };
+    // SAFETY: as above; in the child; never returns.
+    unsafe { (*a.plan).child_main(a.errfd) }
+}
+
+/// The exec-report pipe: the read end non-blocking for the event loop,
+/// the write end moved high (it must survive the dup3s onto 0..3).
+fn exec_pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+        .map_err(|e| SpawnError::Os {
+        step: "pipe",
+        source: e.into(),
+    })?;
+    // The write end must block (the child's one write) and be high.
+    let w = high(w.as_raw_fd())?;
+    // SAFETY: fcntl(F_SETFL) on our fd.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, 0) };
+    Ok((r, w))
+}
+
+fn finish_clone(
+    pid: i32,
+    r: OwnedFd,
+    w: OwnedFd,
+    binds: Vec<(CString, CString)>,
+    in_flight: Option<Box<InFlight>>,
+) -> Result<Child, SpawnError> {
+    if pid < 0 {
+        return Err(SpawnError::Os {
+            step: "clone",
+            source: io::Error::last_os_error(),
+        });
+    }
+    drop(w);
+    Ok(Child {
+        pid,
+        errpipe: r,
+        binds,
+        _in_flight: in_flight,
+    })
 }
 
 /// Decodes a failure report, if `buf` holds one.

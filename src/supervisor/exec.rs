@@ -263,14 +263,16 @@ impl Daemon {
             setsid: true,
         })
         .map_err(|e| format!("{name}: {e}"))?;
-        let child = plan.spawn().map_err(|e| format!("{name}: {e}"))?;
+        // Not waiting for the exec: the loop goes on to the next instance
+        // while this child execs; `self.errpipes` keeps what it reads.
+        let child = plan.spawn_async().map_err(|e| format!("{name}: {e}"))?;
         let pid = child.pid;
         let start_time = procfs::start_time(pid).unwrap_or(0);
         tracing::info!(instance = %spec.id, process = name, pid, "started");
-        // The parent resumes when the child's exec has replaced its memory;
-        // its close-on-exec files (the pipe's write end) close a moment
-        // later. EOF now confirms the exec without a trip through epoll;
-        // otherwise (a report, or not closed yet) the loop reads the pipe.
+        // A child that has exec'd already (an idle node) is confirmed now,
+        // without a trip through epoll; otherwise (a report, or not yet)
+        // the loop reads the pipe. Until then the Child is kept: the
+        // child runs on its plan and stack.
         let mut first = [0u8; 16];
         let confirmed = match nix::unistd::read(&child.errpipe, &mut first) {
             Ok(0) => Ok(()),
