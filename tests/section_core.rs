@@ -613,3 +613,56 @@ fn a_request_for_another_instances_file_is_refused_a_symlink_to_ours_is_not() {
     c.arg("--config").arg(&link);
     run_cmd(c).ok();
 }
+
+#[test]
+fn processes_start_inside_their_cgroup_born_there_or_moved_in() {
+    // Born in the cgroup (clone3 CLONE_INTO_CGROUP, the default where the
+    // kernel has it), and the fallback that kernels without it use (the
+    // child writes itself into cgroup.procs), forced here.
+    require_root_cgroups();
+    for no_clone3 in [false, true] {
+        let mut h = Harness::new();
+        if no_clone3 {
+            h.env("COHOST_NO_CLONE3", "1");
+        }
+        let addr = format!("{}:7011", h.addr(11));
+        h.write_config(
+            "c.toml",
+            &format!(
+                "[service.hostile]\ncommand = [\"{}\", \"hostile\", \"{addr}\"]\nready = {{ tcp = \"{addr}\", timeout = \"20s\" }}\nstop = {{ timeout = \"2s\" }}\n\n[instance.cg1]\nservice = \"hostile\"\n",
+                example("testsvc").display()
+            ),
+        );
+        h.run(&["start", "cg1"]).ok();
+        let st = h.status_json("cg1");
+        let main = st["processes"][0]["pid"].as_i64().unwrap() as i32;
+        let rel = st["tracking"]
+            .as_str()
+            .unwrap()
+            .strip_prefix("cgroup ")
+            .expect("tracked by cgroup")
+            .to_string();
+        let members = h.members("cg1");
+        assert!(
+            members.contains(&main) && members.len() >= 2,
+            "no_clone3={no_clone3}: the main process and its escaped grandchild are members: {members:?}"
+        );
+        for p in &members {
+            let own = cohost::process::procfs::cgroup_v2_path(*p).unwrap_or_default();
+            assert!(
+                rel.ends_with(&own) && own.ends_with("/cg1"),
+                "no_clone3={no_clone3}: pid {p} is in {own}, not {rel}"
+            );
+        }
+        let daemon = h.daemon_pid().unwrap();
+        let theirs = cohost::process::procfs::cgroup_v2_path(daemon).unwrap_or_default();
+        assert!(
+            !theirs.ends_with("/cg1"),
+            "the daemon stays outside: {theirs}"
+        );
+        h.run(&["stop", "cg1"]).ok();
+        for p in &members {
+            assert!(!alive(*p), "no_clone3={no_clone3}: {p} survived stop");
+        }
+    }
+}

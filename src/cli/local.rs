@@ -115,6 +115,7 @@ pub fn exec(ctx: &Ctx, id: &str, cmd: &[String]) -> i32 {
         run: &spec.run,
         output: Output::Inherit,
         cgroups: Vec::new(),
+        into_cgroup: None,
         inherit: None,
         setsid: false,
     });

@@ -454,6 +454,25 @@ fn rel_path(m: &Mount, dir: &Path) -> String {
 
 impl InstanceCgroup {
     /// Opens the `cgroup.procs` files a child writes "0" into.
+    /// The v2 directory, for a child to be created in (clone3
+    /// `CLONE_INTO_CGROUP`), and the `cgroup.procs` of the v1 limit groups,
+    /// which it joins by writing.
+    pub fn join_dir_and_v1_files(&self) -> io::Result<(OwnedFd, Vec<OwnedFd>)> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&self.dir)?;
+        let mut v1 = Vec::with_capacity(self.v1_dirs.len());
+        for d in &self.v1_dirs {
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(d.join("cgroup.procs"))?;
+            v1.push(OwnedFd::from(f));
+        }
+        Ok((OwnedFd::from(dir), v1))
+    }
+
     pub fn join_files(&self) -> io::Result<Vec<OwnedFd>> {
         let mut out = Vec::with_capacity(1 + self.v1_dirs.len());
         for d in std::iter::once(&self.dir).chain(self.v1_dirs.iter()) {

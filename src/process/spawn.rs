@@ -337,6 +337,10 @@ pub struct Spawn<'a> {
     pub output: Output,
     /// `cgroup.procs` files the child writes "0" into before exec.
     pub cgroups: Vec<OwnedFd>,
+    /// A cgroup v2 directory the child goes into: created there by
+    /// `spawn_async` (clone3 `CLONE_INTO_CGROUP`), else it writes its
+    /// `cgroup.procs` like the files of `cgroups`.
+    pub into_cgroup: Option<OwnedFd>,
     /// Inherited as fd 3 (the instance lock: it lives while any process does).
     pub inherit: Option<RawFd>,
     /// Start a new session (always, for instance processes).
@@ -433,6 +437,8 @@ pub struct ExecPlan {
     stdout: Option<RawFd>,
     stderr: Option<RawFd>,
     cgroups: Vec<RawFd>,
+    /// The v2 cgroup directory of `Spawn::into_cgroup`.
+    cgroup_dir: Option<RawFd>,
     inherit: Option<RawFd>,
     owned: Vec<OwnedFd>,
     setsid: bool,
@@ -529,6 +535,14 @@ impl ExecPlan {
             .map(|f| keep(f.as_raw_fd()))
             .collect::<Result<Vec<_>, _>>()?;
         let inherit = s.inherit.map(&mut keep).transpose()?;
+        let cgroup_dir = match s.into_cgroup {
+            Some(d) => {
+                let n = d.as_raw_fd();
+                owned.push(d);
+                Some(n)
+            }
+            None => None,
+        };
 
         let iso = &run.isolate;
         let mut unshare_flags = 0;
@@ -585,6 +599,7 @@ impl ExecPlan {
             stdout,
             stderr,
             cgroups,
+            cgroup_dir,
             inherit,
             owned,
             setsid: s.setsid,
@@ -614,6 +629,7 @@ impl ExecPlan {
     /// [`decode_failure`]). For the occasional command (hooks, probes,
     /// stop commands): the `Child` may be dropped at once.
     pub fn spawn(mut self) -> Result<Child, SpawnError> {
+        self.join_by_write()?;
         let (r, w) = exec_pipe()?;
         let stack = child_stack().map_err(os("allocating the child's stack"))?;
         let owned = std::mem::take(&mut self.owned);
@@ -652,6 +668,7 @@ impl ExecPlan {
     pub fn spawn_async(mut self) -> Result<Child, SpawnError> {
         let (r, w) = exec_pipe()?;
         let stack = super::stack::Stack::take().map_err(os("allocating the child's stack"))?;
+        let (low, size) = stack.region();
         let top = stack.top();
         let owned = std::mem::take(&mut self.owned);
         let binds = self.binds.clone();
@@ -664,28 +681,69 @@ impl ExecPlan {
             _stack: stack,
         });
         in_flight.arg.plan = &in_flight.plan;
+        let arg_ptr = (&in_flight.arg as *const ChildArg).cast_mut().cast();
+        // Born in its cgroup where the kernel can (5.7+): no move, and so
+        // no wait for an RCU grace period on the first move of a burst
+        // (the cgroup_threadgroup_rwsem writer), ~15 ms on this kind of VM.
+        if let Some(dir) = in_flight.plan.cgroup_dir {
+            if clone3_allowed() {
+                // SAFETY: as for clone below; the child is created in `dir`.
+                let pid = unsafe { clone_into_cgroup(dir, low, size, arg_ptr) };
+                if pid > 0 {
+                    drop(owned);
+                    return finish_clone(pid as i32, r, w, binds, Some(in_flight));
+                }
+            }
+            // No child was made: the plan is ours to change. Join by write.
+            in_flight.plan.join_by_write()?;
+        }
         // SAFETY: CLONE_VM without CLONE_VFORK: the child shares our memory
         // and runs alongside us. It uses only its own stack (in_flight's)
         // and reads only the plan and its `arg`, which are not touched until
         // the caller drops the Child (after EOF on the pipe or the reap,
         // when the child no longer uses our memory); it makes raw
         // syscalls only (no errno, no locks, no allocation).
-        let pid = unsafe {
-            libc::clone(
-                trampoline,
-                top,
-                libc::CLONE_VM | libc::SIGCHLD,
-                (&in_flight.arg as *const ChildArg).cast_mut().cast(),
-            )
-        };
+        let pid = unsafe { libc::clone(trampoline, top, libc::CLONE_VM | libc::SIGCHLD, arg_ptr) };
         // The child's copies are made (its fd table is its own).
         drop(owned);
         finish_clone(pid, r, w, binds, Some(in_flight))
     }
 
+    /// Adds the `cgroup.procs` of `cgroup_dir` to the files the child
+    /// writes itself into (when it is not born in the cgroup).
+    fn join_by_write(&mut self) -> Result<(), SpawnError> {
+        let Some(dir) = self.cgroup_dir.take() else {
+            return Ok(());
+        };
+        // SAFETY: openat on our directory fd; the result is checked.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                c"cgroup.procs".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(SpawnError::Os {
+                step: "opening the cgroup's cgroup.procs",
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: a new fd we own.
+        let procs = unsafe { OwnedFd::from_raw_fd(fd) };
+        let h = high(procs.as_raw_fd())?;
+        // The v2 cgroup first (limits' v1 groups after), as before.
+        self.cgroups.insert(0, h.as_raw_fd());
+        self.owned.push(h);
+        Ok(())
+    }
+
     /// `cohost exec`: the same setup in this very process, then exec, so
     /// the command's exit status is ours. Returns only on failure.
-    pub fn exec_here(self) -> SpawnError {
+    pub fn exec_here(mut self) -> SpawnError {
+        if let Err(e) = self.join_by_write() {
+            return e;
+        }
         // SAFETY: the CLI is single-threaded here; setup_and_exec only
         // returns on failure, with the step and errno. `owned` stays open
         // (it is part of self) until the exec.
@@ -894,6 +952,93 @@ extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
     let a = unsafe { &*(arg as *const ChildArg) };
     // SAFETY: as above; in the child; never returns.
     unsafe { (*a.plan).child_main(a.errfd) }
+}
+
+/// `COHOST_NO_CLONE3=1` in the daemon's environment: children join their
+/// cgroup by writing `cgroup.procs` (what kernels before 5.7 and other
+/// architectures do anyway), for a kernel whose clone3 misbehaves, and for
+/// the tests of that path.
+fn clone3_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| std::env::var_os("COHOST_NO_CLONE3").is_none_or(|v| v != "1"))
+}
+
+/// clone3(CLONE_VM | CLONE_INTO_CGROUP) with the child starting in
+/// `entry(arg)` on the stack `[low, low + size)`: the pid, or `-errno`
+/// (then no child exists). x86-64 only; elsewhere `-ENOSYS`.
+///
+/// # Safety
+/// As for `clone(CLONE_VM)`: `arg` and what it points to stay valid and
+/// unchanged while the child uses them; the stack is the child's alone.
+unsafe fn clone_into_cgroup(
+    cgroup: RawFd,
+    low: usize,
+    size: usize,
+    arg: *mut libc::c_void,
+) -> isize {
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let args = CloneArgs {
+        flags: libc::CLONE_VM as u64 | CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: low as u64,
+        stack_size: size as u64,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: cgroup as u64,
+    };
+    #[cfg(target_arch = "x86_64")]
+    let ret = {
+        let ret: isize;
+        // The child returns from the syscall with rax = 0 on the new stack
+        // (the kernel sets rsp = stack + stack_size) and the parent's other
+        // registers: it calls entry(arg) from r12/r13, which never returns.
+        // SAFETY: see the function's contract; rcx/r11 are clobbered by
+        // syscall, and the child never comes back into this frame.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r12",
+                "call r13",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone3 as isize => ret,
+                in("rdi") &args as *const CloneArgs,
+                in("rsi") size_of_val(&args),
+                in("r12") arg,
+                in("r13") trampoline as extern "C" fn(*mut libc::c_void) -> libc::c_int,
+                lateout("rcx") _,
+                lateout("r11") _,
+            );
+        }
+        ret
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let ret = {
+        let _ = (args, arg);
+        -(libc::ENOSYS as isize)
+    };
+    ret
 }
 
 /// The exec-report pipe: the read end non-blocking for the event loop,

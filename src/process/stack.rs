@@ -50,6 +50,12 @@ impl Stack {
     pub fn top(&self) -> *mut libc::c_void {
         ((self.base + GUARD + SIZE) & !15) as *mut libc::c_void
     }
+
+    /// The usable region, as clone3 takes it: lowest address and size
+    /// (`low + size` is `top`).
+    pub fn region(&self) -> (usize, usize) {
+        (self.base + GUARD, SIZE)
+    }
 }
 
 impl Drop for Stack {

@@ -233,9 +233,9 @@ impl Daemon {
         role: ProcRole,
     ) -> Result<i32, String> {
         let spec = self.insts[idx].spec.clone();
-        let cgroups = match &self.insts[idx].cgroup {
-            Some(cg) => match cg.join_files() {
-                Ok(f) => f,
+        let (into_cgroup, cgroups) = match &self.insts[idx].cgroup {
+            Some(cg) => match cg.join_dir_and_v1_files() {
+                Ok((dir, v1)) => (Some(dir), v1),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     // The kept cgroup was removed since the last run.
                     self.unwatch_cgroup(idx);
@@ -243,22 +243,23 @@ impl Daemon {
                     let cg = root
                         .create(&spec.id, &spec.limits)
                         .map_err(|e| format!("{e}"))?;
-                    let files = cg
-                        .join_files()
+                    let (dir, v1) = cg
+                        .join_dir_and_v1_files()
                         .map_err(|e| format!("opening {}: {e}", cg.dir.display()))?;
                     self.insts[idx].cgroup = Some(cg);
                     self.watch_cgroup(idx);
-                    files
+                    (Some(dir), v1)
                 }
                 Err(e) => return Err(format!("opening {}: {e}", cg.dir.display())),
             },
-            None => Vec::new(),
+            None => (None, Vec::new()),
         };
         let plan = ExecPlan::new(Spawn {
             argv,
             run: &spec.run,
             output,
             cgroups,
+            into_cgroup,
             inherit: self.insts[idx].lock.as_ref().map(Lock::raw_fd),
             setsid: true,
         })
@@ -336,6 +337,7 @@ impl Daemon {
             run: &spec.run,
             output,
             cgroups,
+            into_cgroup: None,
             inherit: None,
             setsid: true,
         });

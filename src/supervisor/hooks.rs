@@ -117,6 +117,7 @@ impl Daemon {
                 run: &run,
                 output,
                 cgroups: Vec::new(),
+                into_cgroup: None,
                 inherit: None,
                 setsid: true,
             });

@@ -131,6 +131,7 @@ impl Daemon {
                     run: &spec.run,
                     output: Output::Null,
                     cgroups: Vec::new(),
+                    into_cgroup: None,
                     inherit: None,
                     setsid: true,
                 });
