@@ -171,12 +171,36 @@ fn address_gating_waits_fails_naming_the_address_and_owned_addresses_come_and_go
     ns.ip(&["addr", "add", &format!("{a1}/24"), "dev", "d0"]);
     let out = waiter.join().unwrap();
     assert_eq!(out.code, 0, "{out}");
-    // address_mode = "own": added at start, removed after stop.
+    // address_mode = "own": added at start, announced with a gratuitous
+    // ARP (seen from the other end of the link), removed after stop.
+    let d0_mac = ns.ip(&["-o", "link", "show", "dev", "d0"]).stdout;
+    let d0_mac: Vec<u8> = d0_mac
+        .split("link/ether ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("d0's MAC")
+        .split(':')
+        .map(|x| u8::from_str_radix(x, 16).unwrap())
+        .collect();
+    let arp = capture_arp(&ns.0, "d1");
     cohost(&["start", "g2"]).ok();
     assert!(
         ns.ip(&["-o", "addr", "show", "dev", "d0"])
             .stdout
             .contains(&format!("{a2}/24"))
+    );
+    let frames = arp.join().unwrap();
+    let ip: Vec<u8> = a2.split('.').map(|x| x.parse().unwrap()).collect();
+    let announced = frames.iter().any(|f| {
+        f.len() >= 28
+            && f[6..8] == [0, 1]
+            && f[8..14] == d0_mac[..]
+            && f[14..18] == ip[..]
+            && f[24..28] == ip[..]
+    });
+    assert!(
+        announced,
+        "a gratuitous ARP for {a2} from d0 ({d0_mac:02x?}); seen on d1: {frames:02x?}"
     );
     cohost(&["monitor", "g2"]).ok();
     cohost(&["stop", "g2"]).ok();
@@ -187,6 +211,73 @@ fn address_gating_waits_fails_naming_the_address_and_owned_addresses_come_and_go
         "owned address removed"
     );
     cohost(&["shutdown"]).ok();
+}
+
+/// Collects the ARP frames arriving on `iface` in network namespace `ns`
+/// for a few seconds (a thread that joins the namespace; the socket is
+/// open when this returns).
+fn capture_arp(ns: &str, iface: &str) -> std::thread::JoinHandle<Vec<Vec<u8>>> {
+    use std::os::fd::AsRawFd;
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (ns, iface) = (ns.to_string(), iface.to_string());
+    let t = std::thread::spawn(move || {
+        let f = std::fs::File::open(format!("/run/netns/{ns}")).unwrap();
+        // SAFETY: setns(2) of this thread only; the fd is valid.
+        assert_eq!(unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) }, 0);
+        let proto = (libc::ETH_P_ARP as u16).to_be() as i32;
+        // SAFETY: a packet socket; checked below.
+        let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_DGRAM, proto) };
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let name = std::ffi::CString::new(iface).unwrap();
+        // SAFETY: zeroed sockaddr_ll, fields set; bind to one interface.
+        unsafe {
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = proto as u16;
+            sll.sll_ifindex = libc::if_nametoindex(name.as_ptr()) as i32;
+            assert_eq!(
+                libc::bind(
+                    fd,
+                    (&sll as *const libc::sockaddr_ll).cast(),
+                    std::mem::size_of::<libc::sockaddr_ll>() as u32
+                ),
+                0
+            );
+            let tv = libc::timeval {
+                tv_sec: 0,
+                tv_usec: 200_000,
+            };
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as u32,
+            );
+        }
+        ready_tx.send(()).unwrap();
+        let mut frames = Vec::new();
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            let mut buf = [0u8; 256];
+            // SAFETY: recv into a local buffer.
+            let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n > 0 {
+                frames.push(buf[..n as usize].to_vec());
+            }
+        }
+        // SAFETY: our fd.
+        unsafe { libc::close(fd) };
+        frames
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("capture socket open");
+    t
 }
 
 /// The file of a cgroup controller setting for a process, found through

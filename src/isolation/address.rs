@@ -153,6 +153,118 @@ pub fn remove(addr: IpAddr, prefix: u8, iface: &str) -> Result<(), AddrError> {
     })
 }
 
+/// Announces `addr` on `iface` with a gratuitous ARP: an ARP request for
+/// the address itself from our MAC (RFC 5227's announcement; what
+/// `arping -U` and Pacemaker's IPaddr2 send). Neighbours and switches that
+/// still map the address to the failed node's MAC learn the new one now,
+/// not when their cache entry expires. `Ok(false)`: nothing to do (IPv6,
+/// whose neighbours learn through the kernel's DAD and unsolicited
+/// advertisements; or an interface without ARP, like loopback).
+pub fn announce(addr: IpAddr, iface: &str) -> io::Result<bool> {
+    let IpAddr::V4(v4) = addr else {
+        return Ok(false);
+    };
+    let cname = std::ffi::CString::new(iface)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in interface name"))?;
+    // SAFETY: if_nametoindex with a valid C string.
+    let index = unsafe { libc::if_nametoindex(cname.as_ptr()) };
+    if index == 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let Some(mac) = ethernet_address(&cname)? else {
+        return Ok(false);
+    };
+    // SAFETY: a new packet socket, owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            (libc::ETH_P_ARP as u16).to_be() as i32,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is new.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let frame = arp_announcement(mac, v4.octets());
+    // SAFETY: an all-zero sockaddr_ll is valid; fields set below.
+    let mut to: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    to.sll_family = libc::AF_PACKET as u16;
+    to.sll_protocol = (libc::ETH_P_ARP as u16).to_be();
+    to.sll_ifindex = index as i32;
+    to.sll_halen = 6;
+    to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    // SAFETY: sendto with our buffer and a valid link-layer address.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            (&to as *const libc::sockaddr_ll).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(true)
+}
+
+/// The ARP payload (the kernel adds the Ethernet header): request,
+/// sender = target = `ip`, target hardware address zero.
+pub fn arp_announcement(mac: [u8; 6], ip: [u8; 4]) -> [u8; 28] {
+    let mut f = [0u8; 28];
+    f[0..2].copy_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
+    f[2..4].copy_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
+    f[4] = 6;
+    f[5] = 4;
+    f[6..8].copy_from_slice(&1u16.to_be_bytes()); // request
+    f[8..14].copy_from_slice(&mac);
+    f[14..18].copy_from_slice(&ip);
+    f[24..28].copy_from_slice(&ip);
+    f
+}
+
+/// The interface's MAC, `None` when it is not an ARP-speaking Ethernet
+/// interface. Asked with ioctls (this network namespace's view; /sys may
+/// be another namespace's).
+fn ethernet_address(name: &std::ffi::CStr) -> io::Result<Option<[u8; 6]>> {
+    #[repr(C)]
+    struct IfReq {
+        name: [libc::c_char; libc::IFNAMSIZ],
+        data: [u8; 24],
+    }
+    let sock = UdpSocket::bind("0.0.0.0:0")?;
+    let mut req = IfReq {
+        name: [0; libc::IFNAMSIZ],
+        data: [0; 24],
+    };
+    for (d, s) in req.name.iter_mut().zip(name.to_bytes()) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills ifr_flags (a short at data[0..2]).
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let flags = i16::from_ne_bytes([req.data[0], req.data[1]]) as i32;
+    if flags & libc::IFF_NOARP != 0 || flags & libc::IFF_LOOPBACK != 0 {
+        return Ok(None);
+    }
+    // SAFETY: SIOCGIFHWADDR fills ifr_hwaddr (family, then the address).
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFHWADDR, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let family = u16::from_ne_bytes([req.data[0], req.data[1]]);
+    if family != libc::ARPHRD_ETHER {
+        return Ok(None);
+    }
+    let mut mac = [0u8; 6];
+    mac.copy_from_slice(&req.data[2..8]);
+    Ok(Some(mac))
+}
+
 fn change(op: u16, addr: IpAddr, prefix: u8, iface: &str) -> Result<(), AddrError> {
     let opname = if op == libc::RTM_NEWADDR {
         "adding"
@@ -267,6 +379,16 @@ fn change(op: u16, addr: IpAddr, prefix: u8, iface: &str) -> Result<(), AddrErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_arp_announcement_is_a_request_for_the_address_itself() {
+        let f = arp_announcement([2, 0, 0, 0, 0, 9], [10, 0, 0, 7]);
+        assert_eq!(&f[..8], &[0, 1, 8, 0, 6, 4, 0, 1]);
+        assert_eq!(&f[8..14], &[2, 0, 0, 0, 0, 9], "sender: our MAC");
+        assert_eq!(&f[14..18], &[10, 0, 0, 7], "sender: the address");
+        assert_eq!(&f[18..24], &[0; 6], "target MAC unknown");
+        assert_eq!(&f[24..28], &[10, 0, 0, 7], "target: the address too");
+    }
 
     #[test]
     fn loopback_is_local_and_documentation_net_is_not() {

@@ -66,6 +66,7 @@ impl Daemon {
                 Ok(()) => {
                     self.insts[idx].owned_address = true;
                     tracing::info!(instance = %spec.id, "added {addr}/{prefix} to {interface}");
+                    self.announce_address(idx);
                 }
                 Err(e) => {
                     self.post(idx, Event::LaunchFailed(e.to_string()));
@@ -90,6 +91,30 @@ impl Daemon {
             let msg = format!("waiting for {addr} to be configured on this node");
             tracing::info!(instance = %spec.id, "{msg}");
             self.progress_waiters(idx, &msg);
+        }
+    }
+
+    /// A gratuitous ARP for an address we own: after a takeover, the
+    /// neighbours' caches point at the failed node until told otherwise.
+    /// Best effort: a failure is a warning in the log and in `status`.
+    fn announce_address(&mut self, idx: usize) {
+        let spec = &self.insts[idx].spec;
+        let (Some(addr), AddressMode::Own { interface, .. }) = (spec.address, &spec.address_mode)
+        else {
+            return;
+        };
+        match address::announce(addr, interface) {
+            Ok(true) => {
+                tracing::debug!(instance = %spec.id, "gratuitous ARP for {addr} on {interface}")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                let w = format!(
+                    "announcing {addr} on {interface} (gratuitous ARP): {e}; neighbours may keep the old node's MAC until their ARP cache expires"
+                );
+                tracing::warn!(instance = %spec.id, "{w}");
+                self.insts[idx].warnings.push(w);
+            }
         }
     }
 
@@ -539,6 +564,10 @@ impl Daemon {
         match to {
             State::Running => {
                 self.insts[idx].healthy = None;
+                if self.insts[idx].owned_address {
+                    // Again now that the service answers on it.
+                    self.announce_address(idx);
+                }
                 let spec = &self.insts[idx].spec;
                 if spec.address.is_some() && spec.port.is_some() {
                     // Audited (bind audit) with everything else that became
