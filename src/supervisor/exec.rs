@@ -455,10 +455,10 @@ impl Daemon {
 
     pub fn kill_all(&mut self, idx: usize) {
         let id = self.insts[idx].id().to_string();
-        if let Some(cg) = &self.insts[idx].cgroup {
-            if let Err(e) = cg.kill() {
-                tracing::error!(instance = %id, "cgroup.kill: {e}");
-            }
+        if let Some(cg) = &self.insts[idx].cgroup
+            && let Err(e) = cg.kill()
+        {
+            tracing::error!(instance = %id, "cgroup.kill: {e}");
         }
         // Also by tracking: covers the fallback and any process that is
         // our child but left the cgroup (a root service can move itself).
