@@ -139,6 +139,12 @@ fn bad_instance_id() {
         &format!("{SERVICE}\n[instance.\"a/b\"]\nservice = \"counter\"\n"),
     );
     expect_problem(&h, "a.toml", 5, "is not allowed");
+    // `..` anywhere, not only as a whole name (found by the fuzz test).
+    h.write_config(
+        "a.toml",
+        &format!("{SERVICE}\n[instance.\"a..b\"]\nservice = \"counter\"\n"),
+    );
+    expect_problem(&h, "a.toml", 5, "no `..`");
 }
 
 #[test]

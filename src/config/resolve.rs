@@ -21,12 +21,13 @@ const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 const BUILTIN_VARS: &[&str] = &["id", "service", "address", "port", "hostname"];
 
-/// `[A-Za-z0-9_.-]+`, not starting with `.` or `-` (IDs become file and
-/// cgroup names; `..` or `-x` there would be trouble).
+/// `[A-Za-z0-9_.-]+`, not starting with `.` or `-`, no `..` (IDs become
+/// file and cgroup names; `..` or `-x` there would be trouble).
 pub fn valid_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && !id.starts_with(['.', '-'])
+        && !id.contains("..")
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
@@ -83,7 +84,7 @@ pub fn resolve(raw: RawDir, dir: &Path, diags: &Diags) -> Config {
             diags.push(
                 &ri.id.at,
                 format!(
-                    "instance ID {:?} is not allowed: use letters, digits, `_`, `.`, `-` (at most 64, not starting with `.` or `-`)",
+                    "instance ID {:?} is not allowed: use letters, digits, `_`, `.`, `-` (at most 64, not starting with `.` or `-`, no `..`)",
                     ri.id.v
                 ),
             );
