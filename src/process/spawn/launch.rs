@@ -1,0 +1,310 @@
+//! Making the child: clone on a stack of its own (waiting for its exec, or
+//! not), born in its cgroup where the kernel can, and the pipe it reports
+//! an exec failure on.
+
+use super::child::Step;
+use super::*;
+
+/// The stack a spawned child runs on until it execs: one mapping for the
+/// whole process, reused (CLONE_VFORK: one child at a time uses it).
+fn child_stack() -> io::Result<*mut libc::c_void> {
+    const SIZE: usize = 512 * 1024;
+    static STACK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    if let Some(top) = STACK.get() {
+        return Ok(*top as *mut libc::c_void);
+    }
+    // SAFETY: an anonymous private mapping; never unmapped.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // Stacks grow down: hand out the (16-byte aligned) top.
+    let top = (base as usize + SIZE) & !15;
+    Ok(*STACK.get_or_init(|| top) as *mut libc::c_void)
+}
+
+/// The plan and stack an asynchronous child runs on before exec.
+pub(super) struct InFlight {
+    plan: ExecPlan,
+    /// Points at `plan` (the box does not move).
+    arg: ChildArg,
+    _stack: crate::process::stack::Stack,
+}
+
+impl ExecPlan {
+    /// fork + exec, suspended until the child has exec'd or died
+    /// (`CLONE_VFORK`); the exec result arrives on `Child::errpipe` (see
+    /// [`decode_failure`]). For the occasional command (hooks, probes,
+    /// stop commands): the `Child` may be dropped at once.
+    pub fn spawn(mut self) -> Result<Child, SpawnError> {
+        self.join_by_write()?;
+        let (r, w) = exec_pipe()?;
+        let stack = child_stack().map_err(os("allocating the child's stack"))?;
+        let owned = std::mem::take(&mut self.owned);
+        let arg = ChildArg {
+            plan: &self,
+            errfd: w.as_raw_fd(),
+        };
+        // clone(CLONE_VM | CLONE_VFORK) on a stack of its own, like glibc's
+        // posix_spawn: no page tables are copied and no copy-on-write
+        // faults follow (a fork of the supervisor costs more than the
+        // rest of a start). The parent is suspended until the child has
+        // exec'd or died; the child only reads the prepared plan and makes
+        // raw syscalls (setup_and_exec), so sharing the memory is safe.
+        // SAFETY: as described; `stack` is the top of a private mapping no
+        // other child uses (the parent waits for this one to exec), and
+        // `arg` outlives the child's use of it (we are suspended).
+        let pid = unsafe {
+            libc::clone(
+                trampoline,
+                stack,
+                libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+                (&arg as *const ChildArg).cast_mut().cast(),
+            )
+        };
+        drop(owned);
+        finish_clone(pid, r, w, self.binds.clone(), None)
+    }
+
+    /// fork + exec without waiting for the exec: the supervisor goes on
+    /// while the child sets itself up and execs (on a busy node, 500
+    /// instances start in about half the time: the supervisor is not idle
+    /// while each child waits for a CPU). The child runs on a stack of its
+    /// own and reads this plan, both kept in the returned `Child`, which
+    /// must live until its errpipe reports EOF (exec done: the child has
+    /// left our memory) or the child is reaped.
+    pub fn spawn_async(mut self) -> Result<Child, SpawnError> {
+        let (r, w) = exec_pipe()?;
+        let stack =
+            crate::process::stack::Stack::take().map_err(os("allocating the child's stack"))?;
+        let (low, size) = stack.region();
+        let top = stack.top();
+        let owned = std::mem::take(&mut self.owned);
+        let binds = self.binds.clone();
+        let mut in_flight = Box::new(InFlight {
+            plan: self,
+            arg: ChildArg {
+                plan: std::ptr::null(),
+                errfd: w.as_raw_fd(),
+            },
+            _stack: stack,
+        });
+        in_flight.arg.plan = &in_flight.plan;
+        let arg_ptr = (&in_flight.arg as *const ChildArg).cast_mut().cast();
+        // Born in its cgroup where the kernel can (5.7+): no move, and so
+        // no wait for an RCU grace period on the first move of a burst
+        // (the cgroup_threadgroup_rwsem writer), ~15 ms on this kind of VM.
+        if let Some(dir) = in_flight.plan.cgroup_dir {
+            if clone3_allowed() {
+                // SAFETY: as for clone below; the child is created in `dir`.
+                let pid = unsafe { clone_into_cgroup(dir, low, size, arg_ptr) };
+                if pid > 0 {
+                    drop(owned);
+                    return finish_clone(pid as i32, r, w, binds, Some(in_flight));
+                }
+            }
+            // No child was made: the plan is ours to change. Join by write.
+            in_flight.plan.join_by_write()?;
+        }
+        // SAFETY: CLONE_VM without CLONE_VFORK: the child shares our memory
+        // and runs alongside us. It uses only its own stack (in_flight's)
+        // and reads only the plan and its `arg`, which are not touched until
+        // the caller drops the Child (after EOF on the pipe or the reap,
+        // when the child no longer uses our memory); it makes raw
+        // syscalls only (no errno, no locks, no allocation).
+        let pid = unsafe { libc::clone(trampoline, top, libc::CLONE_VM | libc::SIGCHLD, arg_ptr) };
+        // The child's copies are made (its fd table is its own).
+        drop(owned);
+        finish_clone(pid, r, w, binds, Some(in_flight))
+    }
+
+    /// Adds the `cgroup.procs` of `cgroup_dir` to the files the child
+    /// writes itself into (when it is not born in the cgroup).
+    pub(super) fn join_by_write(&mut self) -> Result<(), SpawnError> {
+        let Some(dir) = self.cgroup_dir.take() else {
+            return Ok(());
+        };
+        // SAFETY: openat on our directory fd; the result is checked.
+        let fd = unsafe {
+            libc::openat(
+                dir,
+                c"cgroup.procs".as_ptr(),
+                libc::O_WRONLY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(SpawnError::Os {
+                step: "opening the cgroup's cgroup.procs",
+                source: io::Error::last_os_error(),
+            });
+        }
+        // SAFETY: a new fd we own.
+        let procs = unsafe { OwnedFd::from_raw_fd(fd) };
+        let h = high(procs.as_raw_fd())?;
+        // The v2 cgroup first (limits' v1 groups after), as before.
+        self.cgroups.insert(0, h.as_raw_fd());
+        self.owned.push(h);
+        Ok(())
+    }
+}
+
+/// What the child's entry point gets: the plan and the report pipe.
+struct ChildArg {
+    plan: *const ExecPlan,
+    errfd: RawFd,
+}
+
+extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: `arg` points at a ChildArg, and it at a plan, that the parent
+    // keeps alive and unchanged while this child uses them (see callers).
+    let a = unsafe { &*(arg as *const ChildArg) };
+    // SAFETY: as above; in the child; never returns.
+    unsafe { (*a.plan).child_main(a.errfd) }
+}
+
+/// `COHOST_NO_CLONE3=1` in the daemon's environment: children join their
+/// cgroup by writing `cgroup.procs` (what kernels before 5.7 and other
+/// architectures do anyway), for a kernel whose clone3 misbehaves, and for
+/// the tests of that path.
+fn clone3_allowed() -> bool {
+    static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ALLOWED.get_or_init(|| std::env::var_os("COHOST_NO_CLONE3").is_none_or(|v| v != "1"))
+}
+
+/// clone3(CLONE_VM | CLONE_INTO_CGROUP) with the child starting in
+/// `entry(arg)` on the stack `[low, low + size)`: the pid, or `-errno`
+/// (then no child exists). x86-64 only; elsewhere `-ENOSYS`.
+///
+/// # Safety
+/// As for `clone(CLONE_VM)`: `arg` and what it points to stay valid and
+/// unchanged while the child uses them; the stack is the child's alone.
+unsafe fn clone_into_cgroup(
+    cgroup: RawFd,
+    low: usize,
+    size: usize,
+    arg: *mut libc::c_void,
+) -> isize {
+    #[repr(C)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+    let args = CloneArgs {
+        flags: libc::CLONE_VM as u64 | CLONE_INTO_CGROUP,
+        pidfd: 0,
+        child_tid: 0,
+        parent_tid: 0,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: low as u64,
+        stack_size: size as u64,
+        tls: 0,
+        set_tid: 0,
+        set_tid_size: 0,
+        cgroup: cgroup as u64,
+    };
+    #[cfg(target_arch = "x86_64")]
+    let ret = {
+        let ret: isize;
+        // The child returns from the syscall with rax = 0 on the new stack
+        // (the kernel sets rsp = stack + stack_size) and the parent's other
+        // registers: it calls entry(arg) from r12/r13, which never returns.
+        // SAFETY: see the function's contract; rcx/r11 are clobbered by
+        // syscall, and the child never comes back into this frame.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r12",
+                "call r13",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone3 as isize => ret,
+                in("rdi") &args as *const CloneArgs,
+                in("rsi") size_of_val(&args),
+                in("r12") arg,
+                in("r13") trampoline as extern "C" fn(*mut libc::c_void) -> libc::c_int,
+                lateout("rcx") _,
+                lateout("r11") _,
+            );
+        }
+        ret
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let ret = {
+        let _ = (args, arg);
+        -(libc::ENOSYS as isize)
+    };
+    ret
+}
+
+/// The exec-report pipe: the read end non-blocking for the event loop,
+/// the write end moved high (it must survive the dup3s onto 0..3).
+fn exec_pipe() -> Result<(OwnedFd, OwnedFd), SpawnError> {
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+        .map_err(|e| SpawnError::Os {
+        step: "pipe",
+        source: e.into(),
+    })?;
+    // The write end must block (the child's one write) and be high.
+    let w = high(w.as_raw_fd())?;
+    // SAFETY: fcntl(F_SETFL) on our fd.
+    unsafe { libc::fcntl(w.as_raw_fd(), libc::F_SETFL, 0) };
+    Ok((r, w))
+}
+
+fn finish_clone(
+    pid: i32,
+    r: OwnedFd,
+    w: OwnedFd,
+    binds: Vec<(CString, CString)>,
+    in_flight: Option<Box<InFlight>>,
+) -> Result<Child, SpawnError> {
+    if pid < 0 {
+        return Err(SpawnError::Os {
+            step: "clone",
+            source: io::Error::last_os_error(),
+        });
+    }
+    drop(w);
+    Ok(Child {
+        pid,
+        errpipe: r,
+        binds,
+        _in_flight: in_flight,
+    })
+}
+
+/// Decodes a failure report, if `buf` holds one.
+pub fn decode_failure(child: &Child, buf: &[u8]) -> Option<SpawnError> {
+    if buf.len() < 8 {
+        return None;
+    }
+    let code = buf[0];
+    let index = u16::from_ne_bytes([buf[1], buf[2]]);
+    let errno = i32::from_ne_bytes([buf[4], buf[5], buf[6], buf[7]]);
+    Some(SpawnError::Child {
+        step: Step::describe(code, &child.binds, index),
+        source: io::Error::from_raw_os_error(errno),
+    })
+}

@@ -1,0 +1,482 @@
+//! fork/exec of one process of an instance, with its clean state.
+//!
+//! Everything the child needs (argv, envp, paths, uid/gid, mount plan) is
+//! built into an [`ExecPlan`] *before* `fork()`: between fork and exec the
+//! child makes only async-signal-safe calls (signal-safety(7)), allocates
+//! nothing, and reports a failed step through a close-on-exec pipe (the
+//! s6/runit pattern: EOF on the pipe means exec succeeded).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+mod child;
+mod launch;
+
+pub use launch::decode_failure;
+
+use super::rawsys;
+use crate::model::RunContext;
+use child::non_default_signals;
+use launch::InFlight;
+
+/// The soft RLIMIT_NOFILE the process started with. The daemon raises its
+/// own to the hard limit (many instances, many fds); a service gets the
+/// usual one back unless it sets `rlimits.nofile` (a daemon that closes
+/// every possible fd at start-up would otherwise loop a million times).
+static ORIGINAL_NOFILE: std::sync::OnceLock<libc::rlimit> = std::sync::OnceLock::new();
+
+/// Records the current RLIMIT_NOFILE for children; call before raising it.
+pub fn remember_nofile() {
+    // SAFETY: getrlimit with a valid struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) == 0 {
+            let _ = ORIGINAL_NOFILE.set(r);
+        }
+    }
+}
+
+/// Source fds used in the child are moved at or above this number, so the
+/// `dup2` onto 0..3 can never overwrite one that is still needed.
+const HIGH_FD: RawFd = 16;
+
+/// The environment a cohost child inherits from the supervisor: only these,
+/// plus the names a service lists in `pass_env` (contract).
+pub const INHERITED_ENV: &[&str] = &["PATH", "LANG", "TZ"];
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("command not found: {cmd} (searched PATH={path})")]
+    NotFound { cmd: String, path: String },
+    #[error("{cmd} is not executable")]
+    NotExecutable { cmd: String },
+    #[error("user {0:?} does not exist on this node")]
+    NoUser(String),
+    #[error("group {0:?} does not exist on this node")]
+    NoGroup(String),
+    #[error("looking up user {name:?}: {source}")]
+    Lookup {
+        name: String,
+        #[source]
+        source: nix::Error,
+    },
+    #[error("{0:?} contains a NUL byte")]
+    Nul(String),
+    #[error(
+        "bind target {0} does not exist on this node: create it (an empty directory or file) so it can be mapped"
+    )]
+    BindTarget(PathBuf),
+    #[error("bind source {0} does not exist: is the instance's storage mounted here?")]
+    BindSource(PathBuf),
+    #[error("{step}: {source}")]
+    Os {
+        step: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("in the child, {step}: {source}")]
+    Child {
+        step: String,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl SpawnError {
+    /// True when the failure means "not installed on this node" (OCF 5).
+    pub fn is_not_installed(&self) -> bool {
+        matches!(
+            self,
+            SpawnError::NotFound { .. }
+                | SpawnError::NotExecutable { .. }
+                | SpawnError::NoUser(_)
+                | SpawnError::NoGroup(_)
+        )
+    }
+}
+
+fn os(step: &'static str) -> impl FnOnce(io::Error) -> SpawnError {
+    move |source| SpawnError::Os { step, source }
+}
+
+fn cstr(s: impl AsRef<[u8]>) -> Result<CString, SpawnError> {
+    CString::new(s.as_ref())
+        .map_err(|_| SpawnError::Nul(String::from_utf8_lossy(s.as_ref()).into_owned()))
+}
+
+/// Moves `fd` to a close-on-exec descriptor >= HIGH_FD.
+fn high(fd: RawFd) -> Result<OwnedFd, SpawnError> {
+    // SAFETY: fcntl(F_DUPFD_CLOEXEC) on a valid fd returns a new owned fd.
+    let n = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, HIGH_FD) };
+    if n < 0 {
+        return Err(SpawnError::Os {
+            step: "dup",
+            source: io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: n is a fresh fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+/// /dev/null, opened once per process (every spawn needs it for stdin).
+fn dev_null() -> io::Result<&'static std::fs::File> {
+    static NULL: std::sync::OnceLock<std::fs::File> = std::sync::OnceLock::new();
+    if let Some(f) = NULL.get() {
+        return Ok(f);
+    }
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")?;
+    Ok(NULL.get_or_init(|| f))
+}
+
+/// Resolved credentials.
+#[derive(Debug, Clone)]
+pub struct Creds {
+    pub uid: u32,
+    pub gid: u32,
+    pub groups: Vec<u32>,
+    pub home: PathBuf,
+    pub name: String,
+}
+
+/// Looks up `user`/`group` on this node (NSS): done in the parent.
+pub fn resolve_creds(user: Option<&str>, group: Option<&str>) -> Result<Option<Creds>, SpawnError> {
+    use nix::unistd::{Group, User};
+    let Some(user) = user else {
+        if let Some(g) = group {
+            let gr = lookup_group(g)?;
+            return Ok(Some(Creds {
+                uid: nix::unistd::geteuid().as_raw(),
+                gid: gr,
+                groups: vec![gr],
+                home: PathBuf::from("/"),
+                name: String::new(),
+            }));
+        }
+        return Ok(None);
+    };
+    let pw = match user.parse::<u32>() {
+        Ok(uid) => User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => User::from_name(user),
+    }
+    .map_err(|source| SpawnError::Lookup {
+        name: user.to_string(),
+        source,
+    })?
+    .ok_or_else(|| SpawnError::NoUser(user.to_string()))?;
+    let gid = match group {
+        Some(g) => lookup_group(g)?,
+        None => pw.gid.as_raw(),
+    };
+    let cname = cstr(pw.name.as_bytes())?;
+    let groups = nix::unistd::getgrouplist(&cname, nix::unistd::Gid::from_raw(gid))
+        .map(|g| g.into_iter().map(|g| g.as_raw()).collect())
+        .unwrap_or_else(|_| vec![gid]);
+    let _ = Group::from_gid(nix::unistd::Gid::from_raw(gid));
+    Ok(Some(Creds {
+        uid: pw.uid.as_raw(),
+        gid,
+        groups,
+        home: pw.dir,
+        name: pw.name,
+    }))
+}
+
+fn lookup_group(g: &str) -> Result<u32, SpawnError> {
+    if let Ok(n) = g.parse::<u32>() {
+        return Ok(n);
+    }
+    nix::unistd::Group::from_name(g)
+        .map_err(|source| SpawnError::Lookup {
+            name: g.to_string(),
+            source,
+        })?
+        .map(|gr| gr.gid.as_raw())
+        .ok_or_else(|| SpawnError::NoGroup(g.to_string()))
+}
+
+/// The final environment of a process of the instance.
+pub fn environment(
+    run: &RunContext,
+    creds: Option<&Creds>,
+    pass_env: &[String],
+) -> Vec<(String, String)> {
+    let mut env: std::collections::BTreeMap<String, String> = std::collections::BTreeMap::new();
+    for name in INHERITED_ENV
+        .iter()
+        .copied()
+        .chain(pass_env.iter().map(String::as_str))
+    {
+        if let Ok(v) = std::env::var(name) {
+            env.insert(name.to_string(), v);
+        }
+    }
+    env.entry("PATH".into())
+        .or_insert_with(|| DEFAULT_PATH.into());
+    if let Some(c) = creds.filter(|c| !c.name.is_empty()) {
+        env.insert("HOME".into(), c.home.display().to_string());
+        env.insert("USER".into(), c.name.clone());
+        env.insert("LOGNAME".into(), c.name.clone());
+    }
+    for (k, v) in &run.env {
+        env.insert(k.clone(), v.clone());
+    }
+    env.into_iter().collect()
+}
+
+/// Finds `cmd` the way execvp(3) would, but in the parent, so that "not
+/// found" is a clear error and not an exit status 127 of a child.
+pub fn find_program(cmd: &str, path_var: &str) -> Result<PathBuf, SpawnError> {
+    use std::os::unix::fs::PermissionsExt;
+    let exec_bits = |m: &std::fs::Metadata| m.is_file() && m.permissions().mode() & 0o111 != 0;
+    let is_exec = |p: &Path| std::fs::metadata(p).is_ok_and(|m| exec_bits(&m));
+    if cmd.contains('/') {
+        let p = PathBuf::from(cmd);
+        return match std::fs::metadata(&p) {
+            Err(_) => Err(SpawnError::NotFound {
+                cmd: cmd.into(),
+                path: "(absolute path)".into(),
+            }),
+            Ok(m) if !exec_bits(&m) => Err(SpawnError::NotExecutable { cmd: cmd.into() }),
+            Ok(_) => Ok(p),
+        };
+    }
+    for dir in path_var.split(':').filter(|d| !d.is_empty()) {
+        let p = Path::new(dir).join(cmd);
+        if is_exec(&p) {
+            return Ok(p);
+        }
+    }
+    Err(SpawnError::NotFound {
+        cmd: cmd.into(),
+        path: path_var.into(),
+    })
+}
+
+/// Where stdout/stderr go.
+pub enum Output {
+    /// Inherit the supervisor's (used by `cohost exec`).
+    Inherit,
+    /// This file (a process log, opened O_APPEND by the caller).
+    File(OwnedFd),
+    /// /dev/null
+    Null,
+}
+
+/// What to start, and how; built with [`ExecPlan::new`].
+pub struct Spawn<'a> {
+    pub argv: &'a [String],
+    pub run: &'a RunContext,
+    pub output: Output,
+    /// `cgroup.procs` files the child writes "0" into before exec.
+    pub cgroups: Vec<OwnedFd>,
+    /// A cgroup v2 directory the child goes into: created there by
+    /// `spawn_async` (clone3 `CLONE_INTO_CGROUP`), else it writes its
+    /// `cgroup.procs` like the files of `cgroups`.
+    pub into_cgroup: Option<OwnedFd>,
+    /// Inherited as fd 3 (the instance lock: it lives while any process does).
+    pub inherit: Option<RawFd>,
+    /// Start a new session (always, for instance processes).
+    pub setsid: bool,
+}
+
+/// Everything for one fork/exec, allocated up front.
+pub struct ExecPlan {
+    program: CString,
+    argv: Vec<CString>,
+    argv_ptrs: Vec<*const libc::c_char>,
+    envp: Vec<CString>,
+    envp_ptrs: Vec<*const libc::c_char>,
+    cwd: CString,
+    /// Descriptor numbers the child uses (dup'd at or above HIGH_FD); the
+    /// descriptors themselves are in `owned`, closed in the parent as soon
+    /// as the child has its copies (after clone).
+    stdin: Option<RawFd>,
+    stdout: Option<RawFd>,
+    stderr: Option<RawFd>,
+    cgroups: Vec<RawFd>,
+    /// The v2 cgroup directory of `Spawn::into_cgroup`.
+    cgroup_dir: Option<RawFd>,
+    inherit: Option<RawFd>,
+    owned: Vec<OwnedFd>,
+    setsid: bool,
+    unshare_flags: libc::c_int,
+    mount_private: bool,
+    binds: Vec<(CString, CString)>,
+    private_tmp: bool,
+    hostname: Option<CString>,
+    rlimits: Vec<(libc::c_int, libc::rlimit)>,
+    umask: Option<libc::mode_t>,
+    creds: Option<(libc::uid_t, libc::gid_t, Vec<libc::gid_t>)>,
+    /// Signals to set back to SIG_DFL before exec (see `non_default_signals`).
+    reset_signals: &'static [libc::c_int],
+    /// Human description for messages: "/opt/counter/bin/counter --listen …".
+    pub display: String,
+}
+
+/// A started child: its pid and the read end of its exec-error pipe.
+pub struct Child {
+    pub pid: i32,
+    /// Readable with a failure report, or EOF once exec succeeded.
+    pub errpipe: OwnedFd,
+    /// Kept to explain a failure report.
+    binds: Vec<(CString, CString)>,
+    /// What a child of [`ExecPlan::spawn_async`] reads until it execs or
+    /// dies: keep the `Child` until its errpipe reports EOF or it is reaped.
+    _in_flight: Option<Box<InFlight>>,
+}
+
+impl ExecPlan {
+    pub fn new(s: Spawn<'_>) -> Result<ExecPlan, SpawnError> {
+        let run = s.run;
+        let creds = resolve_creds(run.user.as_deref(), run.group.as_deref())?;
+        let env = environment(run, creds.as_ref(), &run.pass_env);
+        let path_var = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.as_str())
+            .unwrap_or(DEFAULT_PATH);
+        let argv0 = s.argv.first().ok_or(SpawnError::NotFound {
+            cmd: String::new(),
+            path: String::new(),
+        })?;
+        let program = find_program(argv0, path_var)?;
+        for (inside, shown) in &run.isolate.bind {
+            if !shown.exists() {
+                return Err(SpawnError::BindSource(shown.clone()));
+            }
+            if !inside.exists() {
+                return Err(SpawnError::BindTarget(inside.clone()));
+            }
+        }
+        let argv: Vec<CString> = s.argv.iter().map(cstr).collect::<Result<_, _>>()?;
+        let envp: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| cstr(format!("{k}={v}")))
+            .collect::<Result<_, _>>()?;
+        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+
+        let devnull = dev_null().map_err(os("opening /dev/null"))?;
+        let mut owned = Vec::new();
+        let mut keep = |fd: RawFd| -> Result<RawFd, SpawnError> {
+            let h = high(fd)?;
+            let n = h.as_raw_fd();
+            owned.push(h);
+            Ok(n)
+        };
+        let (stdin, stdout, stderr) = match &s.output {
+            Output::Inherit => (None, None, None),
+            Output::Null => (
+                Some(keep(devnull.as_raw_fd())?),
+                Some(keep(devnull.as_raw_fd())?),
+                Some(keep(devnull.as_raw_fd())?),
+            ),
+            Output::File(f) => {
+                let out = keep(f.as_raw_fd())?;
+                (Some(keep(devnull.as_raw_fd())?), Some(out), Some(out))
+            }
+        };
+        let cgroups = s
+            .cgroups
+            .iter()
+            .map(|f| keep(f.as_raw_fd()))
+            .collect::<Result<Vec<_>, _>>()?;
+        let inherit = s.inherit.map(&mut keep).transpose()?;
+        let cgroup_dir = match s.into_cgroup {
+            Some(d) => {
+                let n = d.as_raw_fd();
+                owned.push(d);
+                Some(n)
+            }
+            None => None,
+        };
+
+        let iso = &run.isolate;
+        let mut unshare_flags = 0;
+        if iso.uts {
+            unshare_flags |= libc::CLONE_NEWUTS;
+        }
+        if iso.needs_mount_ns() {
+            unshare_flags |= libc::CLONE_NEWNS;
+        }
+        let binds = iso
+            .bind
+            .iter()
+            .map(|(inside, shown)| {
+                Ok((
+                    cstr(shown.as_os_str().as_bytes())?,
+                    cstr(inside.as_os_str().as_bytes())?,
+                ))
+            })
+            .collect::<Result<Vec<_>, SpawnError>>()?;
+        let hostname = match (&run.hostname, iso.uts) {
+            (Some(h), true) => Some(cstr(h)?),
+            _ => None,
+        };
+        let mut rlimits: Vec<(libc::c_int, libc::rlimit)> = run
+            .rlimits
+            .iter()
+            .map(|r| {
+                let v = |x: Option<u64>| x.unwrap_or(libc::RLIM_INFINITY);
+                (
+                    r.resource as libc::c_int,
+                    libc::rlimit {
+                        rlim_cur: v(r.soft),
+                        rlim_max: v(r.hard),
+                    },
+                )
+            })
+            .collect();
+        if let Some(orig) = ORIGINAL_NOFILE.get()
+            && !rlimits
+                .iter()
+                .any(|(r, _)| *r == libc::RLIMIT_NOFILE as libc::c_int)
+        {
+            rlimits.push((libc::RLIMIT_NOFILE as libc::c_int, *orig));
+        }
+        let display = s.argv.join(" ");
+        Ok(ExecPlan {
+            program: cstr(program.as_os_str().as_bytes())?,
+            argv,
+            argv_ptrs,
+            envp,
+            envp_ptrs,
+            cwd: cstr(run.cwd.as_os_str().as_bytes())?,
+            stdin,
+            stdout,
+            stderr,
+            cgroups,
+            cgroup_dir,
+            inherit,
+            owned,
+            setsid: s.setsid,
+            unshare_flags,
+            mount_private: iso.needs_mount_ns(),
+            binds,
+            private_tmp: iso.private_tmp,
+            hostname,
+            rlimits,
+            umask: run.umask.map(|m| m as libc::mode_t),
+            creds: creds.map(|c| (c.uid, c.gid, c.groups)),
+            reset_signals: non_default_signals(),
+            display,
+        })
+    }
+
+    pub fn argv(&self) -> &[CString] {
+        &self.argv
+    }
+
+    pub fn env(&self) -> &[CString] {
+        &self.envp
+    }
+}
