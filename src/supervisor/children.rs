@@ -61,14 +61,17 @@ pub fn describe(ws: WaitStatus) -> Option<(i32, String, bool)> {
 impl Daemon {
     pub(super) fn reap(&mut self) {
         let mut orphans = false;
+        // Reap everything that has exited first, then act on it: in a
+        // burst (500 instances stopping) the last exit is reaped without
+        // waiting for the bookkeeping of the others.
+        let mut exited = Vec::new();
         loop {
-            let ws = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(ws) => ws,
-            };
-            let Some((pid, status, clean)) = describe(ws) else {
-                continue;
-            };
+                Ok(ws) => exited.extend(describe(ws)),
+            }
+        }
+        for (pid, status, clean) in exited {
             match self.children.remove(&pid) {
                 Some(Role::Proc { idx }) => self.proc_exited(idx, pid, status, clean),
                 Some(Role::StopCmd { idx }) => {
