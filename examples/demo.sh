@@ -17,6 +17,13 @@ for id in demo01 demo02; do mkdir -p "$DEMO/$id/data" "$DEMO/$id/log"; done
 
 run() { echo "\$ cohost $*"; "$BIN/cohost" --config examples/instances.d --runtime-dir "$DEMO/run" "$@"; }
 ask() { echo "\$ counter --ask $1"; counter --ask "$1"; }
+# Interrupted or failed half-way (Ctrl-C, a closed pipe): stop what runs.
+cleanup() {
+    "$BIN/cohost" --config examples/instances.d --runtime-dir "$DEMO/run" shutdown \
+        >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM HUP PIPE
 
 run validate
 run up
