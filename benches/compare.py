@@ -72,6 +72,9 @@ def summarize(rows):
             status_true=st[0].get("true_ms", true_ms) if st else float("nan"),
             monitor_true=mon[0].get("true_ms", true_ms) if mon else float("nan"),
             true=st[0].get("true_ms", true_ms) if st else true_ms,
+            # alternated with /bin/true (newer results): difference only
+            status_inter=(st[0]["inter_ms"] - st[0]["inter_true_ms"]) if st and "inter_ms" in st[0] else float("nan"),
+            monitor_inter=(mon[0]["inter_ms"] - mon[0]["inter_true_ms"]) if mon and "inter_ms" in mon[0] else float("nan"),
             rss=med([r["rss_kib"] for r in mem]) / 1024, pss=med([r["pss_kib"] for r in mem]) / 1024,
             procs=int(med([r["procs"] for r in mem])) if mem else 0,
             idle_cpu=(idle[0]["cpu_ms"] * 60 / idle[0]["secs"]) if idle else float("nan"),
@@ -91,15 +94,16 @@ def main():
     names = [n for n in ORDER if n in runs] + sorted(n for n in runs if n not in ORDER)
     co = runs.get("cohost", {})
     lines = ["| N | supervisor | start-all ms (min-max) | x floor | x cohost | stop-all ms (min-max) | x floor | x cohost "
-             "| status ms (vs true) | monitor ms (vs true) | /bin/true ms | sup. procs | RSS MiB | PSS MiB | idle CPU ms/min | wake-ups/s | errors |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| status ms (vs true) | monitor ms (vs true) | /bin/true ms | status, monitor vs true, alternated | sup. procs | RSS MiB | PSS MiB | idle CPU ms/min | wake-ups/s | errors |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     f2 = lambda x: "-" if x != x else f"{x:.2f}"
     f1 = lambda x: "-" if x != x else f"{x:.1f}"
     # a query's median, and its difference to /bin/true measured with it
     fq = lambda x, t: "-" if x != x else f"{x:.2f} ({x - t:+.2f})" if t == t else f"{x:.2f}"
+    fd = lambda x: "-" if x != x else f"{x:+.2f}"
     for n in sorted({n for r in runs.values() for n in r}):
         fl = co.get(n) or next((r[n] for r in runs.values() if n in r), None)
-        lines.append(f"| {n} | fork/exec floor | {f1(fl['floor_up'])} | 1 | | {f1(fl['floor_down'])} | 1 | | | | | | | | | | |")
+        lines.append(f"| {n} | fork/exec floor | {f1(fl['floor_up'])} | 1 | | {f1(fl['floor_down'])} | 1 | | | | | | | | | | | |")
         for name in names:
             d = runs[name].get(n)
             if not d:
@@ -109,7 +113,7 @@ def main():
             lines.append(
                 f"| {n} | {name} | {f1(d['start'])} ({f1(d['start_rng'][0])}-{f1(d['start_rng'][1])}) | {f2(d['start_x'])}x | {xs('start_x')} "
                 f"| {f1(d['stop'])} ({f1(d['stop_rng'][0])}-{f1(d['stop_rng'][1])}) | {f2(d['stop_x'])}x | {xs('stop_x')} "
-                f"| {fq(d['status'], d['status_true'])} | {fq(d['monitor'], d['monitor_true'])} | {f2(d['true'])} | {d['procs']} | {f1(d['rss'])} | {f1(d['pss'])} "
+                f"| {fq(d['status'], d['status_true'])} | {fq(d['monitor'], d['monitor_true'])} | {f2(d['true'])} | {fd(d['status_inter'])}, {fd(d['monitor_inter'])} | {d['procs']} | {f1(d['rss'])} | {f1(d['pss'])} "
                 f"| {f1(d['idle_cpu'])} | {f2(d['wakeups'])} | {d['errors']} |")
     table = "\n".join(lines) + "\n"
     print(table)

@@ -4,7 +4,7 @@
 # the same workload, the fork/exec floor measured inside every run, and one
 # comparison table (results/comparison-STAMP.md).
 #
-#   benches/run.sh            about 14 minutes on a 2-core VM
+#   benches/run.sh            about 16 minutes on a 2-core VM (N <= 500: 14)
 #   benches/run.sh --quick    about 4 minutes (fewer reps, shorter idle)
 #
 # Nothing else may listen on port 9003 meanwhile; state lives on /dev/shm.
