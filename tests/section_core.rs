@@ -666,3 +666,30 @@ fn processes_start_inside_their_cgroup_born_there_or_moved_in() {
         }
     }
 }
+
+#[test]
+fn the_daemon_weighs_its_own_session_more_and_the_services_stay_at_the_default() {
+    // Each service is in a session (a scheduler autogroup) of its own; the
+    // daemon started by `cohost start` leads its own session and gives it
+    // nice -5, so hundreds of services starting at once do not starve it.
+    let autogroup = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/autogroup"));
+    assert!(
+        autogroup(std::process::id() as i32).is_ok(),
+        "this kernel has no scheduler autogroups (CONFIG_SCHED_AUTOGROUP): /proc/self/autogroup is missing"
+    );
+    let h = Harness::new();
+    h.write_config(
+        "s.toml",
+        &format!(
+            "[service.s]\ncommand = [\"{}\", \"sleep\"]\n\n[instance.ag1]\nservice = \"s\"\n",
+            example("testsvc").display()
+        ),
+    );
+    h.run(&["start", "ag1"]).ok();
+    let daemon = autogroup(h.daemon_pid().unwrap()).unwrap();
+    assert!(daemon.trim_end().ends_with("nice -5"), "daemon: {daemon}");
+    let pid = h.status_json("ag1")["processes"][0]["pid"].as_i64().unwrap() as i32;
+    let service = autogroup(pid).unwrap();
+    assert!(service.trim_end().ends_with("nice 0"), "service: {service}");
+    assert_ne!(daemon.split_whitespace().next(), service.split_whitespace().next());
+}

@@ -38,7 +38,9 @@ use crate::isolation::cgroup::{self, CgroupRoot};
 use crate::model::Config;
 use fsm::Event;
 use instance::Inst;
-use setup::{bind_socket, prepare_runtime_dir, raise_nofile, sd_notify, take_runtime_lock};
+use setup::{
+    bind_socket, prepare_runtime_dir, raise_nofile, sd_notify, take_runtime_lock, weigh_session,
+};
 
 /// Epoll tokens: the kind in the top byte, a value below.
 mod tok {
@@ -228,6 +230,7 @@ impl Daemon {
         }
         crate::process::spawn::remember_nofile();
         raise_nofile();
+        weigh_session();
 
         let cgroot = CgroupRoot::discover(&config.supervisor.cgroup, &cgroup::tag_for(&rt));
         match &cgroot {

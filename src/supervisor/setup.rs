@@ -140,3 +140,19 @@ pub(super) fn raise_nofile() {
         }
     }
 }
+
+/// The scheduler weight of the daemon's session (its autogroup, see
+/// sched(7)): nice -5, about three times a service's share. Every service
+/// process is in a session, and so an autogroup, of its own: while 500 of
+/// them start or exit at once, a daemon at the default weight gets one
+/// five-hundredth of the CPU for the spawning, reaping and answering it
+/// has to do. Only when the daemon leads its own session (as `cohost start`
+/// and systemd start it), so that no one else's session is changed; where
+/// autogroups do not apply (disabled, or tasks in cpu cgroups) it is inert.
+pub(super) fn weigh_session() {
+    // SAFETY: getsid/getpid take no pointers.
+    let leader = unsafe { libc::getsid(0) == libc::getpid() };
+    if leader && let Err(e) = std::fs::write("/proc/self/autogroup", "-5") {
+        tracing::debug!("raising the session's scheduler weight: {e}");
+    }
+}
