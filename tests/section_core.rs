@@ -688,8 +688,13 @@ fn the_daemon_weighs_its_own_session_more_and_the_services_stay_at_the_default()
     h.run(&["start", "ag1"]).ok();
     let daemon = autogroup(h.daemon_pid().unwrap()).unwrap();
     assert!(daemon.trim_end().ends_with("nice -5"), "daemon: {daemon}");
-    let pid = h.status_json("ag1")["processes"][0]["pid"].as_i64().unwrap() as i32;
+    let pid = h.status_json("ag1")["processes"][0]["pid"]
+        .as_i64()
+        .unwrap() as i32;
     let service = autogroup(pid).unwrap();
     assert!(service.trim_end().ends_with("nice 0"), "service: {service}");
-    assert_ne!(daemon.split_whitespace().next(), service.split_whitespace().next());
+    assert_ne!(
+        daemon.split_whitespace().next(),
+        service.split_whitespace().next()
+    );
 }
