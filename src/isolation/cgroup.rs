@@ -453,7 +453,6 @@ fn rel_path(m: &Mount, dir: &Path) -> String {
 }
 
 impl InstanceCgroup {
-    /// Opens the `cgroup.procs` files a child writes "0" into.
     /// The v2 directory, for a child to be created in (clone3
     /// `CLONE_INTO_CGROUP`), and the `cgroup.procs` of the v1 limit groups,
     /// which it joins by writing.
@@ -463,25 +462,20 @@ impl InstanceCgroup {
             .read(true)
             .custom_flags(libc::O_DIRECTORY)
             .open(&self.dir)?;
-        let mut v1 = Vec::with_capacity(self.v1_dirs.len());
-        for d in &self.v1_dirs {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(d.join("cgroup.procs"))?;
-            v1.push(OwnedFd::from(f));
-        }
+        let v1 = self
+            .v1_dirs
+            .iter()
+            .map(|d| open_procs(d))
+            .collect::<io::Result<_>>()?;
         Ok((OwnedFd::from(dir), v1))
     }
 
+    /// Opens the `cgroup.procs` files a child writes "0" into.
     pub fn join_files(&self) -> io::Result<Vec<OwnedFd>> {
-        let mut out = Vec::with_capacity(1 + self.v1_dirs.len());
-        for d in std::iter::once(&self.dir).chain(self.v1_dirs.iter()) {
-            let f = std::fs::OpenOptions::new()
-                .write(true)
-                .open(d.join("cgroup.procs"))?;
-            out.push(OwnedFd::from(f));
-        }
-        Ok(out)
+        std::iter::once(&self.dir)
+            .chain(self.v1_dirs.iter())
+            .map(|d| open_procs(d))
+            .collect()
     }
 
     /// Member pids (thread-group leaders) now.
@@ -534,6 +528,14 @@ impl InstanceCgroup {
             let _ = std::fs::remove_dir(d);
         }
     }
+}
+
+/// `dir/cgroup.procs`, open for writing.
+fn open_procs(dir: &Path) -> io::Result<OwnedFd> {
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("cgroup.procs"))?;
+    Ok(OwnedFd::from(f))
 }
 
 #[cfg(test)]

@@ -195,11 +195,7 @@ impl Daemon {
         }
         match &self.cgroot {
             Ok(_) if self.insts[idx].cgroup.is_some() => {}
-            Ok(root) => {
-                let cg = root.create(&id, &spec.limits).map_err(|e| format!("{e}"))?;
-                self.insts[idx].cgroup = Some(cg);
-                self.watch_cgroup(idx);
-            }
+            Ok(_) => self.make_cgroup(idx)?,
             Err(why) if !spec.limits.is_empty() => {
                 return Err(format!(
                     "memory_max/pids_max/cpu_weight/cpu_max need cgroups, which cannot be used here: {why}"
@@ -208,11 +204,6 @@ impl Daemon {
             Err(_) => {}
         }
         let log_dir = self.log_dir(idx);
-        if spec.log_dir.is_none() && !self.insts[idx].log_dir_made {
-            std::fs::create_dir_all(&log_dir)
-                .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
-            self.insts[idx].log_dir_made = true;
-        }
         let role = match spec.kind {
             ServiceKind::Simple => ProcRole::Main,
             ServiceKind::Forking => ProcRole::StartScript,
@@ -231,7 +222,7 @@ impl Daemon {
                 if matches!(&log, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
                     && spec.log_dir.is_none()
                 {
-                    // Our own log dir, removed since the last start.
+                    // Our own log dir, not made yet (or removed since).
                     std::fs::create_dir_all(&log_dir)
                         .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
                     log = open_log(&log_dir, &name, true);
@@ -264,15 +255,11 @@ impl Daemon {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     // The kept cgroup was removed since the last run.
                     self.unwatch_cgroup(idx);
-                    let root = self.cgroot.as_ref().map_err(Clone::clone)?;
-                    let cg = root
-                        .create(&spec.id, &spec.limits)
-                        .map_err(|e| format!("{e}"))?;
+                    self.make_cgroup(idx)?;
+                    let cg = self.insts[idx].cgroup.as_ref().expect("just made");
                     let (dir, v1) = cg
                         .join_dir_and_v1_files()
                         .map_err(|e| format!("opening {}: {e}", cg.dir.display()))?;
-                    self.insts[idx].cgroup = Some(cg);
-                    self.watch_cgroup(idx);
                     (Some(dir), v1)
                 }
                 Err(e) => return Err(format!("opening {}: {e}", cg.dir.display())),
@@ -542,6 +529,18 @@ impl Daemon {
         self.dirty.insert(idx);
     }
 
+    /// Creates the instance's cgroup with its limits, and watches it.
+    fn make_cgroup(&mut self, idx: usize) -> Result<(), String> {
+        let root = self.cgroot.as_ref().map_err(Clone::clone)?;
+        let spec = &self.insts[idx].spec;
+        let cg = root
+            .create(&spec.id, &spec.limits)
+            .map_err(|e| format!("{e}"))?;
+        self.insts[idx].cgroup = Some(cg);
+        self.watch_cgroup(idx);
+        Ok(())
+    }
+
     /// Removes the empty cgroup kept from the instance's last run.
     pub(super) fn release_spare_cgroup(&mut self, idx: usize) {
         if let Some((cg, _)) = self.insts[idx].spare_cgroup.take() {
@@ -798,8 +797,6 @@ impl Daemon {
 
 /// Opens `<dir>/<name>.log` for appending; `rotate` keeps the previous one
 /// as `<name>.log.1` first (contract: one old log per start).
-/// Opens `dir/name.log` for appending; with `rotate`, the previous run's
-/// log becomes `name.log.1` first (the contract: at each start).
 pub fn open_log(dir: &Path, name: &str, rotate: bool) -> std::io::Result<OwnedFd> {
     let path = dir.join(format!("{name}.log"));
     if rotate {

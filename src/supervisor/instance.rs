@@ -171,8 +171,6 @@ pub struct Inst {
     pub adopted: bool,
     /// Processes forked by the current launch whose exec is not confirmed.
     pub execs_pending: u32,
-    /// The default log dir was created by an earlier start.
-    pub log_dir_made: bool,
     /// Event hooks waiting to run, in order.
     pub hooks: super::hooks::HookQueue,
 }
@@ -201,7 +199,6 @@ impl Inst {
             healthy: None,
             adopted: false,
             execs_pending: 0,
-            log_dir_made: false,
             hooks: Default::default(),
         }
     }
