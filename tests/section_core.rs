@@ -100,13 +100,7 @@ fn story5_hostile_service_is_stopped_completely_and_nothing_else() {
     require_root_cgroups();
     let h = Harness::new();
     let addr = format!("{}:7005", h.addr(5));
-    h.write_config(
-        "hostile.toml",
-        &format!(
-            "[service.hostile]\ncommand = [\"{}\", \"hostile\", \"{addr}\"]\nready = {{ tcp = \"{addr}\", timeout = \"20s\" }}\nstop = {{ timeout = \"2s\" }}\n\n[instance.h1]\nservice = \"hostile\"\n",
-            example("testsvc").display()
-        ),
-    );
+    write_hostile(&h, "hostile.toml", "h1", &addr, Some("20s"), "2s");
     let bystander = Bystander::sleep();
     h.run(&["start", "h1"]).ok();
     let members = h.members("h1");
@@ -500,13 +494,7 @@ fn kill_is_immediate_even_for_a_hostile_service() {
     require_root_cgroups();
     let h = Harness::new();
     let addr = format!("{}:7008", h.addr(8));
-    h.write_config(
-        "k.toml",
-        &format!(
-            "[service.hostile]\ncommand = [\"{}\", \"hostile\", \"{addr}\"]\nready = {{ tcp = \"{addr}\" }}\nstop = {{ timeout = \"60s\" }}\n\n[instance.k1]\nservice = \"hostile\"\n",
-            example("testsvc").display()
-        ),
-    );
+    write_hostile(&h, "k.toml", "k1", &addr, None, "60s");
     h.run(&["start", "k1"]).ok();
     let members = h.members("k1");
     assert!(members.len() >= 2);
@@ -626,13 +614,7 @@ fn processes_start_inside_their_cgroup_born_there_or_moved_in() {
             h.env("COHOST_NO_CLONE3", "1");
         }
         let addr = format!("{}:7011", h.addr(11));
-        h.write_config(
-            "c.toml",
-            &format!(
-                "[service.hostile]\ncommand = [\"{}\", \"hostile\", \"{addr}\"]\nready = {{ tcp = \"{addr}\", timeout = \"20s\" }}\nstop = {{ timeout = \"2s\" }}\n\n[instance.cg1]\nservice = \"hostile\"\n",
-                example("testsvc").display()
-            ),
-        );
+        write_hostile(&h, "c.toml", "cg1", &addr, Some("20s"), "2s");
         h.run(&["start", "cg1"]).ok();
         let st = h.status_json("cg1");
         let main = st["processes"][0]["pid"].as_i64().unwrap() as i32;
@@ -696,5 +678,20 @@ fn the_daemon_weighs_its_own_session_more_and_the_services_stay_at_the_default()
     assert_ne!(
         daemon.split_whitespace().next(),
         service.split_whitespace().next()
+    );
+}
+
+/// The hostile test service (double fork, setsid, ignores SIGTERM, a
+/// grandchild holding the port) as instance `id`, listening on `addr`.
+fn write_hostile(h: &Harness, file: &str, id: &str, addr: &str, ready: Option<&str>, stop: &str) {
+    let ready = ready
+        .map(|t| format!(", timeout = \"{t}\""))
+        .unwrap_or_default();
+    h.write_config(
+        file,
+        &format!(
+            "[service.hostile]\ncommand = [\"{}\", \"hostile\", \"{addr}\"]\nready = {{ tcp = \"{addr}\"{ready} }}\nstop = {{ timeout = \"{stop}\" }}\n\n[instance.{id}]\nservice = \"hostile\"\n",
+            example("testsvc").display()
+        ),
     );
 }
