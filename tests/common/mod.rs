@@ -441,7 +441,7 @@ pub fn require_tools(tools: &[(&str, &str)]) {
             .is_ok_and(|o| o.status.success());
         assert!(
             ok,
-            "{tool} is not installed: apt-get install {package} (CI installs it)"
+            "{tool} is not installed: apt-get install {package} (tests/setup-host.sh installs every tool the tests need)"
         );
     }
 }
