@@ -54,7 +54,7 @@ pub enum Cmd {
     Start {
         id: String,
         /// Seconds to wait for readiness (default: the service's ready.timeout).
-        #[arg(long, value_name = "S")]
+        #[arg(long, value_name = "S", value_parser = positive_secs)]
         timeout: Option<f64>,
         /// Start the instances it is `after` first, in order.
         #[arg(long)]
@@ -63,13 +63,13 @@ pub enum Cmd {
     /// Stop an instance: stop command or signal, SIGKILL at the timeout.
     Stop {
         id: String,
-        #[arg(long, value_name = "S")]
+        #[arg(long, value_name = "S", value_parser = positive_secs)]
         timeout: Option<f64>,
     },
     /// Stop, then start.
     Restart {
         id: String,
-        #[arg(long, value_name = "S")]
+        #[arg(long, value_name = "S", value_parser = positive_secs)]
         timeout: Option<f64>,
     },
     /// SIGKILL every process of the instance now.
@@ -198,3 +198,19 @@ pub fn run(cli: Cli) -> i32 {
 }
 
 pub use daemonctl::{monitor_quiet, reload_quiet, start_quiet, status_code, stop_quiet};
+
+/// `--timeout S`: a number of seconds above zero. Zero would fail every
+/// start at once (and "no limit" is not offered: cluster software always
+/// has one of its own, and a start that never ends blocks its recovery).
+fn positive_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && v > 0.0 && v <= 31_536_000.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{s} is not a time limit: give a number of seconds above 0 (default: the service's own)"
+        ))
+    }
+}

@@ -31,6 +31,17 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "cgroup {path} still holds processes {}: a copy of the instance runs outside the supervisor's knowledge; stop it (cohost stop or kill) before starting",
+        pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ")
+    )]
+    Populated { path: PathBuf, pids: Vec<i32> },
+    #[error("removing the old cgroup {path} before a new start: {source}")]
+    Renew {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{0} is not inside a cgroup v2 mount")]
     NotCgroup2(PathBuf),
     #[error(
@@ -190,6 +201,12 @@ pub struct InstanceCgroup {
     /// Per-v1-hierarchy directories for limits.
     pub v1_dirs: Vec<PathBuf>,
     has_kill: bool,
+    /// `cgroup.kill` was written here. Such a cgroup is never reused: on
+    /// Linux 6.18 a child later created in it with clone3
+    /// `CLONE_INTO_CGROUP` is killed at birth (the kill sequence number
+    /// recorded at fork is the parent's cgroup's, compared with this
+    /// one's in cgroup_post_fork), so the next start gets a new directory.
+    pub killed: bool,
 }
 
 impl CgroupRoot {
@@ -294,6 +311,7 @@ impl CgroupRoot {
             rel,
             v1_dirs: Vec::new(),
             has_kill: self.has_kill,
+            killed: false,
         }
     }
 
@@ -312,7 +330,25 @@ impl CgroupRoot {
 
     /// Creates the cgroup of `id` and applies `limits` through whichever
     /// hierarchy has the controller.
+    ///
+    /// An existing cgroup of `id` must be empty (the cgroup is the truth:
+    /// processes there are a copy of the instance, whatever any state file
+    /// says); it is removed and made anew, so a start never reuses a cgroup
+    /// that was killed (see [`InstanceCgroup::killed`]).
     pub fn create(&self, id: &str, limits: &Limits) -> Result<InstanceCgroup, CgroupError> {
+        let old = self.instance(id);
+        if old.exists() {
+            if old.populated() {
+                return Err(CgroupError::Populated {
+                    path: old.dir.clone(),
+                    pids: old.pids(),
+                });
+            }
+            old.try_remove().map_err(|source| CgroupError::Renew {
+                path: old.dir.clone(),
+                source,
+            })?;
+        }
         let mut cg = self.instance_v2(id);
         std::fs::create_dir_all(&cg.dir).map_err(|source| CgroupError::Create {
             path: cg.dir.clone(),
@@ -504,8 +540,10 @@ impl InstanceCgroup {
 
     /// SIGKILL to every member, atomically against forks where the kernel
     /// has cgroup.kill; else freeze, kill each, thaw.
-    pub fn kill(&self) -> io::Result<()> {
+    pub fn kill(&mut self) -> io::Result<()> {
         if self.has_kill {
+            // Marked before the write: a failed write may still have begun.
+            self.killed = true;
             return std::fs::write(self.dir.join("cgroup.kill"), "1");
         }
         let freeze = self.dir.join("cgroup.freeze");
@@ -523,9 +561,18 @@ impl InstanceCgroup {
 
     /// Removes the (empty) cgroup directories.
     pub fn remove(&self) {
-        let _ = std::fs::remove_dir(&self.dir);
+        let _ = self.try_remove();
+    }
+
+    /// Removes the (empty) cgroup directories; the v2 one's error is
+    /// returned (EBUSY while a member lives). A missing one is removed.
+    pub fn try_remove(&self) -> io::Result<()> {
         for d in &self.v1_dirs {
             let _ = std::fs::remove_dir(d);
+        }
+        match std::fs::remove_dir(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 }

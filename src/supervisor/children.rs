@@ -203,8 +203,22 @@ impl Daemon {
         let inst = &mut self.insts[idx];
         inst.execs_pending = inst.execs_pending.saturating_sub(1);
         if inst.execs_pending == 0 {
-            self.post(idx, Event::Launched);
+            self.post_launched(idx);
         }
+    }
+
+    /// `Launched`, but a child that is already dead is reaped first: its
+    /// exit then reaches the table before `Launched` does, and `start`
+    /// never says "running" for a process that is gone (the close of the
+    /// exec pipe looks the same for an exec and for a death before it).
+    pub(super) fn post_launched(&mut self, idx: usize) {
+        let dead = self.insts[idx]
+            .live_children()
+            .any(|p| crate::process::has_exited_child(p.pid));
+        if dead {
+            self.reap();
+        }
+        self.post(idx, Event::Launched);
     }
 
     /// The exec-error pipe of a child became readable. EOF with nothing

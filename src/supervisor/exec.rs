@@ -184,7 +184,7 @@ impl Daemon {
         // are still the ones wanted; else it goes and a new one is made.
         match self.insts[idx].spare_cgroup.take() {
             // (Removed behind our back? spawn_tracked makes it again.)
-            Some((cg, limits)) if limits == spec.limits => {
+            Some((cg, limits)) if limits == spec.limits && !cg.killed && !cg.populated() => {
                 self.insts[idx].cgroup = Some(cg);
             }
             Some((cg, _)) => {
@@ -233,7 +233,7 @@ impl Daemon {
         }
         if self.insts[idx].execs_pending == 0 {
             // Every exec was confirmed at once (see spawn_tracked).
-            self.post(idx, Event::Launched);
+            self.post_launched(idx);
         }
         self.dirty.insert(idx);
         Ok(())
@@ -442,7 +442,7 @@ impl Daemon {
 
     pub fn kill_all(&mut self, idx: usize) {
         let id = self.insts[idx].id().to_string();
-        if let Some(cg) = &self.insts[idx].cgroup
+        if let Some(cg) = &mut self.insts[idx].cgroup
             && let Err(e) = cg.kill()
         {
             tracing::error!(instance = %id, "cgroup.kill: {e}");
@@ -492,7 +492,9 @@ impl Daemon {
     fn cleanup(&mut self, idx: usize) {
         self.waiting_address.remove(&idx);
         if let Some(cg) = self.insts[idx].cgroup.take() {
-            if self.insts[idx].removed || self.shutting_down {
+            if self.insts[idx].removed || self.shutting_down || cg.killed {
+                // A killed cgroup is never reused (InstanceCgroup::killed);
+                // should the rmdir fail, the next start's create retries.
                 self.unwatch_cgroup(idx);
                 cg.remove();
             } else {

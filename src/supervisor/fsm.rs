@@ -179,6 +179,8 @@ pub struct Fsm {
     start_queued: Option<Option<Duration>>,
     /// For forking services: the start script has exited successfully.
     script_done: bool,
+    /// The time limit of the current start (the request's or the service's).
+    limit: Duration,
 }
 
 impl Fsm {
@@ -195,6 +197,7 @@ impl Fsm {
             auto_start: false,
             start_queued: None,
             script_done: false,
+            limit: Duration::ZERO,
         }
     }
 
@@ -281,10 +284,7 @@ impl Fsm {
                     "not ready".to_string()
                 };
                 self.fail_start(
-                    format!(
-                        "{why} after {}",
-                        humantime::format_duration(p.start_timeout)
-                    ),
+                    format!("{why} after {}", humantime::format_duration(self.limit)),
                     now,
                     p,
                     &mut out,
@@ -397,6 +397,7 @@ impl Fsm {
         self.start_queued = None;
         self.then = Then::Stop;
         let t = timeout.unwrap_or(p.start_timeout);
+        self.limit = t;
         self.set_deadline(Some(now + t), out);
         if p.gate_address {
             self.go(State::WaitingAddress, reason, now, out);
