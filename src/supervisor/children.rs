@@ -187,6 +187,8 @@ impl Daemon {
             .map(|(fd, _)| *fd)?;
         let mut e = self.errpipes.remove(&fd)?;
         self.deregister(&e.child.errpipe);
+        // Reaped: it no longer runs on its plan and stack.
+        e.child.release();
         // The child is dead: what it wrote is all there, then EOF.
         let _ = std::fs::File::from(e.child.errpipe.try_clone().ok()?).read_to_end(&mut e.buf);
         let failure = spawn::decode_failure(&e.child, &e.buf);
@@ -234,6 +236,9 @@ impl Daemon {
                     let done = self.errpipes.remove(&fd);
                     if let Some(mut d) = done {
                         self.deregister(&d.child.errpipe);
+                        // EOF: the child has exec'd or died, either way it
+                        // is out of our memory.
+                        d.child.release();
                         if d.buf.is_empty() {
                             self.exec_done(d.idx);
                         } else {

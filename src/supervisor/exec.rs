@@ -2,22 +2,17 @@
 //! what a transition means to the outside (log, state file, hooks,
 //! waiting clients).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Instant, SystemTime};
 
-use nix::sys::epoll::EpollFlags;
-
-use super::children::Role;
+use super::Daemon;
 use super::fsm::{Action, Event, State};
-use super::instance::{Proc, ProcRole, WaitFor};
-use super::{Daemon, tok};
+use super::instance::WaitFor;
 use crate::isolation::address;
-use crate::isolation::lock::{Holder, Lock};
-use crate::model::{AddressMode, ServiceKind};
+use crate::model::AddressMode;
 use crate::process::pidfd::Pidfd;
-use crate::process::spawn::{ExecPlan, Output, Spawn};
 use crate::process::{procfs, track};
 
 /// Bind-audit queries are spaced by ten times what the last one cost (the
@@ -133,236 +128,6 @@ impl Daemon {
             }
             Ok(false) => {}
             Err(e) => tracing::warn!(instance = %self.insts[idx].id(), "checking {addr}: {e}"),
-        }
-    }
-
-    // ------------------------------------------------------------ launch
-
-    fn launch(&mut self, idx: usize) {
-        self.waiting_address.remove(&idx);
-        match self.try_launch(idx) {
-            // `Launched` follows once every process has exec'd (exec_done).
-            Ok(()) => {}
-            Err(msg) => self.post(idx, Event::LaunchFailed(msg)),
-        }
-    }
-
-    fn try_launch(&mut self, idx: usize) -> Result<(), String> {
-        let spec = self.insts[idx].spec.clone();
-        let id = spec.id.clone();
-        // Shared storage first: a missing disk must not be papered over by
-        // creating its directories on the local disk.
-        for (k, p) in &spec.paths {
-            if !p.is_dir() {
-                return Err(format!(
-                    "shared path {} (paths.{k}) does not exist on this node: is {id}'s storage mounted here?",
-                    p.display()
-                ));
-            }
-        }
-        if let Some(lp) = &spec.lock
-            && self.insts[idx].lock.is_none()
-        {
-            let me = Holder {
-                node: self.node.clone(),
-                pid: std::process::id(),
-                since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                runtime_dir: self.opts.runtime_dir.display().to_string(),
-                instance: id.clone(),
-            };
-            let lock = Lock::acquire(lp, &me).map_err(|e| e.to_string())?;
-            if let Some(prev) = &lock.previous
-                && prev.node != self.node
-            {
-                let reason = format!("taken over from {}", prev.describe());
-                tracing::warn!(instance = %id, "{reason}");
-                self.run_hooks(idx, "taken-over", State::Starting, State::Starting, &reason);
-            }
-            self.insts[idx].lock = Some(lock);
-        }
-        // The empty cgroup of the last run, still watched, if its limits
-        // are still the ones wanted; else it goes and a new one is made.
-        match self.insts[idx].spare_cgroup.take() {
-            // (Removed behind our back? spawn_tracked makes it again.)
-            Some((cg, limits)) if limits == spec.limits && !cg.killed && !cg.populated() => {
-                self.insts[idx].cgroup = Some(cg);
-            }
-            Some((cg, _)) => {
-                self.unwatch_cgroup(idx);
-                cg.remove();
-            }
-            None => {}
-        }
-        match &self.cgroot {
-            Ok(_) if self.insts[idx].cgroup.is_some() => {}
-            Ok(_) => self.make_cgroup(idx)?,
-            Err(why) if !spec.limits.is_empty() => {
-                return Err(format!(
-                    "memory_max/pids_max/cpu_weight/cpu_max need cgroups, which cannot be used here: {why}"
-                ));
-            }
-            Err(_) => {}
-        }
-        let log_dir = self.log_dir(idx);
-        let role = match spec.kind {
-            ServiceKind::Simple => ProcRole::Main,
-            ServiceKind::Forking => ProcRole::StartScript,
-        };
-        self.insts[idx].procs.clear();
-        self.insts[idx].warnings.clear();
-        self.insts[idx].execs_pending = 0;
-        for p in &spec.processes {
-            for k in 1..=p.count {
-                let name = if p.count == 1 {
-                    p.name.clone()
-                } else {
-                    format!("{}.{k}", p.name)
-                };
-                let mut log = open_log(&log_dir, &name, true);
-                if matches!(&log, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
-                    && spec.log_dir.is_none()
-                {
-                    // Our own log dir, not made yet (or removed since).
-                    std::fs::create_dir_all(&log_dir)
-                        .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
-                    log = open_log(&log_dir, &name, true);
-                }
-                let log = log.map_err(|e| format!("log of {name}: {e}"))?;
-                self.spawn_tracked(idx, &name, &p.argv, Output::File(log), role)?;
-            }
-        }
-        if self.insts[idx].execs_pending == 0 {
-            // Every exec was confirmed at once (see spawn_tracked).
-            self.post_launched(idx);
-        }
-        self.dirty.insert(idx);
-        Ok(())
-    }
-
-    /// Forks one process into the instance (its cgroup, its lock).
-    fn spawn_tracked(
-        &mut self,
-        idx: usize,
-        name: &str,
-        argv: &[String],
-        output: Output,
-        role: ProcRole,
-    ) -> Result<i32, String> {
-        let spec = self.insts[idx].spec.clone();
-        let (into_cgroup, cgroups) = match &self.insts[idx].cgroup {
-            Some(cg) => match cg.join_dir_and_v1_files() {
-                Ok((dir, v1)) => (Some(dir), v1),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    // The kept cgroup was removed since the last run.
-                    self.unwatch_cgroup(idx);
-                    self.make_cgroup(idx)?;
-                    let cg = self.insts[idx].cgroup.as_ref().expect("just made");
-                    let (dir, v1) = cg
-                        .join_dir_and_v1_files()
-                        .map_err(|e| format!("opening {}: {e}", cg.dir.display()))?;
-                    (Some(dir), v1)
-                }
-                Err(e) => return Err(format!("opening {}: {e}", cg.dir.display())),
-            },
-            None => (None, Vec::new()),
-        };
-        let plan = ExecPlan::new(Spawn {
-            argv,
-            run: &spec.run,
-            output,
-            cgroups,
-            into_cgroup,
-            inherit: self.insts[idx].lock.as_ref().map(Lock::raw_fd),
-            setsid: true,
-        })
-        .map_err(|e| format!("{name}: {e}"))?;
-        // Not waiting for the exec: the loop goes on to the next instance
-        // while this child execs; `self.errpipes` keeps what it reads.
-        let child = plan.spawn_async().map_err(|e| format!("{name}: {e}"))?;
-        let pid = child.pid;
-        let start_time = procfs::start_time(pid).unwrap_or(0);
-        tracing::info!(instance = %spec.id, process = name, pid, "started");
-        // A child that has exec'd already (an idle node) is confirmed now,
-        // without a trip through epoll; otherwise (a report, or not yet)
-        // the loop reads the pipe. Until then the Child is kept: the
-        // child runs on its plan and stack.
-        let mut first = [0u8; 16];
-        let confirmed = match nix::unistd::read(&child.errpipe, &mut first) {
-            Ok(0) => Ok(()),
-            Ok(n) => Err(first[..n].to_vec()),
-            Err(_) => Err(Vec::new()),
-        };
-        self.children.insert(pid, Role::Proc { idx });
-        if let Err(buf) = confirmed {
-            let fd = child.errpipe.as_raw_fd();
-            self.register(
-                child.errpipe.as_fd(),
-                tok::ERRPIPE | fd as u64,
-                EpollFlags::EPOLLIN,
-            );
-            self.errpipes.insert(fd, super::ErrPipe { idx, child, buf });
-            self.insts[idx].execs_pending += 1;
-        }
-        self.insts[idx].procs.push(Proc {
-            name: name.to_string(),
-            pid,
-            start_time,
-            role,
-            child: true,
-            pidfd: None,
-            exit: None,
-        });
-        Ok(pid)
-    }
-
-    pub fn log_dir(&self, idx: usize) -> PathBuf {
-        let spec = &self.insts[idx].spec;
-        spec.log_dir
-            .clone()
-            .unwrap_or_else(|| self.runtime_path("logs").join(&spec.id))
-    }
-
-    fn run_stop_command(&mut self, idx: usize) {
-        let spec = self.insts[idx].spec.clone();
-        let Some(argv) = &spec.stop.command else {
-            return;
-        };
-        let log_dir = self.log_dir(idx);
-        let first = spec
-            .processes
-            .first()
-            .map(|p| p.name.as_str())
-            .unwrap_or("stop");
-        let output = match open_log(&log_dir, first, false) {
-            Ok(f) => Output::File(f),
-            Err(_) => Output::Null,
-        };
-        let cgroups = self.insts[idx]
-            .cgroup
-            .as_ref()
-            .and_then(|cg| cg.join_files().ok())
-            .unwrap_or_default();
-        // The stop command runs inside the instance: the SIGKILL at the
-        // deadline covers it too, and nothing it starts outlives the stop.
-        let plan = ExecPlan::new(Spawn {
-            argv,
-            run: &spec.run,
-            output,
-            cgroups,
-            into_cgroup: None,
-            inherit: None,
-            setsid: true,
-        });
-        match plan.and_then(|p| p.spawn()) {
-            Ok(child) => {
-                tracing::info!(instance = %spec.id, pid = child.pid, "running the stop command");
-                self.children.insert(child.pid, Role::StopCmd { idx });
-                self.insts[idx].stop_cmd = Some(child.pid);
-            }
-            Err(e) => {
-                tracing::warn!(instance = %spec.id, "stop command: {e}; sending the stop signal instead");
-                self.post(idx, Event::StopCommandExited { ok: false });
-            }
         }
     }
 
@@ -505,10 +270,13 @@ impl Daemon {
         } else {
             self.unwatch_cgroup(idx);
         }
-        let inst = &mut self.insts[idx];
         // Closing our fd releases the lock: every other holder (the
-        // instance's processes) is gone.
-        inst.lock = None;
+        // instance's processes) is gone. On the worker: the close of a
+        // file on the instance's storage waits for it.
+        if let Some(lock) = self.insts[idx].lock.take() {
+            self.release_later(lock);
+        }
+        let inst = &mut self.insts[idx];
         for p in inst.procs.iter_mut().filter(|p| p.pidfd.is_some()) {
             if let Some(fd) = p.pidfd.take() {
                 self.pidfds.remove(&fd.as_raw_fd());
@@ -530,27 +298,6 @@ impl Daemon {
         }
         self.dirty.insert(idx);
     }
-
-    /// Creates the instance's cgroup with its limits, and watches it.
-    fn make_cgroup(&mut self, idx: usize) -> Result<(), String> {
-        let root = self.cgroot.as_ref().map_err(Clone::clone)?;
-        let spec = &self.insts[idx].spec;
-        let cg = root
-            .create(&spec.id, &spec.limits)
-            .map_err(|e| format!("{e}"))?;
-        self.insts[idx].cgroup = Some(cg);
-        self.watch_cgroup(idx);
-        Ok(())
-    }
-
-    /// Removes the empty cgroup kept from the instance's last run.
-    pub(super) fn release_spare_cgroup(&mut self, idx: usize) {
-        if let Some((cg, _)) = self.insts[idx].spare_cgroup.take() {
-            self.unwatch_cgroup(idx);
-            cg.remove();
-        }
-    }
-
     // ------------------------------------------------------------ transitions
 
     fn on_transition(&mut self, idx: usize, from: State, to: State, reason: String, now: Instant) {

@@ -126,8 +126,11 @@ pub enum Event {
     StopCommandExited {
         ok: bool,
     },
-    /// The instance's deadline passed.
-    Timeout,
+    /// The instance's deadline passed; `stalled`: the step of the start's
+    /// storage check that had not answered by then (observed by the loop).
+    Timeout {
+        stalled: Option<String>,
+    },
     /// A rule the running instance breaks (strict_bind): fail like a start.
     Violation(String),
 }
@@ -274,7 +277,19 @@ impl Fsm {
                     &mut out,
                 );
             }
-            (S::WaitingAddress | S::Starting, E::Timeout) => {
+            (
+                S::Starting,
+                E::Timeout {
+                    stalled: Some(step),
+                },
+            ) => {
+                let why = format!(
+                    "{step} did not answer within {}",
+                    humantime::format_duration(self.limit)
+                );
+                self.fail_start(why, now, p, &mut out);
+            }
+            (S::WaitingAddress | S::Starting, E::Timeout { .. }) => {
                 let why = if self.state == S::WaitingAddress {
                     format!(
                         "{} is not configured on this node",
@@ -353,7 +368,7 @@ impl Fsm {
                 // SIGKILL deadline stays.
                 out.push(Action::Signal(p.stop_signal));
             }
-            (S::Stopping, E::Timeout) => {
+            (S::Stopping, E::Timeout { .. }) => {
                 if !self.killed {
                     self.killed = true;
                     out.push(Action::KillAll);
@@ -373,7 +388,7 @@ impl Fsm {
             (S::Stopping, E::Empty) => self.finish_stop(now, p, &mut out),
 
             // ---- restart backoff
-            (S::Restarting, E::Timeout) => {
+            (S::Restarting, E::Timeout { .. }) => {
                 self.auto_start = true;
                 self.begin_start(None, "restarting after failure", now, p, &mut out);
             }
@@ -625,7 +640,7 @@ mod tests {
             Event::Ready,
             Event::Empty,
             Event::Launched,
-            Event::Timeout,
+            Event::Timeout { stalled: None },
             Event::AddressReady,
         ] {
             let mut f = Fsm::new(t0);
@@ -643,7 +658,11 @@ mod tests {
         let a = f.step(Event::Start { timeout: None }, t0, &p);
         assert!(a.contains(&Action::WaitAddress));
         assert_eq!(f.state, State::WaitingAddress);
-        let a = f.step(Event::Timeout, t0 + Duration::from_secs(10), &p);
+        let a = f.step(
+            Event::Timeout { stalled: None },
+            t0 + Duration::from_secs(10),
+            &p,
+        );
         assert!(
             a.contains(&Action::KillAll),
             "failed start leaves nothing behind"
@@ -707,7 +726,7 @@ mod tests {
                 _ => None,
             });
             delays.push(d.unwrap());
-            f.step(Event::Timeout, now, &p);
+            f.step(Event::Timeout { stalled: None }, now, &p);
             assert_eq!(f.state, State::Starting);
             f.step(Event::Launched, now, &p);
             f.step(Event::Ready, now, &p);
@@ -763,7 +782,11 @@ mod tests {
         let a = f.step(Event::Stop { timeout: None }, t0, &p);
         assert!(a.contains(&Action::Signal(libc::SIGTERM)));
         assert!(a.contains(&Action::Deadline(Some(t0 + Duration::from_secs(5)))));
-        let a = f.step(Event::Timeout, t0 + Duration::from_secs(5), &p);
+        let a = f.step(
+            Event::Timeout { stalled: None },
+            t0 + Duration::from_secs(5),
+            &p,
+        );
         assert!(a.contains(&Action::KillAll));
         f.step(Event::Empty, t0 + Duration::from_secs(6), &p);
         assert_eq!(f.state, State::Stopped);

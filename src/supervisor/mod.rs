@@ -15,11 +15,14 @@ mod children;
 mod conn;
 mod exec;
 pub mod hooks;
+mod launch;
 mod persist;
+mod prepare;
 mod probe;
 mod requests;
 mod setup;
 mod timers;
+pub mod worker;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
@@ -52,6 +55,7 @@ mod tok {
     pub const ERRPIPE: u64 = 6 << 56;
     pub const PROBE: u64 = 7 << 56;
     pub const PIDFD: u64 = 8 << 56;
+    pub const WORKER: u64 = 9 << 56;
     pub const KIND: u64 = 0xff << 56;
 }
 
@@ -118,6 +122,25 @@ fn os(step: &'static str) -> impl FnOnce(nix::Error) -> DaemonError {
     }
 }
 
+/// What a worker job hands back to the loop.
+pub(crate) enum Outcome {
+    /// The storage and name-service part of a start.
+    Prepared {
+        idx: usize,
+        result: Box<Result<prepare::Prepared, prepare::PrepareError>>,
+    },
+    /// A file readiness or health check.
+    FileChecked {
+        idx: usize,
+        slot: usize,
+        epoch: u64,
+        ok: bool,
+        message: String,
+    },
+    /// Something was dropped (closed) there.
+    Released,
+}
+
 /// A child whose exec result is not known yet.
 pub(crate) struct ErrPipe {
     pub idx: usize,
@@ -166,6 +189,8 @@ pub(crate) struct Daemon {
     pub audit_scheduled: bool,
     /// Connections with replies queued, written at the end of the iteration.
     pub unflushed: BTreeSet<u64>,
+    /// Threads for the calls that may block (storage, name service).
+    pub worker: worker::Worker<Outcome>,
 }
 
 pub fn run(opts: Options) -> i32 {
@@ -242,6 +267,17 @@ impl Daemon {
 
         let listener = bind_socket(&rt, config.supervisor.status_group.as_deref())?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create"))?;
+        // After the signal mask: its threads inherit it (signals stay ours).
+        let worker = worker::Worker::new().map_err(|source| DaemonError::Os {
+            step: "eventfd for the worker",
+            source,
+        })?;
+        epoll
+            .add(
+                worker.fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, tok::WORKER),
+            )
+            .map_err(os("epoll_ctl"))?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(os("inotify_init"))?;
         epoll
@@ -304,6 +340,7 @@ impl Daemon {
             audit_gap: std::time::Duration::ZERO,
             audit_scheduled: false,
             unflushed: BTreeSet::new(),
+            worker,
         };
         d.adopt_all();
         tracing::info!(
@@ -417,6 +454,7 @@ impl Daemon {
             tok::ERRPIPE => self.on_errpipe((token & !tok::KIND) as RawFd),
             tok::PROBE => self.on_probe_fd((token & !tok::KIND) as RawFd),
             tok::PIDFD => self.on_pidfd((token & !tok::KIND) as RawFd),
+            tok::WORKER => self.on_worker(),
             _ => {}
         }
     }
@@ -561,7 +599,9 @@ impl Daemon {
         match key {
             timers::Key::Deadline { idx, epoch } => {
                 if self.insts[idx].deadline_epoch == epoch {
-                    self.post(idx, Event::Timeout);
+                    // A prepare still out: what it is stuck on.
+                    let stalled = self.insts[idx].preparing.as_ref().map(|p| p.progress.get());
+                    self.post(idx, Event::Timeout { stalled });
                 }
             }
             timers::Key::Probe { idx, slot, epoch } => self.on_probe_timer(idx, slot, epoch, now),
@@ -582,6 +622,22 @@ impl Daemon {
         if self.children.contains_key(&pid) {
             // SAFETY: kill(2) on a group whose leader we have not reaped.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+    }
+
+    fn on_worker(&mut self) {
+        for (job, out) in self.worker.take() {
+            match out {
+                Outcome::Prepared { idx, result } => self.on_prepared(idx, job, *result),
+                Outcome::FileChecked {
+                    idx,
+                    slot,
+                    epoch,
+                    ok,
+                    message,
+                } => self.on_file_checked(idx, slot, epoch, ok, message),
+                Outcome::Released => {}
+            }
         }
     }
 
