@@ -5,6 +5,10 @@
 
 mod common;
 use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn t() -> String {
@@ -204,4 +208,196 @@ service = "nocheck"
         h.run(&["kill", "n1"]).ok();
         h.wait_for("n1 empty", || !alive(m[0]));
     }
+}
+
+/// A shared disk that hangs on demand (tests/tools/hangfs.py, FUSE):
+/// unmounted, released and its process ended on drop, pass or fail.
+struct HangFs {
+    child: Child,
+    mnt: PathBuf,
+    ctl: PathBuf,
+}
+
+impl HangFs {
+    fn mount(backing: &Path, mnt: &Path) -> HangFs {
+        require_tools(&[("fusermount3", "fuse3")]);
+        assert!(
+            Path::new("/usr/lib/python3/dist-packages/fusepy.py").exists(),
+            "python3-fusepy is not installed: apt-get install python3-fusepy (tests/setup-host.sh installs every tool the tests need)"
+        );
+        std::fs::create_dir_all(backing).unwrap();
+        std::fs::create_dir_all(mnt).unwrap();
+        let ctl = backing.with_extension("ctl");
+        let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/hangfs.py");
+        let mut child = Command::new(tool)
+            .arg(backing)
+            .arg(mnt)
+            .arg(&ctl)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("hangfs.py runs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "hangfs mounted");
+        HangFs {
+            child,
+            mnt: mnt.to_path_buf(),
+            ctl,
+        }
+    }
+
+    fn say(&self, what: &str) -> String {
+        let mut s = UnixStream::connect(&self.ctl).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("{what}\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("ok"), "hangfs {what}: {out}");
+        out.trim().to_string()
+    }
+
+    fn hang(&self) {
+        self.say("hang");
+    }
+
+    fn go(&self) {
+        self.say("go");
+    }
+
+    /// Operations blocked in the file system right now.
+    fn blocked(&self) -> usize {
+        self.say("count")
+            .trim_start_matches("ok")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for HangFs {
+    fn drop(&mut self) {
+        let _ = UnixStream::connect(&self.ctl).and_then(|mut s| s.write_all(b"go\n"));
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `cohost ARGS` and returns how long it took and its output.
+fn timed(h: &Harness, args: &[&str]) -> (Duration, Out) {
+    let t = Instant::now();
+    let out = h.run(args);
+    (t.elapsed(), out)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[test]
+fn a_hung_shared_disk_stays_in_its_instance() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let fs = HangFs::mount(&h.path("san-backing"), &h.path("san"));
+    std::fs::create_dir_all(h.path("san/h1/data")).unwrap();
+    std::fs::create_dir_all(h.path("san/h1/log")).unwrap();
+    h.mkdirs(&["o1/data"]);
+    let cfg = format!(
+        r#"
+[service.s]
+command = ["{t}", "serve", "${{address}}:${{port}}"]
+ready   = {{ tcp = "${{address}}:${{port}}", timeout = "20s" }}
+
+[instance.h1]
+service = "s"
+address = "{a1}"
+port    = 9003
+paths   = {{ data = "{san}/h1/data", log = "{san}/h1/log" }}
+
+[instance.o1]
+service = "s"
+address = "{a2}"
+port    = 9003
+paths   = {{ data = "{o1}" }}
+"#,
+        t = t(),
+        a1 = h.addr(2),
+        a2 = h.addr(3),
+        san = h.path("san").display(),
+        o1 = h.path("o1/data").display(),
+    );
+    h.write_config("hung.toml", &cfg);
+    // Both work while the disk answers.
+    start_and_answer(&h, "h1", &h.addr(2));
+    h.run(&["stop", "h1"]).ok();
+    let o1 = start_and_answer(&h, "o1", &h.addr(3));
+
+    fs.hang();
+    let starter = {
+        let mut c = h.command(&["start", "h1", "--timeout", "4"]);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    h.wait_for("h1's start is stuck on the disk", || fs.blocked() > 0);
+    assert_eq!(h.state("h1"), "starting");
+    // Everything about o1 answers as fast as without the fault.
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        for args in [
+            &["monitor", "o1"][..],
+            &["status", "o1", "--json"],
+            &["list"],
+            &["monitor", "h1", "--depth", "0"],
+        ] {
+            let (d, out) = timed(&h, args);
+            assert!(
+                out.code == 0 || args[1] == "h1",
+                "{args:?} during the hang: {out}"
+            );
+            assert!(d < Duration::from_secs(2), "{args:?} took {d:?}");
+            times.push(d);
+        }
+    }
+    let m = median(times);
+    assert!(m < Duration::from_millis(50), "median {m:?} while h1 hangs");
+    h.run(&["stop", "o1"]).ok();
+    assert!(o1.iter().all(|p| !alive(*p)));
+    let o1 = start_and_answer(&h, "o1", &h.addr(3));
+
+    // h1's start fails at its timeout, naming what does not answer.
+    let out = starter.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    // Which path blocks first depends on the kernel's attribute cache:
+    // any of h1's, named with its key.
+    let san = h.path("san").display().to_string();
+    assert!(
+        text.contains("paths.") && text.contains(&san) && text.contains("did not answer within 4s"),
+        "{text}"
+    );
+    // Nothing of h1 runs: stop succeeds at once (no fencing), kill too.
+    let (d, out) = timed(&h, &["stop", "h1"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(d < Duration::from_secs(2), "stop took {d:?}");
+    h.run(&["kill", "h1"]).ok();
+    let (_, out) = timed(&h, &["monitor", "h1"]);
+    assert_eq!(out.code, 7, "nothing runs: {out}");
+    // A second start while the first check is still stuck fails at once.
+    let (d, out) = timed(&h, &["start", "h1", "--timeout", "4"]);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.all().contains("still does not answer"), "{out}");
+    assert!(d < Duration::from_secs(2), "refused at once, took {d:?}");
+
+    // The disk returns: h1 starts without a daemon restart.
+    fs.go();
+    h.wait_for("the stuck check returned", || {
+        h.daemon_log().contains("the storage answered again")
+    });
+    start_and_answer(&h, "h1", &h.addr(2));
+    assert_eq!(h.members("o1"), o1, "o1 never blinked");
 }

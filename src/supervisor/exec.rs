@@ -4,12 +4,13 @@
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use super::Daemon;
 use super::fsm::{Action, Event, State};
 use super::instance::WaitFor;
+use super::worker::JobId;
+use super::{Daemon, Outcome};
 use crate::isolation::address;
 use crate::model::AddressMode;
 use crate::process::pidfd::Pidfd;
@@ -326,8 +327,7 @@ impl Daemon {
                 }
             }
             State::Failed => {
-                let msg = self.failure_message(idx, &reason);
-                self.answer_waiters(idx, WaitFor::Start, 1, msg);
+                self.answer_start_failure(idx, &reason, now);
                 if !self.insts[idx].procs.iter().any(|p| p.alive()) {
                     self.answer_waiters(
                         idx,
@@ -437,38 +437,102 @@ impl Daemon {
     }
 
     /// A start failure as the operator needs it: the reason, the last
-    /// probe result, and the end of each process log.
-    pub fn failure_message(&self, idx: usize, reason: &str) -> String {
-        let inst = &self.insts[idx];
-        let mut msg = format!("{} failed to start: {reason}", inst.id());
+    /// probe result, and the end of each process log. The logs are often on
+    /// the instance's storage, which may be what failed: they are read on
+    /// the worker and the answer waits for them at most [`TAIL_WAIT`].
+    fn answer_start_failure(&mut self, idx: usize, reason: &str, now: Instant) {
+        let inst = &mut self.insts[idx];
+        let conns: Vec<u64> = inst
+            .waiters
+            .iter()
+            .filter(|(_, w)| *w == WaitFor::Start)
+            .map(|(c, _)| *c)
+            .collect();
+        inst.waiters.retain(|(_, w)| *w != WaitFor::Start);
+        if conns.is_empty() {
+            return;
+        }
+        let mut base = format!("{} failed to start: {reason}", inst.id());
         if let Some(p) = &inst.ready_probe
             && let Some(last) = &p.last
             && !last.ok
         {
-            msg.push_str(&format!(
+            base.push_str(&format!(
                 "\nlast readiness check: {}: {}",
                 p.check.describe(),
                 last.message
             ));
         }
+        // A check still stuck on the storage, or an earlier read of these
+        // logs: another read would only hang beside it.
+        if inst.preparing.is_some() || inst.tail_job.is_some() {
+            for c in conns {
+                self.reply_done(c, 1, base.clone(), None);
+            }
+            return;
+        }
         let dir = self.log_dir(idx);
-        for p in &inst.spec.processes {
-            let name = if p.count == 1 {
-                p.name.clone()
-            } else {
-                format!("{}.1", p.name)
-            };
-            let path = dir.join(format!("{name}.log"));
-            let tail: Vec<String> = crate::util::tail(&path, 8)
-                .into_iter()
-                .map(|l| format!("  {l}"))
-                .collect();
-            let tail = tail.join("\n");
-            if !tail.is_empty() {
-                msg.push_str(&format!("\nlast lines of {}:\n{}", path.display(), tail));
+        let logs: Vec<PathBuf> = self.insts[idx]
+            .spec
+            .processes
+            .iter()
+            .map(|p| {
+                let name = if p.count == 1 {
+                    p.name.clone()
+                } else {
+                    format!("{}.1", p.name)
+                };
+                dir.join(format!("{name}.log"))
+            })
+            .collect();
+        let (job, _) = self.worker.submit(move |p| {
+            p.set("the process logs");
+            Outcome::Tails {
+                idx,
+                text: log_tails(&logs),
+            }
+        });
+        let inst = &mut self.insts[idx];
+        inst.tail_job = Some(job);
+        inst.failure_replies.push(FailureReply {
+            job,
+            message: base,
+            conns,
+            dir,
+        });
+        self.timers
+            .add(now + TAIL_WAIT, super::timers::Key::Tails { idx, job });
+    }
+
+    /// The tails of a start failure's logs came back from the worker.
+    pub(super) fn on_tails(&mut self, idx: usize, job: JobId, text: String) {
+        let inst = &mut self.insts[idx];
+        if inst.tail_job == Some(job) {
+            inst.tail_job = None;
+        }
+        if let Some(pos) = inst.failure_replies.iter().position(|r| r.job == job) {
+            let r = inst.failure_replies.remove(pos);
+            for c in r.conns {
+                self.reply_done(c, 1, format!("{}{text}", r.message), None);
             }
         }
-        msg
+    }
+
+    /// The logs did not answer in time: the failure goes out without them.
+    pub(super) fn tails_overdue(&mut self, idx: usize, job: JobId) {
+        let inst = &mut self.insts[idx];
+        if let Some(pos) = inst.failure_replies.iter().position(|r| r.job == job) {
+            let r = inst.failure_replies.remove(pos);
+            let msg = format!(
+                "{}\n(the process logs in {} did not answer within {})",
+                r.message,
+                r.dir.display(),
+                humantime::format_duration(TAIL_WAIT)
+            );
+            for c in r.conns {
+                self.reply_done(c, 1, msg.clone(), None);
+            }
+        }
     }
 
     /// Running, audited: health checks begin, the start is answered.
@@ -542,6 +606,37 @@ impl Daemon {
         spec.strict_bind
             .then(|| format!("strict_bind: a process {warning}"))
     }
+}
+
+/// How long a start failure's answer waits for the process logs' tails.
+const TAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A start failure waiting for its log tails (see `answer_start_failure`).
+#[derive(Debug)]
+pub struct FailureReply {
+    pub job: JobId,
+    message: String,
+    conns: Vec<u64>,
+    dir: PathBuf,
+}
+
+/// "\nlast lines of LOG:\n  …" for each log that has any; on a worker.
+fn log_tails(logs: &[PathBuf]) -> String {
+    let mut out = String::new();
+    for path in logs {
+        let tail: Vec<String> = crate::util::tail(path, 8)
+            .into_iter()
+            .map(|l| format!("  {l}"))
+            .collect();
+        if !tail.is_empty() {
+            out.push_str(&format!(
+                "\nlast lines of {}:\n{}",
+                path.display(),
+                tail.join("\n")
+            ));
+        }
+    }
+    out
 }
 
 /// Opens `<dir>/<name>.log` for appending; `rotate` keeps the previous one

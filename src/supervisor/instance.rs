@@ -184,6 +184,19 @@ pub struct Inst {
     /// User and group as the last start looked them up: for the stop
     /// command and probe commands, which must not ask NSS on the loop.
     pub creds: Option<crate::process::spawn::Creds>,
+    /// A read of the process logs' tails out on the worker.
+    pub tail_job: Option<super::worker::JobId>,
+    /// Start failures waiting for those tails before they are answered.
+    pub failure_replies: Vec<super::exec::FailureReply>,
+    /// The log file system's space, as last asked (see refresh_log_space).
+    pub log_space: LogSpace,
+}
+
+#[derive(Debug, Default)]
+pub struct LogSpace {
+    pub warning: Option<String>,
+    pub job: Option<super::worker::JobId>,
+    pub asked: Option<Instant>,
 }
 
 /// A prepare job out on the worker.
@@ -221,6 +234,9 @@ impl Inst {
             hooks: Default::default(),
             preparing: None,
             creds: None,
+            tail_job: None,
+            failure_replies: Vec::new(),
+            log_space: LogSpace::default(),
         }
     }
 

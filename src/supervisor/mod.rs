@@ -137,6 +137,10 @@ pub(crate) enum Outcome {
         ok: bool,
         message: String,
     },
+    /// The last lines of a failed start's process logs.
+    Tails { idx: usize, text: String },
+    /// The log file system's free space (a warning when full).
+    LogSpace { idx: usize, warning: Option<String> },
     /// Something was dropped (closed) there.
     Released,
 }
@@ -585,6 +589,9 @@ impl Daemon {
                 .is_some_and(|c| c.phase == conn::Phase::Reading),
             timers::Key::Hook { pid } => self.children.contains_key(&pid),
             timers::Key::Audit => self.audit_scheduled,
+            timers::Key::Tails { idx, job } => {
+                self.insts[idx].failure_replies.iter().any(|r| r.job == job)
+            }
         }
     }
 
@@ -607,6 +614,7 @@ impl Daemon {
             timers::Key::Probe { idx, slot, epoch } => self.on_probe_timer(idx, slot, epoch, now),
             timers::Key::Conn { id } => self.on_conn_timeout(id),
             timers::Key::Hook { pid } => self.kill_group_if_child(pid),
+            timers::Key::Tails { idx, job } => self.tails_overdue(idx, job),
             timers::Key::Audit => {
                 self.audit_scheduled = false;
                 self.last_audit = None;
@@ -636,6 +644,8 @@ impl Daemon {
                     ok,
                     message,
                 } => self.on_file_checked(idx, slot, epoch, ok, message),
+                Outcome::Tails { idx, text } => self.on_tails(idx, job, text),
+                Outcome::LogSpace { idx, warning } => self.on_log_space(idx, job, warning),
                 Outcome::Released => {}
             }
         }

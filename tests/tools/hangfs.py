@@ -27,15 +27,15 @@ class HangFS(fuse.Operations):
         self.root = os.path.realpath(root)
         self.open_gate = threading.Event()
         self.open_gate.set()
-        self.lock = threading.Lock()
+        self.mutex = threading.Lock()
         self.blocked = 0
 
     def __call__(self, op, path, *args):
         if op not in ("init", "destroy") and not self.open_gate.is_set():
-            with self.lock:
+            with self.mutex:
                 self.blocked += 1
             self.open_gate.wait()
-            with self.lock:
+            with self.mutex:
                 self.blocked -= 1
         if not hasattr(self, op):
             raise fuse.FuseOSError(errno.EFAULT)
@@ -115,6 +115,11 @@ class HangFS(fuse.Operations):
         os.close(fh)
 
 
+# No `lock` operation (nor any attribute of that name): the kernel then
+# keeps POSIX and OFD locks itself, as on a local disk, which is what
+# cohost's instance lock needs.
+
+
 def control(fs, sock_path):
     srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -134,7 +139,7 @@ def control(fs, sock_path):
                 fs.open_gate.set()
                 conn.sendall(b"ok\n")
             elif line == "count":
-                with fs.lock:
+                with fs.mutex:
                     n = fs.blocked
                 conn.sendall(f"ok {n}\n".encode())
             else:
