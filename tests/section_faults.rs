@@ -401,3 +401,64 @@ paths   = {{ data = "{o1}" }}
     start_and_answer(&h, "h1", &h.addr(2));
     assert_eq!(h.members("o1"), o1, "o1 never blinked");
 }
+
+fn sigkill_daemon(h: &Harness) {
+    let pid = h.daemon_pid().expect("a daemon runs");
+    // SAFETY: kill(2) of the test's own daemon.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    h.wait_for("daemon gone", || !alive(pid));
+}
+
+#[test]
+fn a_daemon_that_adopted_always_exits_on_sigterm() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let mut cfg = format!("[service.s]\ncommand = [\"{}\", \"sleep\"]\n", t());
+    let ids: Vec<String> = (1..=10).map(|i| format!("q{i:02}")).collect();
+    for id in &ids {
+        cfg.push_str(&format!("\n[instance.{id}]\nservice = \"s\"\n"));
+    }
+    h.write_config("q.toml", &cfg);
+    for round in 0..8 {
+        h.run(&["up"]).ok();
+        let victim = h.members(&ids[round % ids.len()]);
+        sigkill_daemon(&h);
+        // One dies while no supervisor runs.
+        // SAFETY: kill(2) of that instance's process.
+        unsafe { libc::kill(victim[0], libc::SIGKILL) };
+        h.wait_for("victim gone", || !alive(victim[0]));
+        h.run(&["daemon"]).ok();
+        let pid = h.daemon_pid().unwrap();
+        for id in &ids {
+            h.run(&["stop", id]).ok();
+            let st = h.status_json(id);
+            let live: Vec<_> = st["processes"]
+                .as_array()
+                .map(|a| a.iter().filter(|p| p["alive"] == true).collect())
+                .unwrap_or_default();
+            assert!(live.is_empty(), "round {round}: {id} stopped, yet {st}");
+        }
+        // SAFETY: kill(2) of the test's own daemon.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        h.wait_for(
+            &format!("round {round}: the daemon exits on SIGTERM"),
+            || !alive(pid),
+        );
+        let list = h.run(&["list", "--json"]);
+        // No daemon: `list` reads the config; nothing is left in any cgroup.
+        assert!(
+            kill_free(&h.cgroup_dir()),
+            "round {round}: no process left: {list}"
+        );
+    }
+}
+
+/// True when no process is left in the subtree `dir`.
+fn kill_free(dir: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return true;
+    };
+    rd.flatten().filter(|e| e.path().is_dir()).all(|e| {
+        std::fs::read_to_string(e.path().join("cgroup.procs")).is_ok_and(|t| t.trim().is_empty())
+    })
+}

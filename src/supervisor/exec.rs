@@ -34,6 +34,10 @@ impl Daemon {
             Action::RunStopCommand => self.run_stop_command(idx),
             Action::Signal(sig) => {
                 let n = self.signal_all(idx, sig);
+                // A stopped (SIGSTOP) process acts on the signal only once
+                // continued (as systemd's SendSIGCONT does); SIGCONT is
+                // harmless to a running one.
+                self.signal_all(idx, libc::SIGCONT);
                 tracing::info!(instance = %self.insts[idx].id(), signal = sig, processes = n, "signalled");
                 self.check_empty(idx);
             }
@@ -283,6 +287,13 @@ impl Daemon {
                 self.pidfds.remove(&fd.as_raw_fd());
                 let _ = self.epoll.delete(&fd);
             }
+        }
+        // The instance is empty: whatever its records say, none of its
+        // processes lives (an adopted one whose pidfd event had not been
+        // read yet would otherwise count as alive for ever, and a daemon
+        // waiting for quiet before it exits would never exit).
+        for p in inst.procs.iter_mut().filter(|p| p.exit.is_none()) {
+            p.exit = Some("gone (no process of the instance is left)".into());
         }
         if inst.owned_address {
             inst.owned_address = false;

@@ -234,7 +234,20 @@ impl Fsm {
         use State as S;
         match (self.state, ev) {
             // ---- start
-            (S::Stopped | S::Failed | S::Restarting, E::Start { timeout }) => {
+            // Failed may still have processes (a partial instance): stop
+            // what is left first, then start.
+            (S::Failed, E::Start { timeout }) => {
+                self.begin_stop(
+                    Then::Stop,
+                    None,
+                    "start requested: stopping what is left of the failed instance first",
+                    now,
+                    p,
+                    &mut out,
+                );
+                self.start_queued = Some(timeout);
+            }
+            (S::Stopped | S::Restarting, E::Start { timeout }) => {
                 self.auto_start = false;
                 self.restart_count = 0;
                 self.begin_start(timeout, "start requested", now, p, &mut out);
@@ -556,6 +569,7 @@ impl Fsm {
                 self.go(State::Stopped, "stopped", now, out);
                 if let Some(timeout) = self.start_queued.take() {
                     self.auto_start = false;
+                    self.restart_count = 0;
                     self.begin_start(timeout, "start requested", now, p, out);
                 }
             }
