@@ -462,3 +462,39 @@ fn kill_free(dir: &Path) -> bool {
         std::fs::read_to_string(e.path().join("cgroup.procs")).is_ok_and(|t| t.trim().is_empty())
     })
 }
+
+fn lost_state_never_gives_a_second_copy(mutate: fn(&Path)) {
+    require_root_cgroups();
+    let h = Harness::new();
+    serving_config(&h, &["c1", "c2"], "");
+    let a = h.addr(2);
+    let first = start_and_answer(&h, "c1", &a);
+    let other = start_and_answer(&h, "c2", &h.addr(3));
+    sigkill_daemon(&h);
+    mutate(&h.runtime.join("state/c1.json"));
+    // `start` launches a daemon, which finds c1's cgroup populated.
+    let out = h.run(&["start", "c1"]).ok();
+    assert!(out.all().contains("already running"), "{out}");
+    assert_eq!(h.members("c1"), first, "the same process, no second copy");
+    assert_eq!(h.state("c1"), "running");
+    assert!(h.daemon_log().contains("the cgroup is the truth"));
+    assert_eq!(h.members("c2"), other, "c2 adopted from its state file");
+    // Kill reaches every process of the cgroup.
+    h.run(&["kill", "c1"]).ok();
+    h.wait_for("c1 killed", || first.iter().all(|p| !alive(*p)));
+    assert_eq!(h.state("c1"), "stopped");
+    start_and_answer(&h, "c1", &a);
+    assert_eq!(h.members("c2"), other, "c2 never blinked");
+}
+
+#[test]
+fn deleted_state_file_never_gives_a_second_copy() {
+    lost_state_never_gives_a_second_copy(|p| std::fs::remove_file(p).unwrap());
+}
+
+#[test]
+fn corrupt_state_file_never_gives_a_second_copy() {
+    lost_state_never_gives_a_second_copy(|p| {
+        std::fs::write(p, b"{\"id\": \"c1\", garbage").unwrap()
+    });
+}

@@ -50,6 +50,9 @@ pub struct SavedProc {
     pub start_time: u64,
     pub script: bool,
     pub exit: Option<String>,
+    /// Found in the cgroup, not started by us: its exit alone fails nothing.
+    #[serde(default)]
+    pub member: bool,
 }
 
 pub const DIED_WHILE_DOWN: &str = "exited while the supervisor was down";
@@ -104,6 +107,7 @@ impl Daemon {
                     start_time: p.start_time,
                     script: p.role == ProcRole::StartScript,
                     exit: p.exit.clone(),
+                    member: p.role == ProcRole::Member,
                 })
                 .collect(),
             members,
@@ -119,11 +123,9 @@ impl Daemon {
     /// Reads every state file and takes over what still runs.
     pub(super) fn adopt_all(&mut self) {
         let dir = self.runtime_path("state");
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            return;
-        };
         let mut adopted = 0;
-        for e in rd.flatten() {
+        let mut seen = std::collections::BTreeSet::new();
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = e.path();
             if path.extension().and_then(|x| x.to_str()) != Some("json") {
                 continue;
@@ -141,13 +143,80 @@ impl Daemon {
                     continue;
                 }
             };
+            seen.insert(saved.id.clone());
             if self.adopt(saved) {
+                adopted += 1;
+            }
+        }
+        // The cgroup is the truth: an instance whose state file is missing
+        // or unreadable, but whose cgroup holds processes, runs. Adopt it
+        // (exactly those processes), never start a second copy beside it.
+        for idx in 0..self.insts.len() {
+            if !seen.contains(self.insts[idx].id()) && self.adopt_from_cgroup(idx) {
                 adopted += 1;
             }
         }
         if adopted > 0 {
             tracing::info!(adopted, "instances adopted from the previous supervisor");
         }
+    }
+
+    /// Adopts what the instance's cgroup holds, with no state to go by
+    /// (lost, deleted or corrupt): every member, each verified by pidfd to
+    /// be in the cgroup, as a `Member` (which of them is the main process
+    /// is not known; the instance ends when its cgroup is empty). True if
+    /// something was adopted. Also used when a request finds a stopped
+    /// instance's cgroup populated.
+    pub(super) fn adopt_from_cgroup(&mut self, idx: usize) -> bool {
+        let Ok(root) = &self.cgroot else {
+            return false;
+        };
+        let id = self.insts[idx].id().to_string();
+        let cg = root.instance(&id);
+        if !cg.exists() || !cg.populated() {
+            return false;
+        }
+        let procs: Vec<SavedProc> = cg
+            .pids()
+            .into_iter()
+            .filter_map(|pid| {
+                let st = procfs::stat(pid)?;
+                Some(SavedProc {
+                    name: st.comm,
+                    pid,
+                    start_time: st.start_time,
+                    script: false,
+                    exit: None,
+                    member: true,
+                })
+            })
+            .collect();
+        tracing::warn!(
+            instance = %id,
+            pids = %procs.iter().map(|p| p.pid.to_string()).collect::<Vec<_>>().join(" "),
+            "no state for it but its cgroup {} holds processes: adopting them (the cgroup is the truth)",
+            cg.dir.display()
+        );
+        self.insts[idx].spare_cgroup = None;
+        self.unwatch_cgroup(idx);
+        self.insts[idx].cgroup = None;
+        let saved = Saved {
+            id,
+            state: State::Running.as_str().into(),
+            since: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            procs,
+            members: Vec::new(),
+            cgroup: Some(cg.dir.display().to_string()),
+            restarts: 0,
+            last_failure: None,
+            owned_address: false,
+            supervisor_pid: 0,
+            fingerprint: 0,
+        };
+        self.adopt(saved)
     }
 
     /// Adopts one instance; true if something of it still runs.
@@ -216,7 +285,9 @@ impl Daemon {
                 name: sp.name,
                 pid: sp.pid,
                 start_time: sp.start_time,
-                role: if sp.script {
+                role: if sp.member {
+                    ProcRole::Member
+                } else if sp.script {
                     ProcRole::StartScript
                 } else {
                     ProcRole::Main

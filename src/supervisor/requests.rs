@@ -222,6 +222,23 @@ impl Daemon {
             self.reply_done(conn, code::FAILED, msg, None);
             return;
         }
+        // Guarantee 7: a populated cgroup is a running copy, whatever the
+        // state says; it is adopted, never joined by a second copy.
+        if inst.state() == State::Stopped && self.adopt_from_cgroup(idx) {
+            let msg = format!(
+                "{id} is already running (processes found in its cgroup were adopted: {})",
+                self.members(idx)
+                    .iter()
+                    .map(|(p, _)| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            if !restart {
+                self.reply_done(conn, code::OK, msg, None);
+                return;
+            }
+        }
+        let inst = &self.insts[idx];
         if !restart && inst.state() == State::Running {
             let msg = format!("{id} is already running");
             self.reply_done(conn, code::OK, msg, None);
@@ -265,6 +282,11 @@ impl Daemon {
     }
 
     fn stop_one(&mut self, conn: u64, idx: usize, ev: Event) {
+        // Guarantee 7: whatever our state says, a stop or kill reaches
+        // every process in the instance's cgroup.
+        if self.insts[idx].state() == State::Stopped {
+            self.adopt_from_cgroup(idx);
+        }
         let inst = &self.insts[idx];
         if inst.state() == State::Stopped && !inst.procs.iter().any(|p| p.alive()) {
             let msg = format!("{} is stopped", inst.id());
