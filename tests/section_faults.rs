@@ -498,3 +498,76 @@ fn corrupt_state_file_never_gives_a_second_copy() {
         std::fs::write(p, b"{\"id\": \"c1\", garbage").unwrap()
     });
 }
+
+/// A shell session of three processes outside cohost, killed on drop.
+struct Session {
+    shell: Child,
+    kids: Vec<i32>,
+}
+
+impl Session {
+    fn new() -> Session {
+        let cmd = format!("{t} sleep & {t} sleep & wait", t = t());
+        let shell = Command::new("setsid")
+            .args(["sh", "-c", &cmd])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = shell.id() as i32;
+        let children = format!("/proc/{pid}/task/{pid}/children");
+        let mut kids = Vec::new();
+        wait_for("the session's two children", || {
+            kids = std::fs::read_to_string(&children)
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            kids.len() == 2
+        });
+        Session { shell, kids }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for k in &self.kids {
+            // SAFETY: kill(2) of the test's own grandchildren, checked alive
+            // by start time when they were found (still our shell's).
+            unsafe { libc::kill(*k, libc::SIGKILL) };
+        }
+        let _ = self.shell.kill();
+        let _ = self.shell.wait();
+    }
+}
+
+#[test]
+fn adoption_takes_the_recorded_pid_never_its_session() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let cfg = format!(
+        "[supervisor]\ncgroup = \"off\"\n\n[service.s]\ncommand = [\"{}\", \"sleep\"]\n\n[instance.w1]\nservice = \"s\"\n",
+        t()
+    );
+    h.write_config("w.toml", &cfg);
+    let sess = Session::new();
+    let (named, sibling) = (sess.kids[0], sess.kids[1]);
+    let shell = sess.shell.id() as i32;
+    // A state record naming one process of that session.
+    std::fs::create_dir_all(h.runtime.join("state")).unwrap();
+    let saved = serde_json::json!({
+        "id": "w1", "state": "running", "since": 0,
+        "procs": [{"name": "s", "pid": named, "start_time": start_time(named).unwrap(),
+                   "script": false, "exit": null}],
+        "members": [], "cgroup": null, "restarts": 0, "last_failure": null,
+        "owned_address": false, "supervisor_pid": 1, "fingerprint": 0
+    });
+    std::fs::write(h.runtime.join("state/w1.json"), saved.to_string()).unwrap();
+    h.run(&["daemon"]).ok();
+    assert_eq!(h.members("w1"), vec![named], "exactly the recorded pid");
+    h.run(&["stop", "w1"]).ok();
+    assert!(!alive(named));
+    assert!(
+        alive(sibling) && alive(shell),
+        "the rest of the session untouched"
+    );
+}
