@@ -7,7 +7,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use super::fsm::{Action, Event, State};
+use super::fsm::{Action, Answer, Event, State};
 use super::instance::WaitFor;
 use super::worker::JobId;
 use super::{Daemon, Outcome};
@@ -46,10 +46,27 @@ impl Daemon {
                 self.check_empty(idx);
             }
             Action::Deadline(at) => self.deadline(idx, at),
-            Action::Transition { from, to, reason } => {
-                self.on_transition(idx, from, to, reason, now)
+            Action::Transition { from, to, reason } => self.on_transition(idx, from, to, &reason),
+            Action::Hook {
+                event,
+                from,
+                to,
+                reason,
+            } => self.run_hooks(idx, event, from, to, &reason),
+            Action::Answer(a) => self.answer(idx, a, now),
+            Action::Audit => self.ready_queue.push(idx),
+            Action::Announce => self.announce_address(idx),
+            Action::StartHealth => {
+                self.insts[idx].healthy = None;
+                self.schedule_health(idx, now);
             }
             Action::Cleanup => self.cleanup(idx),
+            Action::ApplyNextSpec => {
+                if self.insts[idx].next_spec.is_some() {
+                    self.insts[idx].apply_next_spec();
+                    tracing::info!(instance = %self.insts[idx].id(), "new definition from the last reload now in use");
+                }
+            }
         }
     }
 
@@ -312,7 +329,8 @@ impl Daemon {
     }
     // ------------------------------------------------------------ transitions
 
-    fn on_transition(&mut self, idx: usize, from: State, to: State, reason: String, now: Instant) {
+    /// Log, persist, and tell whoever watches states (monitor, up/down).
+    fn on_transition(&mut self, idx: usize, from: State, to: State, reason: &str) {
         let id = self.insts[idx].id().to_string();
         self.insts[idx].since_wall = SystemTime::now();
         if to == State::Failed {
@@ -321,48 +339,37 @@ impl Daemon {
             tracing::info!(instance = %id, from = from.as_str(), to = to.as_str(), "{reason}");
         }
         self.dirty.insert(idx);
-        match to {
-            State::Running => {
-                self.insts[idx].healthy = None;
-                if self.insts[idx].owned_address {
-                    // Again now that the service answers on it.
-                    self.announce_address(idx);
-                }
-                let spec = &self.insts[idx].spec;
-                if spec.address.is_some() && spec.port.is_some() {
-                    // Audited (bind audit) with everything else that became
-                    // ready in this loop iteration, then answered.
-                    self.ready_queue.push(idx);
-                } else {
-                    self.ready_confirmed(idx, now);
-                }
+        if !matches!(to, State::Running) {
+            self.answer_monitors(idx);
+        }
+        self.batch_transition(idx);
+    }
+
+    /// Words what the table decided to tell the waiting clients.
+    fn answer(&mut self, idx: usize, a: Answer, now: Instant) {
+        let id = self.insts[idx].id().to_string();
+        match a {
+            Answer::Started => {
+                let msg = self.ready_message(idx);
+                self.answer_waiters(idx, WaitFor::Start, 0, msg);
             }
-            State::Failed => {
-                self.answer_start_failure(idx, &reason, now);
-                if !self.insts[idx].procs.iter().any(|p| p.alive()) {
-                    self.answer_waiters(
-                        idx,
-                        WaitFor::Stop,
-                        0,
-                        format!("{id} is stopped (failed: {reason})"),
-                    );
-                }
+            Answer::StartFailed(reason) => self.answer_start_failure(idx, &reason, now),
+            Answer::StartCancelled(reason) => self.answer_waiters(
+                idx,
+                WaitFor::Start,
+                1,
+                format!("start of {id} cancelled: {reason}"),
+            ),
+            Answer::Stopped => {
+                self.answer_waiters(idx, WaitFor::Stop, 0, format!("{id} is stopped"))
             }
-            State::Stopped => {
-                // Within one step the table may stop and go on to a queued
-                // start (restart): then the start waiters keep waiting.
-                if self.insts[idx].state() == State::Stopped {
-                    self.answer_waiters(
-                        idx,
-                        WaitFor::Start,
-                        1,
-                        format!("start of {id} cancelled: {reason}"),
-                    );
-                }
-                self.answer_waiters(idx, WaitFor::Stop, 0, format!("{id} is stopped"));
-            }
-            State::Stopping if from == State::Stopping => {
-                // SIGKILL did not finish the job: tell whoever waits.
+            Answer::StoppedFailed(reason) => self.answer_waiters(
+                idx,
+                WaitFor::Stop,
+                0,
+                format!("{id} is stopped (failed: {reason})"),
+            ),
+            Answer::StopStuck => {
                 let left: Vec<String> = self
                     .members(idx)
                     .iter()
@@ -378,27 +385,7 @@ impl Daemon {
                     ),
                 );
             }
-            _ => {}
         }
-        if !matches!(to, State::Running) {
-            self.answer_monitors(idx);
-        }
-        if matches!(to, State::Stopped | State::Failed) && self.insts[idx].next_spec.is_some() {
-            self.insts[idx].apply_next_spec();
-            tracing::info!(instance = %id, "new definition from the last reload now in use");
-        }
-        if from != to {
-            let event = match to {
-                State::WaitingAddress | State::Starting => "starting",
-                State::Running => "ready",
-                State::Stopping => "stopping",
-                State::Stopped => "stopped",
-                State::Restarting => "restarting",
-                State::Failed => "failed",
-            };
-            self.run_hooks(idx, event, from, to, &reason);
-        }
-        self.batch_transition(idx);
     }
 
     fn answer_waiters(&mut self, idx: usize, what: WaitFor, code: i32, msg: String) {
@@ -546,13 +533,6 @@ impl Daemon {
         }
     }
 
-    /// Running, audited: health checks begin, the start is answered.
-    fn ready_confirmed(&mut self, idx: usize, now: Instant) {
-        self.schedule_health(idx, now);
-        let msg = self.ready_message(idx);
-        self.answer_waiters(idx, WaitFor::Start, 0, msg);
-    }
-
     /// The bind audit of every instance that became ready in this loop
     /// iteration, with one kernel query: a process listening on the
     /// wildcard address for its instance's port would block a co-resident
@@ -585,7 +565,7 @@ impl Daemon {
             }
             match self.bind_audit(idx, &wildcards) {
                 Some(violation) => self.post(idx, Event::Violation(violation)),
-                None => self.ready_confirmed(idx, now),
+                None => self.post(idx, Event::Audited),
             }
         }
     }

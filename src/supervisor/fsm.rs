@@ -1,9 +1,18 @@
 //! The life cycle of one instance: a pure state × event table.
 //!
 //! `step` never reads the clock or touches the host: it gets `now` and the
-//! event, changes the state and returns [`Action`]s, which the event loop
-//! (the one executor) performs; their outcomes come back as events. Pairs
-//! that mean nothing (a `Ready` while stopping) are no-ops, as in s6.
+//! event, changes the state and returns [`Action`]s, which the executor
+//! performs; their outcomes come back as events. It is the only writer of
+//! life-cycle state, and it decides what the outside hears: which waiting
+//! clients are answered and how ([`Answer`]), which event hooks run.
+//!
+//! As in s6-supervise, every pair is written out: one function per state,
+//! each matching every event, with the pairs that mean nothing in that
+//! state spelled `nop` (a `Ready` while stopping, a second `Start` while
+//! starting). The compiler checks that no pair is forgotten; the test
+//! `every_pair_is_handled` walks all of them. The cells themselves live in
+//! [`super::table`]; this module holds the types and the helpers the cells
+//! share.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -14,6 +23,8 @@ use crate::model::{RestartPolicy, RestartSpec, ServiceKind};
 /// reporting processes that will not die (uninterruptible sleep).
 pub const KILL_GRACE: Duration = Duration::from_secs(5);
 
+/// The state's name, as status, state files and the exit-code tables see
+/// it; the data a state carries is in [`Phase`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum State {
     Stopped,
@@ -61,6 +72,56 @@ impl State {
             State::Starting | State::Running | State::Stopping | State::Failed
         )
     }
+
+    /// The hook event a transition into this state is announced as.
+    pub fn hook(self) -> &'static str {
+        match self {
+            State::WaitingAddress | State::Starting => "starting",
+            State::Running => "ready",
+            State::Stopping => "stopping",
+            State::Stopped => "stopped",
+            State::Restarting => "restarting",
+            State::Failed => "failed",
+        }
+    }
+}
+
+/// A state with the data only it has.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Phase {
+    Stopped,
+    WaitingAddress,
+    Starting {
+        /// Forking services: the start script has exited successfully.
+        script_done: bool,
+    },
+    Running,
+    Stopping {
+        /// What ends this stop once the instance is empty.
+        then: Then,
+        /// SIGKILL was sent: the deadline now is the kill grace.
+        killed: bool,
+        /// A start request arrived meanwhile: start once empty.
+        start_queued: Option<Option<Duration>>,
+    },
+    Restarting {
+        until: Instant,
+    },
+    Failed,
+}
+
+impl Phase {
+    pub fn state(&self) -> State {
+        match self {
+            Phase::Stopped => State::Stopped,
+            Phase::WaitingAddress => State::WaitingAddress,
+            Phase::Starting { .. } => State::Starting,
+            Phase::Running => State::Running,
+            Phase::Stopping { .. } => State::Stopping,
+            Phase::Restarting { .. } => State::Restarting,
+            Phase::Failed => State::Failed,
+        }
+    }
 }
 
 /// What to do once the instance is empty while stopping.
@@ -85,8 +146,29 @@ pub struct Policy {
     pub has_stop_command: bool,
     pub has_ready_check: bool,
     pub gate_address: bool,
+    /// cohost adds the address itself (address_mode = "own"): announce it
+    /// again once the service answers on it.
+    pub owns_address: bool,
+    /// The instance has an address and a port: a bind audit confirms
+    /// readiness (a wildcard listener would block a co-resident copy).
+    pub audit: bool,
     /// The logical address, for messages.
     pub address: Option<String>,
+}
+
+/// What the supervisor saw of an instance left by a previous supervisor:
+/// the facts adoption is decided on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Observed {
+    /// The state its record says (or `Running` for a populated cgroup
+    /// with no record).
+    pub was: State,
+    /// Some process of it still lives.
+    pub alive: bool,
+    /// A main process of a simple service that died meanwhile.
+    pub dead_main: Option<(String, String)>,
+    pub restarts: u32,
+    pub last_failure: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -131,8 +213,29 @@ pub enum Event {
     Timeout {
         stalled: Option<String>,
     },
+    /// The bind audit found nothing wrong.
+    Audited,
     /// A rule the running instance breaks (strict_bind): fail like a start.
     Violation(String),
+    /// Found running (or failed) by a restarted supervisor.
+    Adopted(Observed),
+}
+
+/// What waiting clients are told; the executor words it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// Start waiters: running (and audited).
+    Started,
+    /// Start waiters: the start failed, with the reason.
+    StartFailed(String),
+    /// Start waiters: a stop came first.
+    StartCancelled(String),
+    /// Stop waiters: nothing of the instance is left.
+    Stopped,
+    /// Stop waiters: nothing is left, it ended failed.
+    StoppedFailed(String),
+    /// Stop waiters: SIGKILL did not empty the instance.
+    StopStuck,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -151,25 +254,38 @@ pub enum Action {
     KillAll,
     /// The one timer of the instance (None: cancel it).
     Deadline(Option<Instant>),
-    /// State changed: log, persist, run hooks, answer waiters.
+    /// State changed: log, persist, answer monitors, tell `up`/`down`.
     Transition {
         from: State,
         to: State,
         reason: String,
     },
+    /// Run the instance's event hooks for this event.
+    Hook {
+        event: &'static str,
+        from: State,
+        to: State,
+        reason: String,
+    },
+    /// Tell the clients waiting on the instance.
+    Answer(Answer),
+    /// Check the instance's listeners (reports `Audited` / `Violation`).
+    Audit,
+    /// Announce the owned address again (gratuitous ARP).
+    Announce,
+    /// Begin the periodic health checks.
+    StartHealth,
     /// Nothing runs any more: release lock, cgroup, owned address.
     Cleanup,
+    /// Take a definition changed by a reload into use (nothing runs).
+    ApplyNextSpec,
 }
 
 /// One instance's life-cycle state.
 #[derive(Debug, Clone)]
 pub struct Fsm {
-    pub state: State,
+    pub phase: Phase,
     pub since: Instant,
-    pub deadline: Option<Instant>,
-    /// What ends the current `Stopping`.
-    pub then: Then,
-    pub killed: bool,
     /// Automatic restarts within the window, oldest first.
     pub restarts: VecDeque<Instant>,
     /// Total automatic restarts since the last manual start.
@@ -177,242 +293,80 @@ pub struct Fsm {
     /// Why the last failure happened.
     pub last_failure: Option<String>,
     /// The current start was made by the restart policy (not a request).
-    auto_start: bool,
-    /// A start request arrived while stopping: start once empty.
-    start_queued: Option<Option<Duration>>,
-    /// For forking services: the start script has exited successfully.
-    script_done: bool,
+    pub(super) auto_start: bool,
     /// The time limit of the current start (the request's or the service's).
-    limit: Duration,
+    pub(super) limit: Duration,
 }
 
 impl Fsm {
     pub fn new(now: Instant) -> Fsm {
         Fsm {
-            state: State::Stopped,
+            phase: Phase::Stopped,
             since: now,
-            deadline: None,
-            then: Then::Stop,
-            killed: false,
             restarts: VecDeque::new(),
             restart_count: 0,
             last_failure: None,
             auto_start: false,
-            start_queued: None,
-            script_done: false,
             limit: Duration::ZERO,
         }
     }
 
-    /// An instance found running by a restarted supervisor.
-    pub fn adopted(now: Instant, state: State) -> Fsm {
-        let mut f = Fsm::new(now);
-        f.state = state;
-        f.script_done = true;
-        f
+    pub fn state(&self) -> State {
+        self.phase.state()
     }
 
-    fn go(&mut self, to: State, reason: impl Into<String>, now: Instant, out: &mut Vec<Action>) {
-        let from = self.state;
-        self.state = to;
-        self.since = now;
-        out.push(Action::Transition {
-            from,
-            to,
-            reason: reason.into(),
-        });
-    }
-
-    fn set_deadline(&mut self, at: Option<Instant>, out: &mut Vec<Action>) {
-        self.deadline = at;
-        out.push(Action::Deadline(at));
-    }
-
+    /// Feeds one event through the table.
     pub fn step(&mut self, ev: Event, now: Instant, p: &Policy) -> Vec<Action> {
         let mut out = Vec::new();
-        use Event as E;
-        use State as S;
-        match (self.state, ev) {
-            // ---- start
-            // Failed may still have processes (a partial instance): stop
-            // what is left first, then start.
-            (S::Failed, E::Start { timeout }) => {
-                self.begin_stop(
-                    Then::Stop,
-                    None,
-                    "start requested: stopping what is left of the failed instance first",
-                    now,
-                    p,
-                    &mut out,
-                );
-                self.start_queued = Some(timeout);
-            }
-            (S::Stopped | S::Restarting, E::Start { timeout }) => {
-                self.auto_start = false;
-                self.restart_count = 0;
-                self.begin_start(timeout, "start requested", now, p, &mut out);
-            }
-            (S::Stopping, E::Start { timeout }) => self.start_queued = Some(timeout),
-            (S::WaitingAddress | S::Starting | S::Running, E::Start { .. }) => {}
-            (S::WaitingAddress, E::AddressReady) => {
-                self.go(S::Starting, "address configured", now, &mut out);
-                out.push(Action::Launch);
-            }
-            (S::Starting, E::Launched) if p.kind == ServiceKind::Simple => {
-                self.after_launch(now, p, &mut out)
-            }
-            (S::Starting, E::ScriptExited { ok: true, .. }) => {
-                self.script_done = true;
-                self.after_launch(now, p, &mut out);
-            }
-            (S::Starting, E::ScriptExited { ok: false, status }) => {
-                self.fail_start(format!("start script {status}"), now, p, &mut out);
-            }
-            (S::Starting, E::LaunchFailed(why)) => self.fail_start(why, now, p, &mut out),
-            (S::Starting, E::Ready) => {
-                self.set_deadline(None, &mut out);
-                self.go(S::Running, "ready", now, &mut out);
-            }
-            (S::Starting, E::ReadyFailed(why)) => self.fail_start(why, now, p, &mut out),
-            (S::Starting, E::ProcessExited { name, status, .. }) => {
-                self.fail_start(
-                    format!("{name} {status} before it was ready"),
-                    now,
-                    p,
-                    &mut out,
-                );
-            }
-            (S::Starting, E::Empty) if p.kind == ServiceKind::Forking && self.script_done => {
-                self.fail_start(
-                    "the start script exited 0 but no process of the instance is left".into(),
-                    now,
-                    p,
-                    &mut out,
-                );
-            }
-            (
-                S::Starting,
-                E::Timeout {
-                    stalled: Some(step),
-                },
-            ) => {
-                let why = format!(
-                    "{step} did not answer within {}",
-                    humantime::format_duration(self.limit)
-                );
-                self.fail_start(why, now, p, &mut out);
-            }
-            (S::WaitingAddress | S::Starting, E::Timeout { .. }) => {
-                let why = if self.state == S::WaitingAddress {
-                    format!(
-                        "{} is not configured on this node",
-                        p.address.as_deref().unwrap_or("the address")
-                    )
-                } else {
-                    "not ready".to_string()
-                };
-                self.fail_start(
-                    format!("{why} after {}", humantime::format_duration(self.limit)),
-                    now,
-                    p,
-                    &mut out,
-                );
-            }
-
-            // ---- running
-            (
-                S::Running,
-                E::ProcessExited {
-                    name,
-                    status,
-                    clean,
-                },
-            ) => {
-                let why = format!("{name} {status}");
-                self.on_failure(why, clean, now, p, &mut out);
-            }
-            (S::Running, E::Violation(why)) => self.fail_start(why, now, p, &mut out),
-            (S::Running, E::Empty) => {
-                let why = "every process of the instance exited".to_string();
-                self.on_failure(why, false, now, p, &mut out);
-            }
-
-            // ---- stop, kill, reset
-            (S::Stopped, E::Stop { .. } | E::Kill | E::Reset) => {
-                self.start_queued = None;
-            }
-            (S::Restarting | S::WaitingAddress, E::Stop { .. } | E::Kill | E::Reset) => {
-                self.set_deadline(None, &mut out);
-                self.go(S::Stopped, "stop requested", now, &mut out);
-                out.push(Action::Cleanup);
-            }
-            (S::Starting | S::Running | S::Failed, E::Stop { timeout }) => {
-                self.begin_stop(Then::Stop, timeout, "stop requested", now, p, &mut out);
-            }
-            (S::Failed, E::Reset) => {
-                self.restarts.clear();
-                self.restart_count = 0;
-                self.last_failure = None;
-                self.begin_stop(
-                    Then::Stop,
-                    None,
-                    "failed state cleared (reset)",
-                    now,
-                    p,
-                    &mut out,
-                );
-            }
-            (S::Stopping, E::Stop { .. }) => self.start_queued = None,
-            (S::Starting | S::Running | S::Failed | S::Stopping, E::Kill) => {
-                self.start_queued = None;
-                if self.state != S::Stopping {
-                    out.push(Action::CancelChecks);
-                    self.then = Then::Stop;
-                    self.go(S::Stopping, "kill requested", now, &mut out);
-                } else if matches!(self.then, Then::Restart(_)) {
-                    self.then = Then::Stop;
-                }
-                self.killed = true;
-                out.push(Action::KillAll);
-                self.set_deadline(Some(now + KILL_GRACE), &mut out);
-            }
-            (S::Stopping, E::StopCommandExited { ok: false }) if !self.killed => {
-                // The orderly stop failed: fall back to the signal now, the
-                // SIGKILL deadline stays.
-                out.push(Action::Signal(p.stop_signal));
-            }
-            (S::Stopping, E::Timeout { .. }) => {
-                if !self.killed {
-                    self.killed = true;
-                    out.push(Action::KillAll);
-                    self.set_deadline(Some(now + KILL_GRACE), &mut out);
-                } else {
-                    // SIGKILL did not empty the instance (D state, or a
-                    // process that left the cgroup). Keep waiting, say so.
-                    self.last_failure = Some("processes did not exit after SIGKILL".into());
-                    self.set_deadline(None, &mut out);
-                    out.push(Action::Transition {
-                        from: S::Stopping,
-                        to: S::Stopping,
-                        reason: "processes did not exit after SIGKILL".into(),
-                    });
-                }
-            }
-            (S::Stopping, E::Empty) => self.finish_stop(now, p, &mut out),
-
-            // ---- restart backoff
-            (S::Restarting, E::Timeout { .. }) => {
-                self.auto_start = true;
-                self.begin_start(None, "restarting after failure", now, p, &mut out);
-            }
-
-            // Everything else means nothing in that state.
-            _ => {}
-        }
+        super::table::step(self, ev, now, p, &mut out);
         out
     }
 
-    fn begin_start(
+    /// Enters `to`: the one place the state changes.
+    pub(super) fn go(
+        &mut self,
+        to: Phase,
+        reason: impl Into<String>,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let hook = to.state().hook();
+        self.go_as(to, reason, hook, now, out);
+    }
+
+    /// Enters `to`, announced to hooks as `hook`.
+    pub(super) fn go_as(
+        &mut self,
+        to: Phase,
+        reason: impl Into<String>,
+        hook: &'static str,
+        now: Instant,
+        out: &mut Vec<Action>,
+    ) {
+        let from = self.state();
+        let reason = reason.into();
+        self.phase = to;
+        self.since = now;
+        let to = self.state();
+        out.push(Action::Transition {
+            from,
+            to,
+            reason: reason.clone(),
+        });
+        if from != to {
+            out.push(Action::Hook {
+                event: hook,
+                from,
+                to,
+                reason,
+            });
+        }
+        if matches!(to, State::Stopped | State::Failed) {
+            out.push(Action::ApplyNextSpec);
+        }
+    }
+
+    pub(super) fn begin_start(
         &mut self,
         timeout: Option<Duration>,
         reason: &str,
@@ -420,56 +374,94 @@ impl Fsm {
         p: &Policy,
         out: &mut Vec<Action>,
     ) {
-        self.killed = false;
-        self.script_done = false;
-        self.start_queued = None;
-        self.then = Then::Stop;
         let t = timeout.unwrap_or(p.start_timeout);
         self.limit = t;
-        self.set_deadline(Some(now + t), out);
+        out.push(Action::Deadline(Some(now + t)));
         if p.gate_address {
-            self.go(State::WaitingAddress, reason, now, out);
+            self.go(Phase::WaitingAddress, reason, now, out);
             out.push(Action::WaitAddress);
         } else {
-            self.go(State::Starting, reason, now, out);
+            self.go(Phase::Starting { script_done: false }, reason, now, out);
             out.push(Action::Launch);
         }
     }
 
-    fn after_launch(&mut self, now: Instant, p: &Policy, out: &mut Vec<Action>) {
+    /// A request to start: a manual start resets the restart budget.
+    pub(super) fn requested_start(
+        &mut self,
+        timeout: Option<Duration>,
+        now: Instant,
+        p: &Policy,
+        out: &mut Vec<Action>,
+    ) {
+        self.auto_start = false;
+        self.restart_count = 0;
+        self.begin_start(timeout, "start requested", now, p, out);
+    }
+
+    /// Launched, or a forking service's script done: ready check or running.
+    pub(super) fn after_launch(&mut self, now: Instant, p: &Policy, out: &mut Vec<Action>) {
         if p.has_ready_check {
             out.push(Action::CheckReady);
         } else {
-            self.set_deadline(None, out);
-            self.go(State::Running, "started (no readiness check)", now, out);
+            out.push(Action::Deadline(None));
+            self.become_running("started (no readiness check)", now, p, out);
         }
     }
 
-    /// A start that did not reach `running`: remove every trace of it.
-    fn fail_start(&mut self, why: String, now: Instant, p: &Policy, out: &mut Vec<Action>) {
+    pub(super) fn become_running(
+        &mut self,
+        reason: &str,
+        now: Instant,
+        p: &Policy,
+        out: &mut Vec<Action>,
+    ) {
+        self.go(Phase::Running, reason, now, out);
+        if p.owns_address {
+            out.push(Action::Announce);
+        }
+        if p.audit {
+            out.push(Action::Audit);
+        } else {
+            out.push(Action::StartHealth);
+            out.push(Action::Answer(Answer::Started));
+        }
+    }
+
+    /// A start that did not reach `running`: remove every trace of it, fast.
+    pub(super) fn fail_start(
+        &mut self,
+        why: String,
+        now: Instant,
+        p: &Policy,
+        out: &mut Vec<Action>,
+    ) {
         out.push(Action::CancelChecks);
         self.last_failure = Some(why.clone());
         let then = if self.auto_start {
             match self.next_restart(now, &p.restart, false) {
                 Some(delay) => Then::Restart(delay),
-                None => Then::Fail(format!(
-                    "{why}; restart limit reached ({} in {})",
-                    p.restart.max,
-                    humantime::format_duration(p.restart.window)
-                )),
+                None => Then::Fail(limit_reached(&why, &p.restart)),
             }
         } else {
             Then::Fail(why.clone())
         };
-        // A start that failed leaves nothing behind, and fast: SIGKILL.
-        self.then = then;
-        self.killed = true;
-        self.go(State::Stopping, format!("start failed: {why}"), now, out);
+        self.go(
+            Phase::Stopping {
+                then,
+                killed: true,
+                start_queued: None,
+            },
+            format!("start failed: {why}"),
+            now,
+            out,
+        );
         out.push(Action::KillAll);
-        self.set_deadline(Some(now + KILL_GRACE), out);
+        out.push(Action::Deadline(Some(now + KILL_GRACE)));
     }
 
-    fn on_failure(
+    /// A running instance failed: restart per policy, or stay `failed`.
+    pub(super) fn on_failure(
         &mut self,
         why: String,
         clean: bool,
@@ -495,19 +487,16 @@ impl Fsm {
                 let reason = if p.restart.policy != RestartPolicy::No
                     && !(clean && p.restart.policy == RestartPolicy::OnFailure)
                 {
-                    format!(
-                        "{why}; restart limit reached ({} in {})",
-                        p.restart.max,
-                        humantime::format_duration(p.restart.window)
-                    )
+                    limit_reached(&why, &p.restart)
                 } else {
                     why
                 };
                 self.last_failure = Some(reason.clone());
                 // Left as it is: the cluster (or operator) sees `failed`
                 // and decides; `stop` removes what is left.
-                self.set_deadline(None, out);
-                self.go(State::Failed, reason, now, out);
+                out.push(Action::Deadline(None));
+                self.go(Phase::Failed, reason.clone(), now, out);
+                out.push(Action::Answer(Answer::StartFailed(reason)));
             }
         }
     }
@@ -540,7 +529,7 @@ impl Fsm {
         Some(delay)
     }
 
-    fn begin_stop(
+    pub(super) fn begin_stop(
         &mut self,
         then: Then,
         timeout: Option<Duration>,
@@ -550,37 +539,98 @@ impl Fsm {
         out: &mut Vec<Action>,
     ) {
         out.push(Action::CancelChecks);
-        self.then = then;
-        self.killed = false;
-        self.go(State::Stopping, reason, now, out);
+        self.go(
+            Phase::Stopping {
+                then,
+                killed: false,
+                start_queued: None,
+            },
+            reason,
+            now,
+            out,
+        );
         if p.has_stop_command {
             out.push(Action::RunStopCommand);
         } else {
             out.push(Action::Signal(p.stop_signal));
         }
-        self.set_deadline(Some(now + timeout.unwrap_or(p.stop_timeout)), out);
+        out.push(Action::Deadline(Some(
+            now + timeout.unwrap_or(p.stop_timeout),
+        )));
     }
 
-    fn finish_stop(&mut self, now: Instant, p: &Policy, out: &mut Vec<Action>) {
-        self.set_deadline(None, out);
+    /// The stop timed out: SIGKILL, and the kill grace is the deadline.
+    pub(super) fn escalate(&mut self, now: Instant, out: &mut Vec<Action>) {
+        if let Phase::Stopping { killed, .. } = &mut self.phase {
+            *killed = true;
+        }
+        out.push(Action::KillAll);
+        out.push(Action::Deadline(Some(now + KILL_GRACE)));
+    }
+
+    /// A kill request: SIGKILL now, a queued start or restart is off, and
+    /// the kill grace is the deadline.
+    pub(super) fn kill(&mut self, reason: &str, now: Instant, out: &mut Vec<Action>) {
+        match &mut self.phase {
+            Phase::Stopping {
+                then,
+                killed,
+                start_queued,
+            } => {
+                *start_queued = None;
+                if matches!(then, Then::Restart(_)) {
+                    *then = Then::Stop;
+                }
+                *killed = true;
+            }
+            _ => {
+                out.push(Action::CancelChecks);
+                self.go(
+                    Phase::Stopping {
+                        then: Then::Stop,
+                        killed: true,
+                        start_queued: None,
+                    },
+                    reason,
+                    now,
+                    out,
+                );
+            }
+        }
+        out.push(Action::KillAll);
+        out.push(Action::Deadline(Some(now + KILL_GRACE)));
+    }
+
+    /// Empty while stopping: end as the stop was meant to.
+    pub(super) fn finish_stop(
+        &mut self,
+        then: Then,
+        start_queued: Option<Option<Duration>>,
+        now: Instant,
+        p: &Policy,
+        out: &mut Vec<Action>,
+    ) {
+        out.push(Action::Deadline(None));
         out.push(Action::Cleanup);
-        match std::mem::replace(&mut self.then, Then::Stop) {
+        match then {
             Then::Stop => {
-                self.go(State::Stopped, "stopped", now, out);
-                if let Some(timeout) = self.start_queued.take() {
-                    self.auto_start = false;
-                    self.restart_count = 0;
-                    self.begin_start(timeout, "start requested", now, p, out);
+                self.go(Phase::Stopped, "stopped", now, out);
+                out.push(Action::Answer(Answer::Stopped));
+                match start_queued {
+                    Some(timeout) => self.requested_start(timeout, now, p, out),
+                    None => out.push(Action::Answer(Answer::StartCancelled("stopped".into()))),
                 }
             }
             Then::Fail(why) => {
                 self.last_failure = Some(why.clone());
-                self.go(State::Failed, why, now, out);
+                self.go(Phase::Failed, why.clone(), now, out);
+                out.push(Action::Answer(Answer::StartFailed(why.clone())));
+                out.push(Action::Answer(Answer::StoppedFailed(why)));
             }
             Then::Restart(delay) => {
-                self.set_deadline(Some(now + delay), out);
+                out.push(Action::Deadline(Some(now + delay)));
                 self.go(
-                    State::Restarting,
+                    Phase::Restarting { until: now + delay },
                     format!(
                         "restart {} in {}",
                         self.restart_count,
@@ -592,6 +642,14 @@ impl Fsm {
             }
         }
     }
+}
+
+fn limit_reached(why: &str, r: &RestartSpec) -> String {
+    format!(
+        "{why}; restart limit reached ({} in {})",
+        r.max,
+        humantime::format_duration(r.window)
+    )
 }
 
 #[cfg(test)]
@@ -614,6 +672,8 @@ mod tests {
             has_stop_command: false,
             has_ready_check: true,
             gate_address: false,
+            owns_address: false,
+            audit: false,
             address: None,
         }
     }
@@ -625,7 +685,7 @@ mod tests {
         let mut seen = Vec::new();
         for (i, e) in events.into_iter().enumerate() {
             f.step(e, t0 + Duration::from_secs(i as u64), p);
-            seen.push(f.state);
+            seen.push(f.state());
         }
         (f, seen)
     }
@@ -659,7 +719,7 @@ mod tests {
         ] {
             let mut f = Fsm::new(t0);
             assert!(f.step(ev.clone(), t0, &p).is_empty(), "{ev:?} in stopped");
-            assert_eq!(f.state, State::Stopped);
+            assert_eq!(f.state(), State::Stopped);
         }
     }
 
@@ -671,7 +731,7 @@ mod tests {
         let mut f = Fsm::new(t0);
         let a = f.step(Event::Start { timeout: None }, t0, &p);
         assert!(a.contains(&Action::WaitAddress));
-        assert_eq!(f.state, State::WaitingAddress);
+        assert_eq!(f.state(), State::WaitingAddress);
         let a = f.step(
             Event::Timeout { stalled: None },
             t0 + Duration::from_secs(10),
@@ -681,9 +741,9 @@ mod tests {
             a.contains(&Action::KillAll),
             "failed start leaves nothing behind"
         );
-        assert_eq!(f.state, State::Stopping);
+        assert_eq!(f.state(), State::Stopping);
         f.step(Event::Empty, t0 + Duration::from_secs(10), &p);
-        assert_eq!(f.state, State::Failed);
+        assert_eq!(f.state(), State::Failed);
         assert!(
             f.last_failure
                 .as_deref()
@@ -732,23 +792,23 @@ mod tests {
         for round in 0..2 {
             let now = t0 + Duration::from_secs(round * 10 + 1);
             f.step(crash(), now, &p);
-            assert_eq!(f.state, State::Stopping);
+            assert_eq!(f.state(), State::Stopping);
             let a = f.step(Event::Empty, now, &p);
-            assert_eq!(f.state, State::Restarting);
+            assert_eq!(f.state(), State::Restarting);
             let d = a.iter().find_map(|x| match x {
                 Action::Deadline(Some(at)) => Some(*at - now),
                 _ => None,
             });
             delays.push(d.unwrap());
             f.step(Event::Timeout { stalled: None }, now, &p);
-            assert_eq!(f.state, State::Starting);
+            assert_eq!(f.state(), State::Starting);
             f.step(Event::Launched, now, &p);
             f.step(Event::Ready, now, &p);
         }
         assert_eq!(delays, vec![Duration::from_secs(1), Duration::from_secs(2)]);
         f.step(crash(), t0 + Duration::from_secs(30), &p);
         assert_eq!(
-            f.state,
+            f.state(),
             State::Failed,
             "third crash within the window exceeds max=2"
         );
@@ -761,7 +821,7 @@ mod tests {
         // reset clears the failed state
         f.step(Event::Reset, t0 + Duration::from_secs(31), &p);
         f.step(Event::Empty, t0 + Duration::from_secs(31), &p);
-        assert_eq!(f.state, State::Stopped);
+        assert_eq!(f.state(), State::Stopped);
         assert!(f.restarts.is_empty());
     }
 
@@ -803,7 +863,7 @@ mod tests {
         );
         assert!(a.contains(&Action::KillAll));
         f.step(Event::Empty, t0 + Duration::from_secs(6), &p);
-        assert_eq!(f.state, State::Stopped);
+        assert_eq!(f.state(), State::Stopped);
     }
 
     #[test]
@@ -878,6 +938,256 @@ mod tests {
         assert!(a.contains(&Action::KillAll));
         assert!(a.contains(&Action::CancelChecks));
         f.step(Event::Empty, t0, &p);
-        assert_eq!(f.state, State::Failed);
+        assert_eq!(f.state(), State::Failed);
+    }
+
+    fn every_event() -> Vec<Event> {
+        vec![
+            Event::Start { timeout: None },
+            Event::Stop { timeout: None },
+            Event::Kill,
+            Event::Reset,
+            Event::AddressReady,
+            Event::Launched,
+            Event::LaunchFailed("x".into()),
+            Event::ScriptExited {
+                ok: true,
+                status: "exited with status 0".into(),
+            },
+            Event::ScriptExited {
+                ok: false,
+                status: "exited with status 1".into(),
+            },
+            Event::Ready,
+            Event::ReadyFailed("x".into()),
+            Event::ProcessExited {
+                name: "p".into(),
+                status: "exited with status 1".into(),
+                clean: false,
+            },
+            Event::Empty,
+            Event::StopCommandExited { ok: true },
+            Event::StopCommandExited { ok: false },
+            Event::Timeout { stalled: None },
+            Event::Timeout {
+                stalled: Some("paths.data /x".into()),
+            },
+            Event::Audited,
+            Event::Violation("x".into()),
+            Event::Adopted(Observed {
+                was: State::Running,
+                alive: true,
+                dead_main: None,
+                restarts: 0,
+                last_failure: None,
+            }),
+        ]
+    }
+
+    /// Drives a fresh table into each state (with each kind of stop).
+    fn in_every_state(p: &Policy, t0: Instant) -> Vec<Fsm> {
+        let mut v = Vec::new();
+        let mut f = Fsm::new(t0);
+        v.push(f.clone()); // stopped
+        let mut gated = p.clone();
+        gated.gate_address = true;
+        let mut g = Fsm::new(t0);
+        g.step(Event::Start { timeout: None }, t0, &gated);
+        v.push(g); // waiting-address
+        f.step(Event::Start { timeout: None }, t0, p);
+        v.push(f.clone()); // starting
+        f.step(Event::Launched, t0, p);
+        f.step(Event::Ready, t0, p);
+        v.push(f.clone()); // running
+        let mut s = f.clone();
+        s.step(Event::Stop { timeout: None }, t0, p);
+        v.push(s.clone()); // stopping, not killed
+        s.step(Event::Timeout { stalled: None }, t0, p);
+        v.push(s); // stopping, killed
+        let mut r = f.clone();
+        let mut rp = p.clone();
+        rp.restart.policy = RestartPolicy::Always;
+        r.step(
+            Event::ProcessExited {
+                name: "p".into(),
+                status: "killed".into(),
+                clean: false,
+            },
+            t0,
+            &rp,
+        );
+        r.step(Event::Empty, t0, &rp);
+        v.push(r); // restarting
+        let mut x = f.clone();
+        x.step(
+            Event::ProcessExited {
+                name: "p".into(),
+                status: "killed".into(),
+                clean: false,
+            },
+            t0,
+            p,
+        );
+        v.push(x); // failed
+        v
+    }
+
+    #[test]
+    fn every_pair_is_handled() {
+        let t0 = Instant::now();
+        for kind in [ServiceKind::Simple, ServiceKind::Forking] {
+            let mut p = policy();
+            p.kind = kind;
+            let states = in_every_state(&p, t0);
+            let names: Vec<State> = states.iter().map(|f| f.state()).collect();
+            use State::*;
+            assert_eq!(
+                names,
+                vec![
+                    Stopped,
+                    WaitingAddress,
+                    Starting,
+                    Running,
+                    Stopping,
+                    Stopping,
+                    Restarting,
+                    Failed
+                ]
+            );
+            for f in &states {
+                for ev in every_event() {
+                    let mut g = f.clone();
+                    let from = g.state();
+                    let actions = g.step(ev.clone(), t0 + Duration::from_secs(1), &p);
+                    // A transition is announced exactly when the state
+                    // changes; the table never leaves it silently.
+                    let announced = actions
+                        .iter()
+                        .filter(|a| matches!(a, Action::Transition { .. }))
+                        .count();
+                    if g.state() != from {
+                        assert!(announced >= 1, "{from:?} x {ev:?}: {actions:?}");
+                    }
+                    // Killing is always followed by a deadline: a kill that
+                    // does not empty the instance is reported, not waited on
+                    // for ever.
+                    if actions.contains(&Action::KillAll) {
+                        assert!(
+                            actions
+                                .iter()
+                                .any(|a| matches!(a, Action::Deadline(Some(_)))),
+                            "{from:?} x {ev:?}: {actions:?}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn meaningless_pairs_change_nothing() {
+        let t0 = Instant::now();
+        let p = policy();
+        let states = in_every_state(&p, t0);
+        let running = &states[3];
+        for ev in [
+            Event::Start { timeout: None },
+            Event::Reset,
+            Event::AddressReady,
+            Event::Launched,
+            Event::Ready,
+            Event::StopCommandExited { ok: true },
+            Event::Timeout { stalled: None },
+        ] {
+            let mut g = running.clone();
+            assert!(g.step(ev.clone(), t0, &p).is_empty(), "running x {ev:?}");
+            assert_eq!(g.state(), State::Running);
+        }
+        let stopping = &states[4];
+        for ev in [
+            Event::Ready,
+            Event::Launched,
+            Event::ProcessExited {
+                name: "p".into(),
+                status: "x".into(),
+                clean: false,
+            },
+            Event::Audited,
+        ] {
+            let mut g = stopping.clone();
+            assert!(g.step(ev.clone(), t0, &p).is_empty(), "stopping x {ev:?}");
+        }
+    }
+
+    #[test]
+    fn sigkill_that_does_not_empty_is_reported_not_a_fake_transition() {
+        let t0 = Instant::now();
+        let p = policy();
+        let states = in_every_state(&p, t0);
+        let mut f = states[5].clone(); // stopping, killed
+        let a = f.step(Event::Timeout { stalled: None }, t0, &p);
+        assert!(a.contains(&Action::Answer(Answer::StopStuck)), "{a:?}");
+        assert!(!a.iter().any(|x| matches!(x, Action::Transition { .. })));
+        assert_eq!(f.state(), State::Stopping);
+    }
+
+    #[test]
+    fn adoption_is_decided_by_the_table() {
+        let t0 = Instant::now();
+        let p = policy();
+        let o = |was, alive, dead: bool| Observed {
+            was,
+            alive,
+            dead_main: dead.then(|| {
+                (
+                    "s".to_string(),
+                    "exited while the supervisor was down".to_string(),
+                )
+            }),
+            restarts: 2,
+            last_failure: None,
+        };
+        let mut f = Fsm::new(t0);
+        let a = f.step(Event::Adopted(o(State::Running, true, false)), t0, &p);
+        assert_eq!(f.state(), State::Running);
+        assert_eq!(f.restart_count, 2);
+        assert!(a.contains(&Action::StartHealth));
+        assert!(a.iter().any(|x| matches!(
+            x,
+            Action::Hook {
+                event: "adopted",
+                ..
+            }
+        )));
+        let mut f = Fsm::new(t0);
+        f.step(Event::Adopted(o(State::Running, false, true)), t0, &p);
+        assert_eq!(f.state(), State::Failed, "died while down, policy no");
+        assert!(
+            f.last_failure
+                .as_deref()
+                .unwrap()
+                .contains("exited while the supervisor was down")
+        );
+        let mut f = Fsm::new(t0);
+        f.step(Event::Adopted(o(State::Stopping, false, false)), t0, &p);
+        assert_eq!(f.state(), State::Stopped);
+        let mut f = Fsm::new(t0);
+        let a = f.step(Event::Adopted(o(State::Stopping, true, false)), t0, &p);
+        assert_eq!(f.state(), State::Stopping, "the stop is finished: {a:?}");
+        let mut f = Fsm::new(t0);
+        f.step(Event::Adopted(o(State::Failed, true, false)), t0, &p);
+        assert_eq!(f.state(), State::Failed);
+    }
+
+    #[test]
+    fn start_of_a_failed_instance_stops_what_is_left_first() {
+        let t0 = Instant::now();
+        let p = policy();
+        let mut f = in_every_state(&p, t0)[7].clone();
+        let a = f.step(Event::Start { timeout: None }, t0, &p);
+        assert_eq!(f.state(), State::Stopping);
+        assert!(a.contains(&Action::Signal(libc::SIGTERM)));
+        f.step(Event::Empty, t0, &p);
+        assert_eq!(f.state(), State::Starting, "then it starts");
     }
 }

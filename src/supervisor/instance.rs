@@ -245,7 +245,7 @@ impl Inst {
     }
 
     pub fn state(&self) -> State {
-        self.fsm.state
+        self.fsm.state()
     }
 
     pub fn policy(&self) -> Policy {
@@ -259,6 +259,8 @@ impl Inst {
             has_stop_command: s.stop.command.is_some(),
             has_ready_check: s.ready.check.is_some(),
             gate_address: s.address_mode != crate::model::AddressMode::None,
+            owns_address: matches!(s.address_mode, crate::model::AddressMode::Own { .. }),
+            audit: s.address.is_some() && s.port.is_some(),
             address: s.address.map(|a| a.to_string()),
         }
     }

@@ -9,6 +9,7 @@
 
 pub mod fsm;
 pub mod instance;
+mod table;
 
 mod batch;
 mod children;

@@ -12,12 +12,12 @@
 //! starts a second copy and never kills a live one.
 
 use std::os::fd::{AsFd, AsRawFd};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::epoll::EpollFlags;
 use serde::{Deserialize, Serialize};
 
-use super::fsm::{Event, Fsm, State};
+use super::fsm::{Event, Observed, State};
 use super::instance::{Proc, ProcRole};
 use super::{Daemon, tok};
 use crate::isolation::lock::Lock;
@@ -55,7 +55,7 @@ pub struct SavedProc {
     pub member: bool,
 }
 
-pub const DIED_WHILE_DOWN: &str = "exited while the supervisor was down";
+pub use super::table::DIED_WHILE_DOWN;
 
 impl Daemon {
     fn state_path(&self, id: &str) -> std::path::PathBuf {
@@ -219,7 +219,10 @@ impl Daemon {
         self.adopt(saved)
     }
 
-    /// Adopts one instance; true if something of it still runs.
+    /// Adopts one instance; true if something of it still runs. This
+    /// gathers the facts (which recorded processes still live, the cgroup,
+    /// the lock) and hands them to the table as `Adopted`; the table
+    /// decides the state.
     fn adopt(&mut self, saved: Saved) -> bool {
         let Some(idx) = self.idx_of(&saved.id) else {
             let live: Vec<String> = saved
@@ -237,28 +240,13 @@ impl Daemon {
             }
             return false;
         };
-        let now = Instant::now();
         let was = State::parse(&saved.state).unwrap_or(State::Stopped);
-        let since = UNIX_EPOCH + Duration::from_secs(saved.since);
-        {
-            let inst = &mut self.insts[idx];
-            inst.fsm.last_failure = saved.last_failure.clone();
-            inst.fsm.restart_count = saved.restarts;
-            inst.since_wall = since;
-            inst.owned_address = saved.owned_address;
+        self.insts[idx].since_wall = UNIX_EPOCH + Duration::from_secs(saved.since);
+        self.insts[idx].owned_address = saved.owned_address;
+        if was == State::Stopped {
+            return false;
         }
-        match was {
-            State::Stopped => return false,
-            State::Failed => {
-                // Failed stays failed (monitor 1) until stopped or reset,
-                // across supervisor restarts too. (Any remnants are found
-                // through the cgroup below.)
-                self.insts[idx].fsm = Fsm::adopted(now, State::Failed);
-                self.insts[idx].fsm.last_failure = saved.last_failure.clone();
-            }
-            _ => {}
-        }
-        // The cgroup, if the instance had one and it still has members.
+        // The cgroup, if the instance had one.
         if let Ok(root) = &self.cgroot {
             let cg = root.instance(&saved.id);
             if cg.exists() {
@@ -270,165 +258,146 @@ impl Daemon {
             .cgroup
             .as_ref()
             .is_some_and(|c| c.populated());
-        let mut procs = Vec::new();
-        let mut any_alive = cg_live;
-        for sp in saved.procs {
-            // A zombie (dead, not yet reaped by its new parent) is dead:
-            // its pidfd is already readable.
-            let fd = Pidfd::open_verified(sp.pid, sp.start_time)
-                .ok()
-                .flatten()
-                .filter(|f| !f.exited());
-            let alive = sp.exit.is_none() && fd.is_some();
-            any_alive |= alive;
-            procs.push(Proc {
-                name: sp.name,
-                pid: sp.pid,
-                start_time: sp.start_time,
-                role: if sp.member {
-                    ProcRole::Member
-                } else if sp.script {
-                    ProcRole::StartScript
-                } else {
-                    ProcRole::Main
-                },
-                child: false,
-                pidfd: if alive { fd } else { None },
-                exit: if alive {
-                    None
-                } else {
-                    Some(sp.exit.unwrap_or_else(|| DIED_WHILE_DOWN.into()))
-                },
-            });
-        }
-        // Without cgroups: the members recorded last time, if still them.
-        let extra: Vec<(i32, u64)> = saved
-            .members
-            .into_iter()
-            .filter(|(p, t)| {
-                procfs::start_time(*p) == Some(*t) && !procs.iter().any(|x| x.pid == *p)
-            })
-            .collect();
-        any_alive |= !extra.is_empty();
-        for (pid, t) in extra {
-            procs.push(Proc {
-                name: format!("member-{pid}"),
-                pid,
-                start_time: t,
-                role: ProcRole::Member,
-                child: false,
-                pidfd: Pidfd::open_verified(pid, t).ok().flatten(),
-                exit: None,
-            });
-        }
-        let id = saved.id.clone();
-        if !any_alive {
-            self.insts[idx].procs = procs;
+        let mut procs = adopted_procs(&saved);
+        let alive = cg_live || procs.iter().any(|p| p.alive());
+        if !alive {
             if let Some(cg) = self.insts[idx].cgroup.take() {
                 cg.remove();
             }
             self.unwatch_cgroup(idx);
-            self.dirty.insert(idx);
-            match was {
-                State::Failed => {}
-                // The stop it was doing has finished by itself.
-                State::Stopping => self.insts[idx].fsm = Fsm::adopted(now, State::Stopped),
-                // It should be running and nothing is: a failure, which the
-                // restart policy handles as any other (restart or failed).
-                _ => {
-                    tracing::warn!(instance = %id, "was {} but nothing of it runs: {DIED_WHILE_DOWN}", was.as_str());
-                    self.insts[idx].fsm = Fsm::adopted(now, State::Running);
-                    self.insts[idx].fsm.last_failure = saved.last_failure;
-                    self.insts[idx].fsm.restart_count = saved.restarts;
+        } else {
+            // Watch the adopted processes through their pidfds.
+            for p in &procs {
+                if let Some(fd) = &p.pidfd {
+                    let raw = fd.as_raw_fd();
+                    self.register(fd.as_fd(), tok::PIDFD | raw as u64, EpollFlags::EPOLLIN);
+                    self.pidfds.insert(raw, (idx, p.pid));
+                }
+            }
+            if was != State::Failed {
+                self.take_lock_back(idx, &procs);
+            }
+        }
+        let dead_main = (self.insts[idx].spec.kind == ServiceKind::Simple)
+            .then(|| {
+                procs
+                    .iter()
+                    .find(|p| p.role == ProcRole::Main && !p.alive())
+                    .map(|p| (p.name.clone(), p.exit.clone().unwrap_or_default()))
+            })
+            .flatten()
+            .or_else(|| {
+                (!alive).then(|| {
                     let name = self.insts[idx]
                         .spec
                         .processes
                         .first()
                         .map(|p| p.name.clone())
-                        .unwrap_or_else(|| id.clone());
-                    self.post(
-                        idx,
-                        Event::ProcessExited {
-                            name,
-                            status: DIED_WHILE_DOWN.into(),
-                            clean: false,
-                        },
-                    );
-                }
-            }
-            return false;
-        }
-        if was == State::Failed {
-            // Remnants of a failed instance: keep it failed, track them.
-            self.insts[idx].procs = procs;
-            return true;
-        }
-        // Watch the adopted processes through their pidfds.
-        for p in &procs {
-            if let Some(fd) = &p.pidfd {
-                let raw = fd.as_raw_fd();
-                self.register(fd.as_fd(), tok::PIDFD | raw as u64, EpollFlags::EPOLLIN);
-                self.pidfds.insert(raw, (idx, p.pid));
-            }
-        }
-        // Hold the lock again: the same open file description as the
-        // instance's processes (their fd 3), or a fresh lock if none holds it.
-        let spec = self.insts[idx].spec.clone();
-        if let Some(lp) = &spec.lock {
-            let from_proc = procs
-                .iter()
-                .filter_map(|p| p.pidfd.as_ref())
-                .find_map(|fd| Lock::adopt(lp, fd));
-            let lock = from_proc.or_else(|| {
-                let me = crate::isolation::lock::Holder {
-                    node: self.node.clone(),
-                    pid: std::process::id(),
-                    since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                    runtime_dir: self.opts.runtime_dir.display().to_string(),
-                    instance: id.clone(),
-                };
-                Lock::acquire(lp, &me).ok()
+                        .unwrap_or_else(|| saved.id.clone());
+                    (name, DIED_WHILE_DOWN.to_string())
+                })
             });
-            if lock.is_none() {
-                tracing::warn!(instance = %id, "could not take its lock back ({}): another holder?", lp.display());
-            }
-            self.insts[idx].lock = lock;
-        }
-        let dead_main: Vec<(String, String)> = procs
-            .iter()
-            .filter(|p| p.role == ProcRole::Main && !p.alive())
-            .map(|p| (p.name.clone(), p.exit.clone().unwrap_or_default()))
-            .collect();
         let pids: Vec<String> = procs
             .iter()
             .filter(|p| p.alive())
             .map(|p| p.pid.to_string())
             .collect();
-        let inst = &mut self.insts[idx];
-        inst.procs = procs;
-        inst.adopted = true;
-        inst.fsm = Fsm::adopted(now, State::Running);
-        inst.fsm.last_failure = saved.last_failure;
-        inst.fsm.restart_count = saved.restarts;
-        tracing::info!(instance = %id, was = was.as_str(), pids = %pids.join(" "), tracking = %self.tracking_desc(idx), "adopted");
-        self.schedule_health(idx, now);
-        self.dirty.insert(idx);
-        if spec.kind == ServiceKind::Simple
-            && let Some((name, status)) = dead_main.into_iter().next()
-        {
-            self.post(
-                idx,
-                Event::ProcessExited {
-                    name,
-                    status,
-                    clean: false,
-                },
-            );
-        } else if was == State::Stopping {
-            // The previous supervisor was stopping it: finish the job.
-            self.post(idx, Event::Stop { timeout: None });
+        if alive {
+            tracing::info!(instance = %saved.id, was = was.as_str(), pids = %pids.join(" "), tracking = %self.tracking_desc(idx), "found running");
         }
-        self.check_empty(idx);
-        true
+        let inst = &mut self.insts[idx];
+        std::mem::swap(&mut inst.procs, &mut procs);
+        inst.adopted = alive;
+        self.dirty.insert(idx);
+        self.post(
+            idx,
+            Event::Adopted(Observed {
+                was,
+                alive,
+                dead_main,
+                restarts: saved.restarts,
+                last_failure: saved.last_failure,
+            }),
+        );
+        if alive {
+            self.check_empty(idx);
+        }
+        alive
     }
+
+    /// Holds the lock again: the same open file description as the
+    /// instance's processes (their fd 3), or a fresh lock if none holds it.
+    fn take_lock_back(&mut self, idx: usize, procs: &[Proc]) {
+        let spec = self.insts[idx].spec.clone();
+        let Some(lp) = &spec.lock else {
+            return;
+        };
+        let from_proc = procs
+            .iter()
+            .filter_map(|p| p.pidfd.as_ref())
+            .find_map(|fd| Lock::adopt(lp, fd));
+        let lock = from_proc.or_else(|| {
+            let me = crate::isolation::lock::Holder {
+                node: self.node.clone(),
+                pid: std::process::id(),
+                since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                runtime_dir: self.opts.runtime_dir.display().to_string(),
+                instance: spec.id.clone(),
+            };
+            Lock::acquire(lp, &me).ok()
+        });
+        if lock.is_none() {
+            tracing::warn!(instance = %spec.id, "could not take its lock back ({}): another holder?", lp.display());
+        }
+        self.insts[idx].lock = lock;
+    }
+}
+
+/// The recorded processes, each verified (pid + start time, through a
+/// pidfd) or marked dead; without cgroups also the recorded members.
+fn adopted_procs(saved: &Saved) -> Vec<Proc> {
+    let mut procs = Vec::new();
+    for sp in &saved.procs {
+        // A zombie (dead, not yet reaped by its new parent) is dead: its
+        // pidfd is already readable.
+        let fd = Pidfd::open_verified(sp.pid, sp.start_time)
+            .ok()
+            .flatten()
+            .filter(|f| !f.exited());
+        let alive = sp.exit.is_none() && fd.is_some();
+        procs.push(Proc {
+            name: sp.name.clone(),
+            pid: sp.pid,
+            start_time: sp.start_time,
+            role: if sp.member {
+                ProcRole::Member
+            } else if sp.script {
+                ProcRole::StartScript
+            } else {
+                ProcRole::Main
+            },
+            child: false,
+            pidfd: if alive { fd } else { None },
+            exit: if alive {
+                None
+            } else {
+                Some(sp.exit.clone().unwrap_or_else(|| DIED_WHILE_DOWN.into()))
+            },
+        });
+    }
+    for (pid, t) in &saved.members {
+        if procfs::start_time(*pid) != Some(*t) || procs.iter().any(|x| x.pid == *pid) {
+            continue;
+        }
+        procs.push(Proc {
+            name: format!("member-{pid}"),
+            pid: *pid,
+            start_time: *t,
+            role: ProcRole::Member,
+            child: false,
+            pidfd: Pidfd::open_verified(*pid, *t).ok().flatten(),
+            exit: None,
+        });
+    }
+    procs
 }
