@@ -5,9 +5,7 @@
 
 mod common;
 use common::*;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -207,82 +205,6 @@ service = "nocheck"
         assert!(alive(m[0]), "start said running: {out}");
         h.run(&["kill", "n1"]).ok();
         h.wait_for("n1 empty", || !alive(m[0]));
-    }
-}
-
-/// A shared disk that hangs on demand (tests/tools/hangfs.py, FUSE):
-/// unmounted, released and its process ended on drop, pass or fail.
-struct HangFs {
-    child: Child,
-    mnt: PathBuf,
-    ctl: PathBuf,
-}
-
-impl HangFs {
-    fn mount(backing: &Path, mnt: &Path) -> HangFs {
-        require_tools(&[("fusermount3", "fuse3")]);
-        assert!(
-            Path::new("/usr/lib/python3/dist-packages/fusepy.py").exists(),
-            "python3-fusepy is not installed: apt-get install python3-fusepy (tests/setup-host.sh installs every tool the tests need)"
-        );
-        std::fs::create_dir_all(backing).unwrap();
-        std::fs::create_dir_all(mnt).unwrap();
-        let ctl = backing.with_extension("ctl");
-        let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/hangfs.py");
-        let mut child = Command::new(tool)
-            .arg(backing)
-            .arg(mnt)
-            .arg(&ctl)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("hangfs.py runs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert_eq!(line.trim(), "ready", "hangfs mounted");
-        HangFs {
-            child,
-            mnt: mnt.to_path_buf(),
-            ctl,
-        }
-    }
-
-    fn say(&self, what: &str) -> String {
-        let mut s = UnixStream::connect(&self.ctl).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        s.write_all(format!("{what}\n").as_bytes()).unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        assert!(out.starts_with("ok"), "hangfs {what}: {out}");
-        out.trim().to_string()
-    }
-
-    fn hang(&self) {
-        self.say("hang");
-    }
-
-    fn go(&self) {
-        self.say("go");
-    }
-
-    /// Operations blocked in the file system right now.
-    fn blocked(&self) -> usize {
-        self.say("count")
-            .trim_start_matches("ok")
-            .trim()
-            .parse()
-            .unwrap()
-    }
-}
-
-impl Drop for HangFs {
-    fn drop(&mut self) {
-        let _ = UnixStream::connect(&self.ctl).and_then(|mut s| s.write_all(b"go\n"));
-        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

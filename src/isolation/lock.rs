@@ -138,11 +138,11 @@ impl Lock {
         Ok(lock)
     }
 
-    /// Re-takes the lock an adopted instance's process still holds, by
-    /// duplicating its fd 3 (pidfd_getfd(2), Linux 5.6): the same open file
-    /// description, hence the same lock. `None` if that process no longer
-    /// has it open.
-    pub fn adopt(path: &Path, pidfd: &crate::process::pidfd::Pidfd) -> Option<Lock> {
+    /// The open file description an adopted instance's process holds as
+    /// fd 3, duplicated (pidfd_getfd(2), Linux 5.6): the same open file
+    /// description, hence the same lock, if it is our lock file (see
+    /// [`Lock::from_dup`]). Touches no file system.
+    pub fn dup_from(pidfd: &crate::process::pidfd::Pidfd) -> Option<File> {
         // SAFETY: plain syscall; returns a new fd we own (close-on-exec).
         let fd =
             unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), INHERITED_FD, 0) };
@@ -150,9 +150,13 @@ impl Lock {
             return None;
         }
         // SAFETY: fd is new and ours.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        let file = File::from(owned);
-        // Is it our lock file? Compare device and inode with the path.
+        Some(File::from(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+    }
+
+    /// The lock again from a duplicate of a process's fd 3, if that is the
+    /// lock file at `path` (same device and inode). Asks the file system
+    /// (a stat of `path`): call it off the event loop.
+    pub fn from_dup(path: &Path, file: File) -> Option<Lock> {
         use std::os::unix::fs::MetadataExt;
         let (a, b) = (file.metadata().ok()?, std::fs::metadata(path).ok()?);
         if a.dev() != b.dev() || a.ino() != b.ino() {

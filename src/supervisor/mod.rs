@@ -10,6 +10,7 @@
 pub mod fsm;
 pub mod instance;
 mod table;
+mod transitions;
 
 mod batch;
 mod children;
@@ -142,6 +143,11 @@ pub(crate) enum Outcome {
     Tails { idx: usize, text: String },
     /// The log file system's free space (a warning when full).
     LogSpace { idx: usize, warning: Option<String> },
+    /// The lock of an adopted instance, taken back.
+    LockBack {
+        idx: usize,
+        lock: Option<Box<crate::isolation::lock::Lock>>,
+    },
     /// Something was dropped (closed) there.
     Released,
 }
@@ -647,6 +653,7 @@ impl Daemon {
                 } => self.on_file_checked(idx, slot, epoch, ok, message),
                 Outcome::Tails { idx, text } => self.on_tails(idx, job, text),
                 Outcome::LogSpace { idx, warning } => self.on_log_space(idx, job, warning),
+                Outcome::LockBack { idx, lock } => self.on_lock_back(idx, lock),
                 Outcome::Released => {}
             }
         }

@@ -327,29 +327,53 @@ impl Daemon {
 
     /// Holds the lock again: the same open file description as the
     /// instance's processes (their fd 3), or a fresh lock if none holds it.
+    /// The descriptors are duplicated here; comparing them with the lock
+    /// file, or taking it anew, asks the instance's storage, which may not
+    /// answer: that is done on the worker.
     fn take_lock_back(&mut self, idx: usize, procs: &[Proc]) {
         let spec = self.insts[idx].spec.clone();
-        let Some(lp) = &spec.lock else {
+        let Some(lp) = spec.lock.clone() else {
             return;
         };
-        let from_proc = procs
+        let dups: Vec<std::fs::File> = procs
             .iter()
             .filter_map(|p| p.pidfd.as_ref())
-            .find_map(|fd| Lock::adopt(lp, fd));
-        let lock = from_proc.or_else(|| {
-            let me = crate::isolation::lock::Holder {
-                node: self.node.clone(),
-                pid: std::process::id(),
-                since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                runtime_dir: self.opts.runtime_dir.display().to_string(),
-                instance: spec.id.clone(),
-            };
-            Lock::acquire(lp, &me).ok()
+            .filter_map(Lock::dup_from)
+            .collect();
+        let me = crate::isolation::lock::Holder {
+            node: self.node.clone(),
+            pid: std::process::id(),
+            since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            runtime_dir: self.opts.runtime_dir.display().to_string(),
+            instance: spec.id.clone(),
+        };
+        self.worker.submit(move |p| {
+            p.set(format!("the lock {}", lp.display()));
+            let lock = dups
+                .into_iter()
+                .find_map(|f| Lock::from_dup(&lp, f))
+                .or_else(|| Lock::acquire(&lp, &me).ok());
+            if lock.is_none() {
+                tracing::warn!(instance = %me.instance, "could not take its lock back ({}): another holder?", lp.display());
+            }
+            super::Outcome::LockBack {
+                idx,
+                lock: lock.map(Box::new),
+            }
         });
-        if lock.is_none() {
-            tracing::warn!(instance = %spec.id, "could not take its lock back ({}): another holder?", lp.display());
+    }
+
+    /// The lock of an adopted instance came back from the worker.
+    pub(super) fn on_lock_back(&mut self, idx: usize, lock: Option<Box<Lock>>) {
+        let Some(lock) = lock else {
+            return;
+        };
+        let inst = &mut self.insts[idx];
+        if inst.lock.is_none() && inst.state().may_have_processes() {
+            inst.lock = Some(*lock);
+        } else {
+            self.release_later(lock);
         }
-        self.insts[idx].lock = lock;
     }
 }
 

@@ -4,8 +4,9 @@
 //! files), pass or fail.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -478,5 +479,81 @@ impl Drop for Netns {
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &self.0])
             .output();
+    }
+}
+
+/// A shared disk that hangs on demand (tests/tools/hangfs.py, FUSE):
+/// unmounted, released and its process ended on drop, pass or fail.
+pub struct HangFs {
+    child: std::process::Child,
+    mnt: PathBuf,
+    ctl: PathBuf,
+}
+
+impl HangFs {
+    pub fn mount(backing: &Path, mnt: &Path) -> HangFs {
+        require_tools(&[("fusermount3", "fuse3")]);
+        assert!(
+            Path::new("/usr/lib/python3/dist-packages/fusepy.py").exists(),
+            "python3-fusepy is not installed: apt-get install python3-fusepy (tests/setup-host.sh installs every tool the tests need)"
+        );
+        std::fs::create_dir_all(backing).unwrap();
+        std::fs::create_dir_all(mnt).unwrap();
+        let ctl = backing.with_extension("ctl");
+        let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/hangfs.py");
+        let mut child = Command::new(tool)
+            .arg(backing)
+            .arg(mnt)
+            .arg(&ctl)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("hangfs.py runs");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "hangfs mounted");
+        HangFs {
+            child,
+            mnt: mnt.to_path_buf(),
+            ctl,
+        }
+    }
+
+    pub fn say(&self, what: &str) -> String {
+        let mut s = UnixStream::connect(&self.ctl).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("{what}\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("ok"), "hangfs {what}: {out}");
+        out.trim().to_string()
+    }
+
+    pub fn hang(&self) {
+        self.say("hang");
+    }
+
+    pub fn go(&self) {
+        self.say("go");
+    }
+
+    /// Operations blocked in the file system right now.
+    pub fn blocked(&self) -> usize {
+        self.say("count")
+            .trim_start_matches("ok")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for HangFs {
+    fn drop(&mut self) {
+        let _ = UnixStream::connect(&self.ctl).and_then(|mut s| s.write_all(b"go\n"));
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
