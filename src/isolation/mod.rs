@@ -7,3 +7,4 @@ pub mod audit;
 pub mod bpf;
 pub mod cgroup;
 pub mod lock;
+pub mod sockets;
