@@ -1,0 +1,274 @@
+//! Loading our programs, attaching them to a cgroup (replacing ours in
+//! place), finding them again by name and tag, detaching them.
+
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use super::progs::Refusal;
+use super::{BpfError, Hook, asm, progs, sys, unavailable};
+
+impl BpfError {
+    /// The verifier does not know `bpf_set_retval` (kernels before 5.18).
+    pub(super) fn lacks_set_retval(&self) -> bool {
+        matches!(self, BpfError::Load { log, .. }
+            if log.contains(&format!("#{}", progs::HELPER_SET_RETVAL)))
+    }
+}
+
+/// One of our programs, loaded (and, in [`Attached`], attached).
+#[derive(Debug)]
+pub struct Program {
+    pub hook: Hook,
+    /// The kernel's id (bpftool prog show id N).
+    pub id: u32,
+    /// The kernel's hash of the instructions: the same for the same program.
+    pub tag: [u8; 8],
+    fd: OwnedFd,
+}
+
+pub(super) fn load_one(hook: Hook, insns: &[asm::Insn]) -> Result<Program, BpfError> {
+    let fd = match sys::prog_load(insns, hook.attach_type(), hook.prog_name()) {
+        Ok(fd) => fd,
+        // No verifier log: the kernel refused before looking at the code.
+        Err((e, log)) if log.is_empty() => return Err(unavailable(e)),
+        Err((source, log)) => return Err(BpfError::Load { hook, log, source }),
+    };
+    let info = sys::prog_info(fd.as_fd()).map_err(|source| BpfError::ProgInfo { id: 0, source })?;
+    Ok(Program {
+        hook,
+        id: info.id,
+        tag: info.tag,
+        fd,
+    })
+}
+
+pub(super) fn load_all(plan: &[(Hook, Vec<asm::Insn>)]) -> Result<Vec<Program>, BpfError> {
+    plan.iter().map(|(h, insns)| load_one(*h, insns)).collect()
+}
+
+/// One of our programs found attached to a cgroup.
+struct Found {
+    info: sys::ProgInfo,
+    fd: OwnedFd,
+}
+
+/// Our programs attached to the cgroup itself at `hook`, found by name.
+fn ours(cgroup: BorrowedFd, hook: Hook) -> Result<Vec<Found>, BpfError> {
+    Ok(attached_at(cgroup, hook)?
+        .into_iter()
+        .filter(|f| f.info.name == hook.prog_name())
+        .collect())
+}
+
+fn attached_at(cgroup: BorrowedFd, hook: Hook) -> Result<Vec<Found>, BpfError> {
+    let ids = sys::prog_query(cgroup, hook.attach_type())
+        .map_err(|source| BpfError::Query { hook, source })?;
+    let mut out = Vec::new();
+    for id in ids {
+        let fd = match sys::prog_fd_by_id(id) {
+            Ok(fd) => fd,
+            // Detached and freed since the query.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(source) => return Err(BpfError::ProgInfo { id, source }),
+        };
+        let info =
+            sys::prog_info(fd.as_fd()).map_err(|source| BpfError::ProgInfo { id, source })?;
+        out.push(Found { info, fd });
+    }
+    Ok(out)
+}
+
+fn attach_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::EBADF) => " (not a cgroup v2 directory)",
+        Some(libc::EPERM) => {
+            " (an ancestor cgroup holds a program attached without BPF_F_ALLOW_MULTI, or CAP_NET_ADMIN is missing)"
+        }
+        Some(libc::EINVAL) => " (this kernel lacks BPF_F_ALLOW_MULTI or BPF_F_REPLACE, Linux 5.6+)",
+        _ => "",
+    }
+}
+
+/// Attaches `programs`, each replacing ours already at its hook. If one
+/// fails, the ones this call added are detached again.
+pub(super) fn install(cgroup: BorrowedFd, programs: &[Program]) -> Result<(), BpfError> {
+    let mut added: Vec<&Program> = Vec::new();
+    let result = (|| {
+        for p in programs {
+            let old = ours(cgroup, p.hook)?;
+            let at = p.hook.attach_type();
+            let replace = old.first().map(|f| f.fd.as_fd());
+            sys::prog_attach(cgroup, p.fd.as_fd(), at, replace).map_err(|source| {
+                BpfError::Attach {
+                    hook: p.hook,
+                    hint: attach_hint(&source),
+                    source,
+                }
+            })?;
+            if replace.is_none() {
+                added.push(p);
+            }
+            // Never two of ours at one hook (a crash between attach and
+            // detach of an older cohost could leave that).
+            for f in old.iter().skip(1) {
+                detach_one(cgroup, p.hook, f)?;
+            }
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        for p in added {
+            let _ = sys::prog_detach(cgroup, p.fd.as_fd(), p.hook.attach_type());
+        }
+    }
+    result
+}
+
+fn detach_one(cgroup: BorrowedFd, hook: Hook, f: &Found) -> Result<(), BpfError> {
+    match sys::prog_detach(cgroup, f.fd.as_fd(), hook.attach_type()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+        Err(source) => Err(BpfError::Detach {
+            hook,
+            id: f.info.id,
+            source,
+        }),
+    }
+}
+
+/// Detaches our programs at `hooks` from the cgroup (whoever attached
+/// them, this process or an earlier daemon); returns how many. Removing
+/// the cgroup detaches them too.
+pub fn detach(cgroup: BorrowedFd, hooks: &[Hook]) -> Result<usize, BpfError> {
+    let mut n = 0;
+    for &hook in hooks {
+        for f in ours(cgroup, hook)? {
+            detach_one(cgroup, hook, &f)?;
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
+/// Programs attached to the cgroup itself (ours and others').
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AttachedProgram {
+    pub hook: Hook,
+    pub id: u32,
+    pub name: String,
+    pub tag: [u8; 8],
+}
+
+impl AttachedProgram {
+    pub fn is_ours(&self) -> bool {
+        self.name == self.hook.prog_name()
+    }
+}
+
+/// Every sock_addr program attached to the cgroup itself, at every hook we
+/// use (BPF_PROG_QUERY; inherited programs of ancestors are not listed).
+pub fn query(cgroup: BorrowedFd) -> Result<Vec<AttachedProgram>, BpfError> {
+    let mut out = Vec::new();
+    for hook in Hook::ALL {
+        for f in attached_at(cgroup, hook)? {
+            out.push(AttachedProgram {
+                hook,
+                id: f.info.id,
+                name: f.info.name,
+                tag: f.info.tag,
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Programs this process attached. Dropping it closes the fds only: the
+/// programs stay attached to the cgroup (see the module comment).
+#[derive(Debug)]
+pub struct Attached {
+    pub(super) programs: Vec<Program>,
+    pub(super) refusal: Refusal,
+}
+
+impl Attached {
+    pub fn programs(&self) -> &[Program] {
+        &self.programs
+    }
+
+    pub fn hooks(&self) -> Vec<Hook> {
+        self.programs.iter().map(|p| p.hook).collect()
+    }
+
+    /// What a refused bind fails with on this kernel.
+    pub fn refusal(&self) -> Refusal {
+        self.refusal
+    }
+
+    /// Detaches exactly these programs.
+    pub fn detach(self, cgroup: BorrowedFd) -> Result<(), BpfError> {
+        for p in &self.programs {
+            if let Err(source) = sys::prog_detach(cgroup, p.fd.as_fd(), p.hook.attach_type()) {
+                return Err(BpfError::Detach {
+                    hook: p.hook,
+                    id: p.id,
+                    source,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// How one hook of a cgroup compares with what should be there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HookState {
+    /// Our program, exactly the one for these addresses.
+    Current,
+    /// Our program, built for other addresses (the set of other instances
+    /// changed since): attach again to update it.
+    Stale,
+    Missing,
+}
+
+/// The answer of [`ForceBind::status`] / [`ForceSource::status`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    pub hooks: Vec<(Hook, HookState)>,
+}
+
+impl Status {
+    pub fn ok(&self) -> bool {
+        self.hooks.iter().all(|(_, s)| *s == HookState::Current)
+    }
+
+    /// One line per hook that is not as it should be.
+    pub fn problems(&self) -> Vec<String> {
+        self.hooks
+            .iter()
+            .filter_map(|(h, s)| match s {
+                HookState::Current => None,
+                HookState::Stale => Some(format!(
+                    "{h}: {} is attached for other addresses",
+                    h.prog_name()
+                )),
+                HookState::Missing => Some(format!("{h}: {} is not attached", h.prog_name())),
+            })
+            .collect()
+    }
+}
+
+pub(super) fn status_of(cgroup: BorrowedFd, expected: &[Program]) -> Result<Status, BpfError> {
+    let mut hooks = Vec::new();
+    for p in expected {
+        let found = ours(cgroup, p.hook)?;
+        let state = if found.iter().any(|f| f.info.tag == p.tag) {
+            HookState::Current
+        } else if found.is_empty() {
+            HookState::Missing
+        } else {
+            HookState::Stale
+        };
+        hooks.push((p.hook, state));
+    }
+    Ok(Status { hooks })
+}
