@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use cohost::isolation::bpf::{self, ForceBind, ForceSource, Hook, HookState, Refusal};
+use cohost::isolation::bpf::{self, AddressSet, ForceBind, ForceSource, Hook, HookState, Refusal};
 use cohost::isolation::sockets::{self, Proto};
 use common::Netns;
 
@@ -74,8 +74,8 @@ struct TestCgroup {
 }
 
 impl TestCgroup {
-    fn new(tag: &str) -> TestCgroup {
-        let path = PathBuf::from(UNIFIED).join(format!(
+    fn new(parent: &Path, tag: &str) -> TestCgroup {
+        let path = parent.join(format!(
             "cohost-test-bpf-{}-{}-{tag}",
             std::process::id(),
             next()
@@ -157,14 +157,21 @@ struct Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         self.procs.clear();
-        self.cgroups.clear();
+        while self.cgroups.pop().is_some() {} // children before parents
         self.netns.clear();
     }
 }
 
 impl Lab {
     fn cgroup(&mut self, tag: &str) -> usize {
-        self.cgroups.push(TestCgroup::new(tag));
+        self.cgroups.push(TestCgroup::new(Path::new(UNIFIED), tag));
+        self.cgroups.len() - 1
+    }
+
+    /// A cgroup inside cgroup `parent`, as a product could make itself.
+    fn subcgroup(&mut self, parent: usize, tag: &str) -> usize {
+        let p = self.cgroups[parent].path.clone();
+        self.cgroups.push(TestCgroup::new(&p, tag));
         self.cgroups.len() - 1
     }
 
@@ -279,6 +286,15 @@ fn sa(ip: IpAddr, port: u16) -> SocketAddr {
     SocketAddr::new(ip, port)
 }
 
+/// A supervisor's force_bind, its set holding `addrs`.
+fn force_bind(addrs: &[IpAddr]) -> ForceBind {
+    let set = AddressSet::create(64).unwrap_or_else(|e| panic!("{e}"));
+    for a in addrs {
+        set.insert(*a).unwrap();
+    }
+    ForceBind::load(set).unwrap_or_else(|e| panic!("{e}"))
+}
+
 #[test]
 fn tcp4_two_wildcard_binders_share_a_port_each_on_its_own_address() {
     require();
@@ -296,11 +312,14 @@ fn tcp4_two_wildcard_binders_share_a_port_each_on_its_own_address() {
     assert!(err.contains("Address already in use"), "{err}");
     lab.procs.clear();
 
-    let att = ForceBind::attach(lab.cgroups[ca].fd(), a, &[b]).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(att.hooks(), vec![Hook::Bind4, Hook::Bind6]);
-    assert_eq!(att.refusal(), Refusal::AddrNotAvail);
-    ForceBind::attach(lab.cgroups[cb].fd(), b, &[a]).unwrap_or_else(|e| panic!("{e}"));
-    drop(att); // the fds close, the programs stay with the cgroup
+    let fb = force_bind(&[a, b]);
+    assert_eq!(fb.refusal(), Refusal::AddrNotAvail);
+    fb.attach(lab.cgroups[ca].fd(), a)
+        .unwrap_or_else(|e| panic!("{e}"));
+    fb.attach(lab.cgroups[cb].fd(), b)
+        .unwrap_or_else(|e| panic!("{e}"));
+    // The fds close, the programs (and the maps they use) stay.
+    drop(fb);
     let (got_a, pid_a) = lab.listen(Some(ca), None, &["listen", "tcp", &any, "A"]);
     let (got_b, _) = lab.listen(Some(cb), None, &["listen", "tcp", &any, "B"]);
     assert_eq!((got_a, got_b), (sa(a, port), sa(b, port)));
@@ -335,8 +354,11 @@ fn udp4_two_wildcard_binders_share_a_port_each_on_its_own_address() {
     assert!(err.contains("Address already in use"), "{err}");
     lab.procs.clear();
 
-    ForceBind::attach(lab.cgroups[ca].fd(), a, &[b]).unwrap_or_else(|e| panic!("{e}"));
-    ForceBind::attach(lab.cgroups[cb].fd(), b, &[a]).unwrap_or_else(|e| panic!("{e}"));
+    let fb = force_bind(&[a, b]);
+    fb.attach(lab.cgroups[ca].fd(), a)
+        .unwrap_or_else(|e| panic!("{e}"));
+    fb.attach(lab.cgroups[cb].fd(), b)
+        .unwrap_or_else(|e| panic!("{e}"));
     let (got_a, pid_a) = lab.listen(Some(ca), None, &["listen", "udp", &any, "A"]);
     let (got_b, _) = lab.listen(Some(cb), None, &["listen", "udp", &any, "B"]);
     assert_eq!((got_a, got_b), (sa(a, port), sa(b, port)));
@@ -368,8 +390,11 @@ fn ipv6_two_wildcard_binders_share_a_port_in_a_namespace_of_our_own() {
         assert!(err.contains("Address already in use"), "{proto}: {err}");
         lab.procs.clear();
     }
-    ForceBind::attach(lab.cgroups[ca].fd(), a, &[b]).unwrap_or_else(|e| panic!("{e}"));
-    ForceBind::attach(lab.cgroups[cb].fd(), b, &[a]).unwrap_or_else(|e| panic!("{e}"));
+    let fb = force_bind(&[a, b]);
+    fb.attach(lab.cgroups[ca].fd(), a)
+        .unwrap_or_else(|e| panic!("{e}"));
+    fb.attach(lab.cgroups[cb].fd(), b)
+        .unwrap_or_else(|e| panic!("{e}"));
     for proto in ["tcp", "udp"] {
         let (got_a, _) = lab.listen(Some(ca), Some(ns), &["listen", proto, &any, "A"]);
         let (got_b, _) = lab.listen(Some(cb), Some(ns), &["listen", proto, &any, "B"]);
@@ -395,7 +420,9 @@ fn a_v4_instances_colon_colon_bind_becomes_its_v4_mapped_address() {
     let port = free_port(false);
     let mut lab = Lab::default();
     let ca = lab.cgroup("a");
-    ForceBind::attach(lab.cgroups[ca].fd(), a, &[b]).unwrap_or_else(|e| panic!("{e}"));
+    let fb = force_bind(&[a, b]);
+    fb.attach(lab.cgroups[ca].fd(), a)
+        .unwrap_or_else(|e| panic!("{e}"));
     let (got, _) = lab.listen(
         Some(ca),
         None,
@@ -419,8 +446,11 @@ fn a_bind_to_the_other_instances_address_is_refused_and_the_other_is_unaffected(
     let port = free_port(false);
     let mut lab = Lab::default();
     let (ca, cb) = (lab.cgroup("a"), lab.cgroup("b"));
-    ForceBind::attach(lab.cgroups[ca].fd(), a, &[b]).unwrap_or_else(|e| panic!("{e}"));
-    ForceBind::attach(lab.cgroups[cb].fd(), b, &[a]).unwrap_or_else(|e| panic!("{e}"));
+    let fb = force_bind(&[a, b]);
+    fb.attach(lab.cgroups[ca].fd(), a)
+        .unwrap_or_else(|e| panic!("{e}"));
+    fb.attach(lab.cgroups[cb].fd(), b)
+        .unwrap_or_else(|e| panic!("{e}"));
     lab.listen(
         Some(ca),
         None,
@@ -449,6 +479,38 @@ fn a_bind_to_the_other_instances_address_is_refused_and_the_other_is_unaffected(
         &["listen", "tcp", &sa(b, port).to_string(), "B"],
     );
     assert_eq!(got, sa(b, port));
+
+    // A takeover brings instance C's address to the node: one insert into
+    // the set, and B's next bind to it is refused (no re-attach). C's
+    // address here is a loopback one nobody uses.
+    let c = lo_addr(n, 4);
+    let c_at = sa(c, free_port(false)).to_string();
+    let IpAddr::V4(c4) = c else { unreachable!() };
+    let c_mapped = sa(IpAddr::V6(c4.to_ipv6_mapped()), free_port(false)).to_string();
+    let (got, _) = lab.listen(Some(cb), None, &["listen", "tcp", &c_at, "B"]);
+    assert_eq!(got.to_string(), c_at, "not in the set yet: allowed");
+    lab.procs.pop();
+    fb.set().insert(c).unwrap();
+    for at in [&c_at, &c_mapped] {
+        let err = lab.fails(Some(cb), None, &["listen", "tcp", at, "B"]);
+        assert!(err.contains("os error 99"), "{at}: {err}");
+    }
+    assert!(fb.set().remove(c).unwrap());
+    lab.listen(Some(cb), None, &["listen", "tcp", &c_at, "B"]);
+
+    // A cgroup the product makes inside its own inherits the programs but
+    // is not registered: no wildcard, no logical address of the node
+    // (bpf_get_current_cgroup_id names the innermost cgroup).
+    let sub = lab.subcgroup(cb, "sub");
+    let any = format!("0.0.0.0:{}", free_port(false));
+    let err = lab.fails(Some(sub), None, &["listen", "tcp", &any, "B"]);
+    assert!(err.contains("os error 99"), "{err}");
+    let err = lab.fails(
+        Some(sub),
+        None,
+        &["listen", "tcp", &sa(a, port).to_string(), "B"],
+    );
+    assert!(err.contains("os error 99"), "{err}");
 }
 
 /// A client namespace and a server namespace joined by a veth pair; the
@@ -513,11 +575,12 @@ fn force_source_makes_the_peer_see_the_logical_address() {
 fn the_query_tells_attached_stale_and_detached_apart() {
     require();
     let n = next();
-    let (a, b, c) = (lo_addr(n, 2), lo_addr(n, 3), lo_addr(n, 4));
+    let (a, b) = (lo_addr(n, 2), lo_addr(n, 3));
     let mut lab = Lab::default();
-    let cg = lab.cgroup("q");
-    let fd = lab.cgroups[cg].fd();
-    let st = ForceBind::status(fd, a, &[b]).unwrap();
+    let (cg, cg2) = (lab.cgroup("q"), lab.cgroup("q2"));
+    let (fd, fd2) = (lab.cgroups[cg].fd(), lab.cgroups[cg2].fd());
+    let fb = force_bind(&[a, b]);
+    let st = fb.status(fd, a).unwrap();
     assert!(!st.ok());
     assert_eq!(
         st.hooks,
@@ -526,38 +589,61 @@ fn the_query_tells_attached_stale_and_detached_apart() {
             (Hook::Bind6, HookState::Missing)
         ]
     );
+    let p = st.problems();
+    assert!(
+        p[0].contains("is not attached") && p[2].contains("not registered"),
+        "{p:?}"
+    );
     assert!(bpf::query(fd).unwrap().is_empty());
+    assert!(ForceBind::adopt(fd).unwrap().is_none());
 
-    ForceBind::attach(fd, a, &[b]).unwrap();
-    assert!(ForceBind::status(fd, a, &[b]).unwrap().ok());
+    fb.attach(fd, a).unwrap();
+    fb.attach(fd, a).unwrap(); // idempotent
+    fb.attach(fd2, b).unwrap();
+    assert!(fb.status(fd, a).unwrap().ok());
     let q = bpf::query(fd).unwrap();
     assert_eq!(q.len(), 2, "{q:?}");
     assert!(q.iter().all(|p| p.is_ours()), "{q:?}");
-    // Another instance appeared on the node: the programs are stale...
-    let st = ForceBind::status(fd, a, &[b, c]).unwrap();
     assert_eq!(
-        st.hooks,
-        vec![
-            (Hook::Bind4, HookState::Stale),
-            (Hook::Bind6, HookState::Stale)
-        ]
+        q.iter().map(|p| p.id).collect::<Vec<_>>(),
+        fb.program_ids(),
+        "one pair of programs for every instance"
     );
-    assert!(
-        st.problems()[0].contains("other addresses"),
-        "{:?}",
-        st.problems()
+    assert_eq!(bpf::query(fd2).unwrap(), q);
+    // Registered for another address: named.
+    let st = fb.status(fd, b).unwrap();
+    assert!(!st.ok());
+    assert_eq!(
+        st.problems(),
+        vec![format!("the cgroup is registered for {a}, not {b}")]
     );
-    // ...until attached again, which replaces them in place.
-    ForceBind::attach(fd, a, &[b, c]).unwrap();
-    assert!(ForceBind::status(fd, a, &[b, c]).unwrap().ok());
+    // Another supervisor's (or a lost daemon's) programs: stale.
+    let other = force_bind(&[a, b]);
+    let stale = vec![
+        (Hook::Bind4, HookState::Stale),
+        (Hook::Bind6, HookState::Stale),
+    ];
+    assert_eq!(other.status(fd, a).unwrap().hooks, stale);
+    // A restarted daemon adopts the maps and programs, contents and all.
+    let ids = (fb.set().ids(), fb.program_ids());
+    drop(fb);
+    let fb = ForceBind::adopt(fd2).unwrap().expect("ours are attached");
+    assert_eq!((fb.set().ids(), fb.program_ids()), ids);
+    assert!(fb.status(fd, a).unwrap().ok() && fb.status(fd2, b).unwrap().ok());
+    assert!(fb.set().contains(b).unwrap() && !fb.set().contains(lo_addr(n, 9)).unwrap());
+    // Attaching other programs replaces ours in place: never two at a hook.
+    other.attach(fd, a).unwrap();
+    assert!(other.status(fd, a).unwrap().ok());
     assert_eq!(bpf::query(fd).unwrap().len(), 2, "replaced, not added");
+
     assert!(!ForceSource::status(fd, a).unwrap().ok());
     ForceSource::attach(fd, a).unwrap();
     assert!(ForceSource::status(fd, a).unwrap().ok());
     assert_eq!(bpf::query(fd).unwrap().len(), 5);
-
-    assert_eq!(bpf::detach(fd, &ForceBind::HOOKS).unwrap(), 2);
-    assert!(!ForceBind::status(fd, a, &[b, c]).unwrap().ok());
+    other.detach(fd).unwrap();
+    let st = other.status(fd, a).unwrap();
+    assert_eq!(st.hooks[0].1, HookState::Missing);
+    assert_eq!(st.address, Some((a, None)), "unregistered");
     assert_eq!(bpf::query(fd).unwrap().len(), 3, "force_source stays");
     assert!(ForceSource::status(fd, a).unwrap().ok());
 }

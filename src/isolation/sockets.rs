@@ -3,7 +3,7 @@
 //!
 //! The kernel lists the sockets (NETLINK_SOCK_DIAG, sock_diag(7), one dump
 //! per family and protocol, as `ss -tuan` does); a socket belongs to a
-//! process when one of its /proc/PID/fd links reads "socket:[INODE]"
+//! process when one of its /proc/PID/fd links reads `socket:[INODE]`
 //! (proc(5)). Only the sockets of the caller's network namespace are
 //! listed: sock_diag answers for the namespace of the netlink socket.
 //! [`crate::isolation::audit`] uses the same two halves.

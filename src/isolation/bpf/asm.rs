@@ -30,6 +30,7 @@ impl Insn {
 }
 
 // Instruction classes (the low three bits of the opcode).
+const LD: u8 = 0x00;
 const LDX: u8 = 0x01;
 const ST: u8 = 0x02;
 const STX: u8 = 0x03;
@@ -41,7 +42,8 @@ const ALU64: u8 = 0x07;
 const W: u8 = 0x00;
 const H: u8 = 0x08;
 const DW: u8 = 0x18;
-// Memory mode (ctx/stack access with an offset).
+// Modes: 64-bit immediate (two slots), memory (ctx/stack with an offset).
+const IMM: u8 = 0x00;
 const MEM: u8 = 0x60;
 // Operand source: immediate (K) or register (X).
 const K: u8 = 0x00;
@@ -66,7 +68,13 @@ pub const R3: Reg = 3;
 pub const R4: Reg = 4;
 pub const R5: Reg = 5;
 pub const R6: Reg = 6;
+pub const R7: Reg = 7;
+pub const R8: Reg = 8;
 pub const R10: Reg = 10;
+
+/// src_reg of a 64-bit immediate load whose imm is a map fd: the verifier
+/// replaces it with the map's address (linux/bpf.h BPF_PSEUDO_MAP_FD).
+const PSEUDO_MAP_FD: u8 = 1;
 
 /// A jump target not yet placed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +115,19 @@ impl Asm {
         assert!(self.labels[l.0].is_none(), "label placed twice");
         self.labels[l.0] = Some(self.insns.len());
         self
+    }
+
+    /// Whether a jump to `l` was emitted (an unreachable instruction makes
+    /// the verifier refuse the whole program).
+    pub fn used(&self, l: Label) -> bool {
+        self.fixups.iter().any(|(_, f)| *f == l)
+    }
+
+    /// `dst = &map` of the map behind `fd` (BPF_LD_MAP_FD: two slots, the
+    /// second holds the upper 32 bits of the immediate, here 0).
+    pub fn ld_map_fd(&mut self, dst: Reg, fd: i32) -> &mut Asm {
+        self.push(LD | IMM | DW, dst, PSEUDO_MAP_FD, 0, fd)
+            .push(0, 0, 0, 0, 0)
     }
 
     /// `dst = src` (64-bit).
@@ -161,6 +182,25 @@ impl Asm {
     pub fn jeq32_imm(&mut self, dst: Reg, imm: u32, l: Label) -> &mut Asm {
         self.fixups.push((self.insns.len(), l));
         self.push(JMP32 | JEQ | K, dst, 0, 0, imm as i32)
+    }
+
+    /// `if dst == imm goto l` (64-bit: how a pointer that may be NULL is
+    /// tested).
+    pub fn jeq64_imm(&mut self, dst: Reg, imm: i32, l: Label) -> &mut Asm {
+        self.fixups.push((self.insns.len(), l));
+        self.push(JMP | JEQ | K, dst, 0, 0, imm)
+    }
+
+    /// `if dst != imm goto l` (64-bit).
+    pub fn jne64_imm(&mut self, dst: Reg, imm: i32, l: Label) -> &mut Asm {
+        self.fixups.push((self.insns.len(), l));
+        self.push(JMP | JNE | K, dst, 0, 0, imm)
+    }
+
+    /// `if (u32)dst != (u32)src goto l`.
+    pub fn jne32_reg(&mut self, dst: Reg, src: Reg, l: Label) -> &mut Asm {
+        self.fixups.push((self.insns.len(), l));
+        self.push(JMP32 | JNE | X, dst, src, 0, 0)
     }
 
     /// `if (u32)dst != imm goto l`.
@@ -255,6 +295,21 @@ mod tests {
         assert_eq!(p[2].code, 0x05);
         assert_eq!(p[2].off, -3);
         assert_eq!(encode_all(&p).len(), 32);
+    }
+
+    #[test]
+    fn a_map_load_takes_two_slots_and_names_the_fd() {
+        let mut a = Asm::new();
+        let l = a.label();
+        assert!(!a.used(l));
+        a.ld_map_fd(R1, 7).jeq64_imm(R0, 0, l);
+        assert!(a.used(l));
+        a.here(l);
+        a.exit();
+        let p = a.finish();
+        assert_eq!(p[0].encode(), [0x18, 0x11, 0, 0, 7, 0, 0, 0]);
+        assert_eq!(p[1].encode(), [0; 8]);
+        assert_eq!((p[2].code, p[2].off), (0x15, 0));
     }
 
     #[test]

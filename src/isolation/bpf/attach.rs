@@ -2,6 +2,7 @@
 //! place), finding them again by name and tag, detaching them.
 
 use std::io;
+use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use super::progs::Refusal;
@@ -47,13 +48,24 @@ pub(super) fn load_all(plan: &[(Hook, Vec<asm::Insn>)]) -> Result<Vec<Program>, 
 }
 
 /// One of our programs found attached to a cgroup.
-struct Found {
-    info: sys::ProgInfo,
+pub(super) struct Found {
+    pub(super) info: sys::ProgInfo,
     fd: OwnedFd,
 }
 
+impl Found {
+    pub(super) fn into_program(self, hook: Hook) -> Program {
+        Program {
+            hook,
+            id: self.info.id,
+            tag: self.info.tag,
+            fd: self.fd,
+        }
+    }
+}
+
 /// Our programs attached to the cgroup itself at `hook`, found by name.
-fn ours(cgroup: BorrowedFd, hook: Hook) -> Result<Vec<Found>, BpfError> {
+pub(super) fn ours(cgroup: BorrowedFd, hook: Hook) -> Result<Vec<Found>, BpfError> {
     Ok(attached_at(cgroup, hook)?
         .into_iter()
         .filter(|f| f.info.name == hook.prog_name())
@@ -96,6 +108,9 @@ pub(super) fn install(cgroup: BorrowedFd, programs: &[Program]) -> Result<(), Bp
     let result = (|| {
         for p in programs {
             let old = ours(cgroup, p.hook)?;
+            if old.len() == 1 && old[0].info.id == p.id {
+                continue; // already there
+            }
             let at = p.hook.attach_type();
             let replace = old.first().map(|f| f.fd.as_fd());
             sys::prog_attach(cgroup, p.fd.as_fd(), at, replace).map_err(|source| {
@@ -224,21 +239,26 @@ impl Attached {
 pub enum HookState {
     /// Our program, exactly the one for these addresses.
     Current,
-    /// Our program, built for other addresses (the set of other instances
-    /// changed since): attach again to update it.
+    /// Our program, built for another address or address set (a daemon
+    /// that lost its set, an instance moved to another address): attach
+    /// again to update it.
     Stale,
     Missing,
 }
 
-/// The answer of [`ForceBind::status`] / [`ForceSource::status`].
+/// The answer of [`super::ForceBind::status`] / [`super::ForceSource::status`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     pub hooks: Vec<(Hook, HookState)>,
+    /// force_bind: (the instance's address, the one its cgroup is
+    /// registered for in the set).
+    pub address: Option<(IpAddr, Option<IpAddr>)>,
 }
 
 impl Status {
     pub fn ok(&self) -> bool {
         self.hooks.iter().all(|(_, s)| *s == HookState::Current)
+            && self.address.is_none_or(|(want, got)| got == Some(want))
     }
 
     /// One line per hook that is not as it should be.
@@ -253,15 +273,25 @@ impl Status {
                 )),
                 HookState::Missing => Some(format!("{h}: {} is not attached", h.prog_name())),
             })
+            .chain(self.address.and_then(|(want, got)| match got {
+                Some(g) if g == want => None,
+                Some(g) => Some(format!("the cgroup is registered for {g}, not {want}")),
+                None => Some(format!("the cgroup is not registered for {want}")),
+            }))
             .collect()
     }
 }
 
+/// Compares what is attached with `expected`: the same program (id), or
+/// the same code (tag) with the same maps, is current.
 pub(super) fn status_of(cgroup: BorrowedFd, expected: &[Program]) -> Result<Status, BpfError> {
     let mut hooks = Vec::new();
     for p in expected {
         let found = ours(cgroup, p.hook)?;
-        let state = if found.iter().any(|f| f.info.tag == p.tag) {
+        let state = if found
+            .iter()
+            .any(|f| f.info.id == p.id || f.info.tag == p.tag && same_maps(f, p))
+        {
             HookState::Current
         } else if found.is_empty() {
             HookState::Missing
@@ -270,5 +300,12 @@ pub(super) fn status_of(cgroup: BorrowedFd, expected: &[Program]) -> Result<Stat
         };
         hooks.push((p.hook, state));
     }
-    Ok(Status { hooks })
+    Ok(Status {
+        hooks,
+        address: None,
+    })
+}
+
+fn same_maps(f: &Found, p: &Program) -> bool {
+    sys::prog_info(p.fd.as_fd()).is_ok_and(|i| i.map_ids == f.info.map_ids)
 }

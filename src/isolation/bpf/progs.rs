@@ -7,7 +7,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use super::asm::{Asm, Insn, R0, R1, R2, R3, R4, R5, R6, R10};
+use super::asm::{Asm, Insn, Label, R0, R1, R2, R3, R4, R5, R6, R7, R8, R10};
 
 // Offsets in struct bpf_sock_addr (checked against /usr/include/linux/bpf.h
 // with offsetof on Linux 6.1 headers; the struct only grows at its end).
@@ -17,6 +17,11 @@ const MSG_SRC_IP4: i16 = 40;
 const MSG_SRC_IP6: i16 = 44;
 
 // enum bpf_func_id.
+/// `u64 bpf_get_current_cgroup_id(void)`: the cgroup v2 id (its
+/// directory's inode number) of the calling task.
+pub const HELPER_GET_CURRENT_CGROUP_ID: i32 = 80;
+/// `void *bpf_map_lookup_elem(map, const void *key)`.
+pub const HELPER_MAP_LOOKUP_ELEM: i32 = 1;
 /// `long bpf_bind(ctx, struct sockaddr *addr, int len)`: connect hooks only.
 pub const HELPER_BIND: i32 = 64;
 /// `int bpf_set_retval(int retval)` (Linux 5.18): the errno the caller sees.
@@ -61,14 +66,6 @@ fn mapped_word() -> u32 {
     w6(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped())[2]
 }
 
-/// An address as the v6 programs see it: v4 addresses v4-mapped.
-fn as_v6(a: IpAddr) -> Ipv6Addr {
-    match a {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    }
-}
-
 fn refuse(a: &mut Asm, how: Refusal) {
     if how == Refusal::AddrNotAvail {
         a.mov64_imm(R1, -libc::EADDRNOTAVAIL) // r1 = -EADDRNOTAVAIL
@@ -81,39 +78,8 @@ fn allow(a: &mut Asm) {
     a.mov64_imm(R0, 1).exit(); // 1: go on with the (maybe rewritten) bind
 }
 
-/// BPF_CGROUP_INET4_BIND. A v4 instance: `0.0.0.0` becomes its address.
-/// A v6 instance: `0.0.0.0` is refused (it would serve every v4 address of
-/// the node). Either way a bind to one of `refused` is refused.
-pub fn bind4(own: IpAddr, refused: &[IpAddr], how: Refusal) -> Vec<Insn> {
-    let mut a = Asm::new();
-    let (specific, no) = (a.label(), a.label());
-    a.mov64_reg(R6, R1) // r6 = ctx: r1 is clobbered by a helper call
-        .ldx_w(R2, R6, USER_IP4) // w2 = the address bind(2) was given
-        .jne32_imm(R2, 0, specific); // not 0.0.0.0: check the refused set
-    match own {
-        IpAddr::V4(v4) => {
-            a.mov32_imm(R3, w4(v4)) // w3 = our logical address
-                .stx_w(R6, USER_IP4, R3); // bind there instead
-            allow(&mut a);
-        }
-        IpAddr::V6(_) => {
-            a.ja(no);
-        }
-    }
-    a.here(specific);
-    for r in refused.iter().filter(|r| **r != own) {
-        if let IpAddr::V4(v4) = r {
-            a.jeq32_imm(R2, w4(*v4), no); // another instance's address
-        }
-    }
-    allow(&mut a);
-    a.here(no);
-    refuse(&mut a, how);
-    a.finish()
-}
-
 /// Jumps to `to` unless the four words in r2..r5 equal `addr`.
-fn unless_equal(a: &mut Asm, addr: Ipv6Addr, to: super::asm::Label) {
+fn unless_equal(a: &mut Asm, addr: Ipv6Addr, to: Label) {
     for (reg, w) in [R2, R3, R4, R5].into_iter().zip(w6(addr)) {
         a.jne32_imm(reg, w, to);
     }
@@ -133,44 +99,146 @@ fn store6(a: &mut Asm, off: i16, addr: Ipv6Addr) {
     }
 }
 
-/// BPF_CGROUP_INET6_BIND (the program sees `user_ip6`). A v6 instance:
-/// `::` becomes its address, `::ffff:0.0.0.0` is refused. A v4 instance:
-/// `::` and `::ffff:0.0.0.0` become `::ffff:ADDR`, so a dual-stack
-/// listener (Java's default) serves IPv4 on the logical address only; a
-/// socket with IPV6_V6ONLY then gets EINVAL from the kernel, as it would
-/// for any v4-mapped bind. A bind to one of `refused` (v4 ones as v4-mapped)
-/// is refused.
-pub fn bind6(own: IpAddr, refused: &[IpAddr], how: Refusal) -> Vec<Insn> {
+/// The maps the bind programs use (fds, put in the program at load time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BindMaps {
+    /// The node's logical addresses (16-byte keys, v4 ones v4-mapped).
+    pub addrs: i32,
+    /// cgroup id (u64) -> the instance's address (16 bytes, as above).
+    pub owners: i32,
+}
+
+// Stack layout of the bind programs (r10 is the frame's top).
+const KEY_CGID: i16 = -8; // u64 cgroup id
+const KEY_ADDR: i16 = -24; // 16-byte address
+const NO_OWNER: i16 = -40; // 16 zero bytes: "this cgroup has no address"
+
+/// Preamble: r6 = ctx, r7 = &owner address (16 bytes): the address of the
+/// instance whose cgroup the calling process is in, or 16 zero bytes on
+/// the stack when the cgroup is not registered (a sub-cgroup the product
+/// made itself: it inherits the programs, and gets no wildcard binds).
+fn owner(a: &mut Asm, maps: BindMaps) {
+    let known = a.label();
+    a.mov64_reg(R6, R1) // r6 = ctx: r1-r5 are clobbered by helper calls
+        .call(HELPER_GET_CURRENT_CGROUP_ID) // r0 = the caller's cgroup id
+        .stx_dw(R10, KEY_CGID, R0)
+        .ld_map_fd(R1, maps.owners)
+        .mov64_reg(R2, R10)
+        .add64_imm(R2, KEY_CGID.into())
+        .call(HELPER_MAP_LOOKUP_ELEM) // r0 = &owners[cgroup id] or NULL
+        .mov64_reg(R7, R0)
+        .jne64_imm(R0, 0, known)
+        .mov64_imm(R2, 0)
+        .stx_dw(R10, NO_OWNER, R2)
+        .stx_dw(R10, NO_OWNER + 8, R2)
+        .mov64_reg(R7, R10)
+        .add64_imm(R7, NO_OWNER.into()); // r7 = &"no address"
+    a.here(known);
+}
+
+/// Loads the owner address's four words (r7) into r2..r5.
+fn load_owner(a: &mut Asm) {
+    for (i, reg) in [R2, R3, R4, R5].into_iter().enumerate() {
+        a.ldx_w(reg, R7, 4 * i as i16);
+    }
+}
+
+/// With the 16-byte key at KEY_ADDR: allow unless it is in the node's
+/// address set and not the owner's.
+fn refuse_others(a: &mut Asm, maps: BindMaps, yes: Label, no: Label) {
+    a.ld_map_fd(R1, maps.addrs) // r1 = the node's logical addresses
+        .mov64_reg(R2, R10)
+        .add64_imm(R2, KEY_ADDR.into())
+        .call(HELPER_MAP_LOOKUP_ELEM) // r0 = bpf_map_lookup_elem(addrs, &key)
+        .jeq64_imm(R0, 0, yes); // not a logical address: go on
+    for i in 0..4 {
+        a.ldx_w(R2, R7, 4 * i) // owner word i
+            .ldx_w(R3, R10, KEY_ADDR + 4 * i) // key word i
+            .jne32_reg(R2, R3, no); // another instance's address
+    }
+    a.ja(yes); // the owner's own address
+}
+
+/// BPF_CGROUP_INET4_BIND. `0.0.0.0` becomes the instance's address when it
+/// is an IPv4 one; an IPv6 instance's (or an unregistered cgroup's)
+/// `0.0.0.0` is refused: it would serve every IPv4 address of the node.
+/// A bind to an address of the node's set other than the instance's own
+/// is refused. The same program serves every instance.
+pub fn bind4(maps: BindMaps, how: Refusal) -> Vec<Insn> {
     let mut a = Asm::new();
-    let (not_any, specific, no) = (a.label(), a.label(), a.label());
-    a.mov64_reg(R6, R1); // r6 = ctx
-    load6(&mut a, USER_IP6); // w2..w5 = the address bind(2) was given
-    unless_equal(&mut a, Ipv6Addr::UNSPECIFIED, not_any); // "::"?
-    store6(&mut a, USER_IP6, as_v6(own)); // bind to ours instead
-    allow(&mut a);
-    a.here(not_any);
-    load6(&mut a, USER_IP6); // (r2 may hold a partial match: reload)
-    unless_equal(&mut a, Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(), specific); // "::ffff:0.0.0.0"?
-    match own {
-        IpAddr::V4(v4) => {
-            store6(&mut a, USER_IP6, v4.to_ipv6_mapped());
-            allow(&mut a);
-        }
-        IpAddr::V6(_) => {
-            a.ja(no);
-        }
-    }
+    let (specific, yes, no) = (a.label(), a.label(), a.label());
+    owner(&mut a, maps);
+    a.ldx_w(R8, R6, USER_IP4) // w8 = the address bind(2) was given
+        .jne32_imm(R8, 0, specific); // not 0.0.0.0: look it up
+    load_owner(&mut a);
+    a.jne32_imm(R2, 0, no) // the owner's address must be ::ffff:a.b.c.d
+        .jne32_imm(R3, 0, no)
+        .jne32_imm(R4, mapped_word(), no)
+        .stx_w(R6, USER_IP4, R5) // bind to a.b.c.d instead
+        .ja(yes);
     a.here(specific);
-    for r in refused.iter().filter(|r| **r != own) {
-        let next = a.label();
-        unless_equal(&mut a, as_v6(*r), next);
-        a.ja(no); // all four words equal: another instance's address
-        a.here(next);
-    }
+    a.mov64_imm(R2, 0) // key = ::ffff:w8, the form of the set
+        .stx_dw(R10, KEY_ADDR, R2)
+        .st_w(R10, KEY_ADDR + 8, mapped_word())
+        .stx_w(R10, KEY_ADDR + 12, R8);
+    refuse_others(&mut a, maps, yes, no);
+    a.here(yes);
     allow(&mut a);
     a.here(no);
     refuse(&mut a, how);
     a.finish()
+}
+
+/// BPF_CGROUP_INET6_BIND (the program sees `user_ip6`). `::` becomes the
+/// instance's address: an IPv6 one, or an IPv4 one v4-mapped, so that a
+/// dual-stack listener (Java's default) of an IPv4 instance serves IPv4 on
+/// the logical address only (a socket with IPV6_V6ONLY then gets EINVAL
+/// from the kernel, as for any v4-mapped bind). `::ffff:0.0.0.0` becomes
+/// `::ffff:ADDR` for an IPv4 instance and is refused for an IPv6 one.
+/// Unregistered cgroups get no wildcard. Binds to others' addresses are
+/// refused as in [`bind4`].
+pub fn bind6(maps: BindMaps, how: Refusal) -> Vec<Insn> {
+    let mut a = Asm::new();
+    let (not_any, has_owner, specific, yes, no) =
+        (a.label(), a.label(), a.label(), a.label(), a.label());
+    owner(&mut a, maps);
+    load6(&mut a, USER_IP6); // w2..w5 = the address bind(2) was given
+    unless_equal(&mut a, Ipv6Addr::UNSPECIFIED, not_any); // "::"?
+    load_owner(&mut a);
+    for reg in [R2, R3, R4, R5] {
+        a.jne32_imm(reg, 0, has_owner);
+    }
+    a.ja(no); // an unregistered cgroup
+    a.here(has_owner);
+    store_regs6(&mut a); // bind to the owner's address instead
+    a.ja(yes);
+    a.here(not_any);
+    load6(&mut a, USER_IP6); // (r2.. may hold a partial match: reload)
+    unless_equal(&mut a, Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(), specific);
+    load_owner(&mut a);
+    a.jne32_imm(R2, 0, no) // only an IPv4 owner has a v4-mapped form
+        .jne32_imm(R3, 0, no)
+        .jne32_imm(R4, mapped_word(), no);
+    store_regs6(&mut a);
+    a.ja(yes);
+    a.here(specific);
+    load6(&mut a, USER_IP6);
+    for (i, reg) in [R2, R3, R4, R5].into_iter().enumerate() {
+        a.stx_w(R10, KEY_ADDR + 4 * i as i16, reg); // key = the address
+    }
+    refuse_others(&mut a, maps, yes, no);
+    a.here(yes);
+    allow(&mut a);
+    a.here(no);
+    refuse(&mut a, how);
+    a.finish()
+}
+
+/// `user_ip6 = w2..w5`.
+fn store_regs6(a: &mut Asm) {
+    for (i, reg) in [R2, R3, R4, R5].into_iter().enumerate() {
+        a.stx_w(R6, USER_IP6 + 4 * i as i16, reg);
+    }
 }
 
 /// BPF_CGROUP_INET4_CONNECT: binds the socket to `own` (port 0: the kernel

@@ -7,18 +7,56 @@ use crate::isolation::bpf::asm::Insn;
 
 const CTX: u64 = 0x1000;
 const STACK_TOP: u64 = 0x3000;
+/// What `ld_map_fd` loads in the interpreter is MAP + fd.
+const MAP: u64 = 0x5000;
+const MAPS: BindMaps = BindMaps {
+    addrs: 42,
+    owners: 43,
+};
+const FOUND: u64 = 0x6000;
+/// Where the owners map's value (16 bytes) lives.
+const VALUE: u64 = 0x7000;
+const CGID: u64 = 0x1234_5678_9abc;
+
+/// An address as the v6 programs see it: v4 addresses v4-mapped.
+fn as_v6(a: IpAddr) -> Ipv6Addr {
+    match a {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    }
+}
+
+/// The maps' contents: the node's addresses, the calling cgroup's owner.
+#[derive(Default)]
+struct Env {
+    set: Vec<IpAddr>,
+    owner: Option<IpAddr>,
+}
+
+fn env(set: &[&str], owner: Option<&str>) -> Env {
+    Env {
+        set: set.iter().map(|a| ip(a)).collect(),
+        owner: owner.map(ip),
+    }
+}
 
 #[derive(Debug, Default)]
 struct Run {
     ret: u64,
     retval: Option<i32>,
+    /// The key looked up in the address set.
+    looked_up: Option<Ipv6Addr>,
     /// The sockaddr bytes handed to bpf_bind.
     bound: Option<Vec<u8>>,
     ctx: Vec<u8>,
 }
 
-fn run(prog: &[Insn], mut ctx: Vec<u8>) -> Run {
+fn run_in(prog: &[Insn], mut ctx: Vec<u8>, env: &Env) -> Run {
     let mut stack = vec![0xAAu8; 512];
+    let value = env
+        .owner
+        .map(|o| as_v6(o).octets().to_vec())
+        .unwrap_or_default();
     let mut r = [0u64; 11];
     r[1] = CTX;
     r[10] = STACK_TOP;
@@ -48,12 +86,34 @@ fn run(prog: &[Insn], mut ctx: Vec<u8>) -> Run {
         let ea = |base: u64| base.wrapping_add(i.off as i64 as u64);
         pc += 1;
         match i.code {
+            0x18 => {
+                assert_eq!(i.src, 1, "a map fd load");
+                assert_eq!(prog[pc].encode(), [0; 8], "second slot");
+                r[d] = MAP + i.imm as u64;
+                pc += 1;
+            }
+            0x15 | 0x55 => {
+                if (r[d] == i.imm as i64 as u64) == (i.code == 0x15) {
+                    pc = (pc as i64 + i.off as i64) as usize;
+                }
+            }
+            0x5e => {
+                if r[d] as u32 != r[s] as u32 {
+                    pc = (pc as i64 + i.off as i64) as usize;
+                }
+            }
             0xbf => r[d] = r[s],
             0xb7 => r[d] = i.imm as i64 as u64,
             0xb4 => r[d] = i.imm as u32 as u64,
             0x07 => r[d] = r[d].wrapping_add(i.imm as i64 as u64),
             0x61 => {
-                let m = at(&mut ctx, &mut stack, ea(r[s]), 4);
+                let a = ea(r[s]);
+                let m = if (VALUE..VALUE + 16).contains(&a) {
+                    let i = (a - VALUE) as usize;
+                    &value[i..i + 4]
+                } else {
+                    at(&mut ctx, &mut stack, a, 4)
+                };
                 r[d] = u32::from_ne_bytes(m.try_into().unwrap()) as u64;
             }
             0x63 => {
@@ -84,6 +144,34 @@ fn run(prog: &[Insn], mut ctx: Vec<u8>) -> Run {
             0x85 => {
                 match i.imm {
                     HELPER_SET_RETVAL => out.retval = Some(r[1] as i32),
+                    HELPER_GET_CURRENT_CGROUP_ID => {
+                        r[0] = CGID;
+                        for x in &mut r[1..6] {
+                            *x = 0xdead;
+                        }
+                        continue;
+                    }
+                    HELPER_MAP_LOOKUP_ELEM if r[1] == MAP + MAPS.owners as u64 => {
+                        let key = at(&mut ctx, &mut stack, r[2], 8);
+                        assert_eq!(u64::from_ne_bytes(key.try_into().unwrap()), CGID);
+                        r[0] = if env.owner.is_some() { VALUE } else { 0 };
+                        for x in &mut r[1..6] {
+                            *x = 0xdead;
+                        }
+                        continue;
+                    }
+                    HELPER_MAP_LOOKUP_ELEM => {
+                        assert_eq!(r[1], MAP + MAPS.addrs as u64);
+                        let key: [u8; 16] = at(&mut ctx, &mut stack, r[2], 16).try_into().unwrap();
+                        let key = Ipv6Addr::from(key);
+                        let hit = env.set.iter().any(|a| as_v6(*a) == key);
+                        out.looked_up = Some(key);
+                        r[0] = if hit { FOUND } else { 0 };
+                        for x in &mut r[1..6] {
+                            *x = 0xdead;
+                        }
+                        continue;
+                    }
                     HELPER_BIND => {
                         assert_eq!(r[1], CTX, "bpf_bind's first argument is the ctx");
                         let len = r[3] as usize;
@@ -104,6 +192,36 @@ fn run(prog: &[Insn], mut ctx: Vec<u8>) -> Run {
             c => panic!("opcode {c:#x} not in the interpreter"),
         }
     }
+}
+
+fn run(prog: &[Insn], ctx: Vec<u8>) -> Run {
+    run_in(prog, ctx, &Env::default())
+}
+
+/// The verifier refuses a program with an instruction no path reaches.
+fn assert_all_reachable(prog: &[Insn]) {
+    let mut seen = vec![false; prog.len()];
+    let mut todo = vec![0usize];
+    while let Some(pc) = todo.pop() {
+        if pc >= prog.len() || seen[pc] {
+            continue;
+        }
+        seen[pc] = true;
+        let i = prog[pc];
+        let target = (pc as i64 + 1 + i.off as i64) as usize;
+        match i.code {
+            0x95 => {}
+            0x05 => todo.push(target),
+            0x15 | 0x16 | 0x55 | 0x56 | 0x5e => todo.extend([pc + 1, target]),
+            0x18 => {
+                seen[pc + 1] = true;
+                todo.push(pc + 2)
+            }
+            _ => todo.push(pc + 1),
+        }
+    }
+    let dead: Vec<usize> = (0..prog.len()).filter(|i| !seen[*i]).collect();
+    assert!(dead.is_empty(), "unreachable instructions {dead:?}");
 }
 
 fn ctx4(ip: Ipv4Addr) -> Vec<u8> {
@@ -131,25 +249,43 @@ fn ip(s: &str) -> IpAddr {
 }
 
 #[test]
+fn every_instruction_of_every_program_is_reachable() {
+    for how in [Refusal::AddrNotAvail, Refusal::Eperm] {
+        assert_all_reachable(&bind4(MAPS, how));
+        assert_all_reachable(&bind6(MAPS, how));
+    }
+    for own in [ip("10.0.0.200"), ip("fd00:c0::2")] {
+        assert_all_reachable(&connect6(own));
+    }
+    assert_all_reachable(&connect4("10.0.0.200".parse().unwrap()));
+    assert_all_reachable(&sendmsg4("10.0.0.200".parse().unwrap()));
+    assert_all_reachable(&sendmsg6("fd00:c0::2".parse().unwrap()));
+}
+
+#[test]
 fn bind4_rewrites_the_wildcard_refuses_the_others_and_passes_the_rest() {
     // 10.0.0.200 has the top bit set in its network-order word: a 64-bit
-    // compare would never match it.
-    let own = ip("10.0.0.200");
-    let refused = [
-        ip("10.0.0.201"),
-        ip("127.0.0.3"),
-        ip("10.0.0.200"),
-        ip("fd00::1"),
-    ];
-    let p = bind4(own, &refused, Refusal::AddrNotAvail);
-    let r = run(&p, ctx4(Ipv4Addr::UNSPECIFIED));
+    // compare would never match it. The set holds the own address too (it
+    // is the node's): that one is never refused.
+    let e = env(
+        &["10.0.0.201", "127.0.0.3", "10.0.0.200", "fd00::1"],
+        Some("10.0.0.200"),
+    );
+    let p = bind4(MAPS, Refusal::AddrNotAvail);
+    let r = run_in(&p, ctx4(Ipv4Addr::UNSPECIFIED), &e);
     assert_eq!((r.ret, ip4(&r.ctx)), (1, "10.0.0.200".parse().unwrap()));
     for bad in ["10.0.0.201", "127.0.0.3"] {
-        let r = run(&p, ctx4(bad.parse().unwrap()));
+        let r = run_in(&p, ctx4(bad.parse().unwrap()), &e);
         assert_eq!((r.ret, r.retval), (0, Some(-libc::EADDRNOTAVAIL)), "{bad}");
+        let want: Ipv4Addr = bad.parse().unwrap();
+        assert_eq!(
+            r.looked_up,
+            Some(want.to_ipv6_mapped()),
+            "the key is v4-mapped"
+        );
     }
     for ok in ["10.0.0.200", "127.0.0.1", "10.0.0.2"] {
-        let r = run(&p, ctx4(ok.parse().unwrap()));
+        let r = run_in(&p, ctx4(ok.parse().unwrap()), &e);
         assert_eq!(
             (r.ret, ip4(&r.ctx)),
             (1, ok.parse().unwrap()),
@@ -157,45 +293,40 @@ fn bind4_rewrites_the_wildcard_refuses_the_others_and_passes_the_rest() {
         );
     }
     // Without bpf_set_retval: a plain 0 (EPERM), no helper call.
-    let p = bind4(own, &refused, Refusal::Eperm);
-    let r = run(&p, ctx4("127.0.0.3".parse().unwrap()));
+    let p = bind4(MAPS, Refusal::Eperm);
+    let r = run_in(&p, ctx4("127.0.0.3".parse().unwrap()), &e);
     assert_eq!((r.ret, r.retval), (0, None));
 }
 
 #[test]
-fn bind4_of_a_v6_instance_refuses_the_v4_wildcard() {
-    let p = bind4(ip("fd00::2"), &[], Refusal::AddrNotAvail);
-    assert_eq!(run(&p, ctx4(Ipv4Addr::UNSPECIFIED)).ret, 0);
-    assert_eq!(run(&p, ctx4("127.0.0.1".parse().unwrap())).ret, 1);
+fn bind4_of_a_v6_instance_or_an_unregistered_cgroup_refuses_the_v4_wildcard() {
+    let p = bind4(MAPS, Refusal::AddrNotAvail);
+    for e in [env(&["fd00::2"], Some("fd00::2")), env(&["10.0.0.1"], None)] {
+        assert_eq!(run_in(&p, ctx4(Ipv4Addr::UNSPECIFIED), &e).ret, 0);
+        assert_eq!(run_in(&p, ctx4("127.0.0.1".parse().unwrap()), &e).ret, 1);
+        assert_eq!(
+            run_in(&p, ctx4("10.0.0.1".parse().unwrap()), &e).ret,
+            e.owner.map_or(0, |_| 1)
+        );
+    }
 }
 
 #[test]
 fn bind6_of_a_v4_instance_maps_the_wildcards_to_its_address() {
-    let own = ip("10.0.0.200");
-    let p = bind6(
-        own,
-        &[ip("10.0.0.201"), ip("fd00::9")],
-        Refusal::AddrNotAvail,
-    );
+    let e = env(&["10.0.0.200", "10.0.0.201", "fd00::9"], Some("10.0.0.200"));
+    let p = bind6(MAPS, Refusal::AddrNotAvail);
     let mapped: Ipv6Addr = "::ffff:10.0.0.200".parse().unwrap();
     for any in ["::", "::ffff:0.0.0.0"] {
-        let r = run(&p, ctx6(any.parse().unwrap()));
+        let r = run_in(&p, ctx6(any.parse().unwrap()), &e);
         assert_eq!((r.ret, ip6(&r.ctx, 8)), (1, mapped), "{any}");
     }
     for bad in ["::ffff:10.0.0.201", "fd00::9"] {
-        let r = run(&p, ctx6(bad.parse().unwrap()));
+        let r = run_in(&p, ctx6(bad.parse().unwrap()), &e);
         assert_eq!((r.ret, r.retval), (0, Some(-libc::EADDRNOTAVAIL)), "{bad}");
     }
-    // Near misses of a refused address (each word differing) pass.
-    for ok in [
-        "::1",
-        "fd00::8",
-        "fe00::9",
-        "::ffff:10.0.0.202",
-        "::fffe:10.0.0.201",
-    ] {
+    for ok in ["::ffff:10.0.0.200", "::1", "fd00::8", "::ffff:10.0.0.202"] {
         let a: Ipv6Addr = ok.parse().unwrap();
-        let r = run(&p, ctx6(a));
+        let r = run_in(&p, ctx6(a), &e);
         assert_eq!((r.ret, ip6(&r.ctx, 8)), (1, a), "{ok}");
     }
 }
@@ -203,12 +334,34 @@ fn bind6_of_a_v4_instance_maps_the_wildcards_to_its_address() {
 #[test]
 fn bind6_of_a_v6_instance_rewrites_colon_colon_and_refuses_the_mapped_wildcard() {
     let own: Ipv6Addr = "fd00:c0::2".parse().unwrap();
-    let p = bind6(IpAddr::V6(own), &[ip("fd00:c0::3")], Refusal::AddrNotAvail);
-    let r = run(&p, ctx6(Ipv6Addr::UNSPECIFIED));
+    let e = env(&["fd00:c0::2", "fd00:c0::3"], Some("fd00:c0::2"));
+    let p = bind6(MAPS, Refusal::AddrNotAvail);
+    let r = run_in(&p, ctx6(Ipv6Addr::UNSPECIFIED), &e);
     assert_eq!((r.ret, ip6(&r.ctx, 8)), (1, own));
-    assert_eq!(run(&p, ctx6("::ffff:0.0.0.0".parse().unwrap())).ret, 0);
-    assert_eq!(run(&p, ctx6("fd00:c0::3".parse().unwrap())).ret, 0);
-    assert_eq!(run(&p, ctx6(own)).ret, 1);
+    assert_eq!(r.looked_up, None, "the wildcard needs no address lookup");
+    assert_eq!(
+        run_in(&p, ctx6("::ffff:0.0.0.0".parse().unwrap()), &e).ret,
+        0
+    );
+    assert_eq!(run_in(&p, ctx6("fd00:c0::3".parse().unwrap()), &e).ret, 0);
+    assert_eq!(run_in(&p, ctx6(own), &e).ret, 1);
+    // Each word matters: near misses of the own address are another's.
+    let e = env(
+        &["fd00:c0::2", "fd01:c0::2", "fd00:c1::2", "fd00:c0:0:1::2"],
+        Some("fd00:c0::2"),
+    );
+    for other in ["fd01:c0::2", "fd00:c1::2", "fd00:c0:0:1::2"] {
+        assert_eq!(
+            run_in(&p, ctx6(other.parse().unwrap()), &e).ret,
+            0,
+            "{other}"
+        );
+    }
+    // An unregistered cgroup: no wildcard at all.
+    let e = env(&[], None);
+    for any in ["::", "::ffff:0.0.0.0"] {
+        assert_eq!(run_in(&p, ctx6(any.parse().unwrap()), &e).ret, 0, "{any}");
+    }
 }
 
 #[test]

@@ -8,6 +8,11 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use super::asm::{Insn, encode_all};
 
 // enum bpf_cmd.
+const BPF_MAP_CREATE: libc::c_long = 0;
+const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
 const BPF_PROG_DETACH: libc::c_long = 9;
@@ -200,6 +205,113 @@ pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
     bpf(BPF_PROG_GET_FD_BY_ID, &mut attr).map(owned)
 }
 
+pub fn map_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    // The same attr: map_id shares its place with prog_id.
+    let mut attr = GetFdById {
+        prog_id: id,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_GET_FD_BY_ID, &mut attr).map(owned)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapCreate {
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    inner_map_fd: u32,
+    numa_node: u32,
+    map_name: [u8; 16],
+}
+
+/// A BPF_MAP_TYPE_HASH map, not preallocated (BPF_F_NO_PREALLOC: memory
+/// only for the entries there are).
+pub fn map_create_hash(
+    key_size: u32,
+    value_size: u32,
+    max: u32,
+    name: &str,
+) -> io::Result<OwnedFd> {
+    const BPF_MAP_TYPE_HASH: u32 = 1;
+    const BPF_F_NO_PREALLOC: u32 = 1;
+    let mut map_name = [0u8; 16];
+    let n = name.len().min(15);
+    map_name[..n].copy_from_slice(&name.as_bytes()[..n]);
+    let mut attr = MapCreate {
+        map_type: BPF_MAP_TYPE_HASH,
+        key_size,
+        value_size,
+        max_entries: max,
+        map_flags: BPF_F_NO_PREALLOC,
+        map_name,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_CREATE, &mut attr).map(owned)
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct MapElem {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+fn elem(map: BorrowedFd, key: &[u8], value: *const u8) -> MapElem {
+    MapElem {
+        map_fd: map.as_raw_fd() as u32,
+        key: key.as_ptr() as u64,
+        value: value as u64,
+        ..Default::default()
+    }
+}
+
+/// Inserts or overwrites (BPF_ANY). `key` and `value` must have the map's sizes.
+pub fn map_update(map: BorrowedFd, key: &[u8], value: &[u8]) -> io::Result<()> {
+    bpf(BPF_MAP_UPDATE_ELEM, &mut elem(map, key, value.as_ptr())).map(drop)
+}
+
+/// Removes; false when the key was not there.
+pub fn map_delete(map: BorrowedFd, key: &[u8]) -> io::Result<bool> {
+    match bpf(BPF_MAP_DELETE_ELEM, &mut elem(map, key, std::ptr::null())) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Looks up into `value`; false when the key is not there.
+pub fn map_lookup(map: BorrowedFd, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    match bpf(BPF_MAP_LOOKUP_ELEM, &mut elem(map, key, value.as_mut_ptr())) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The id and name of a map (struct bpf_map_info: type @0, id @4,
+/// name[16] @24).
+pub fn map_info(map: BorrowedFd) -> io::Result<(u32, String)> {
+    let mut buf = [0u8; 88];
+    let mut attr = GetInfo {
+        bpf_fd: map.as_raw_fd() as u32,
+        info_len: buf.len() as u32,
+        info: buf.as_mut_ptr() as u64,
+    };
+    bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    let name = &buf[24..40];
+    let end = name.iter().position(|b| *b == 0).unwrap_or(16);
+    Ok((
+        u32::from_ne_bytes(buf[4..8].try_into().unwrap()),
+        String::from_utf8_lossy(&name[..end]).into_owned(),
+    ))
+}
+
 #[repr(C)]
 #[derive(Default)]
 struct GetInfo {
@@ -209,17 +321,23 @@ struct GetInfo {
 }
 
 /// What `struct bpf_prog_info` tells about a program: id, tag (the hash of
-/// its instructions, the same for the same program), name.
+/// its instructions with map fds zeroed, the same for the same program),
+/// name, the maps it uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProgInfo {
     pub id: u32,
     pub tag: [u8; 8],
     pub name: String,
+    pub map_ids: Vec<u32>,
 }
 
 pub fn prog_info(prog: BorrowedFd) -> io::Result<ProgInfo> {
-    // struct bpf_prog_info: type @0, id @4, tag[8] @8, name[16] @64.
+    // struct bpf_prog_info: type @0, id @4, tag[8] @8, nr_map_ids @52,
+    // map_ids (a user pointer the kernel fills) @56, name[16] @64.
+    let mut maps = [0u32; 8];
     let mut buf = [0u8; 80];
+    buf[52..56].copy_from_slice(&(maps.len() as u32).to_ne_bytes());
+    buf[56..64].copy_from_slice(&(maps.as_mut_ptr() as u64).to_ne_bytes());
     let mut attr = GetInfo {
         bpf_fd: prog.as_raw_fd() as u32,
         info_len: buf.len() as u32,
@@ -228,9 +346,11 @@ pub fn prog_info(prog: BorrowedFd) -> io::Result<ProgInfo> {
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
     let name = &buf[64..80];
     let end = name.iter().position(|b| *b == 0).unwrap_or(16);
+    let nr = u32::from_ne_bytes(buf[52..56].try_into().unwrap()) as usize;
     Ok(ProgInfo {
         id: u32::from_ne_bytes(buf[4..8].try_into().unwrap()),
         tag: buf[8..16].try_into().unwrap(),
         name: String::from_utf8_lossy(&name[..end]).into_owned(),
+        map_ids: maps[..nr.min(maps.len())].to_vec(),
     })
 }
