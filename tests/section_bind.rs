@@ -306,8 +306,17 @@ fn tcp4_two_wildcard_binders_share_a_port_each_on_its_own_address() {
     let (ca, cb) = (lab.cgroup("a"), lab.cgroup("b"));
 
     // Without the programs the second copy cannot bind: that is the test.
-    let (got, _) = lab.listen(Some(ca), None, &["listen", "tcp", &any, "A"]);
+    let (got, pid0) = lab.listen(Some(ca), None, &["listen", "tcp", &any, "A"]);
     assert_eq!(got.to_string(), any);
+    // What `cohost verify` says of it.
+    let v = sockets::violations(&sockets::of_pids(&[pid0]).unwrap(), a, false);
+    assert_eq!(v.len(), 1, "{v:?}");
+    assert!(
+        v[0].to_string()
+            .contains(&format!("tcp listening on {any}: every address")),
+        "{}",
+        v[0]
+    );
     let err = lab.fails(Some(cb), None, &["listen", "tcp", &any, "B"]);
     assert!(err.contains("Address already in use"), "{err}");
     lab.procs.clear();
@@ -333,10 +342,10 @@ fn tcp4_two_wildcard_binders_share_a_port_each_on_its_own_address() {
     assert!(
         socks
             .iter()
-            .any(|s| s.proto == Proto::Tcp && s.listening && s.bound_to(a))
-            && !socks.iter().any(|s| s.is_wildcard()),
+            .any(|s| s.proto == Proto::Tcp && s.listening && s.bound_to(a)),
         "{socks:#?}"
     );
+    assert_eq!(sockets::violations(&socks, a, true), vec![]);
 }
 
 #[test]

@@ -59,6 +59,66 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
+/// A socket of an instance that is not where the instance should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub socket: Socket,
+    pub reason: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = &self.socket;
+        let proto = match s.proto {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        };
+        let what = if s.listening {
+            "listening on"
+        } else if s.connected {
+            "connected from"
+        } else {
+            "bound to"
+        };
+        write!(
+            f,
+            "pid {}: {proto} {what} {}: {}",
+            s.pid, s.local, self.reason
+        )
+    }
+}
+
+/// The sockets of an instance on `addr` that are not on it (pure: what
+/// `cohost verify` prints). Listening TCP and unconnected UDP sockets must
+/// be bound to `addr` (or to loopback, private to the node); with
+/// `check_source` (force_source), connected ones must leave from it too
+/// (or be loopback to loopback). An unbound UDP client that sent a datagram
+/// shows as bound to the wildcard with an ephemeral port (the kernel's
+/// autobind runs no bind program) and is reported as such.
+pub fn violations(socks: &[Socket], addr: IpAddr, check_source: bool) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for s in socks {
+        let local = canonical(s.local.ip());
+        let reason = if s.connected {
+            if !check_source || s.bound_to(addr) || local.is_loopback() {
+                continue;
+            }
+            format!("not from the logical address {addr}")
+        } else if s.is_wildcard() {
+            format!("every address of the node, not only {addr}")
+        } else if s.bound_to(addr) || local.is_loopback() {
+            continue;
+        } else {
+            format!("not the logical address {addr}")
+        };
+        out.push(Violation {
+            socket: s.clone(),
+            reason,
+        });
+    }
+    out
+}
+
 /// The socket inodes among a process's open files (empty when the process
 /// is gone or not ours to read).
 pub fn socket_inodes(pid: i32) -> Vec<u64> {
@@ -323,6 +383,63 @@ mod tests {
         // Nothing of another process.
         assert!(all.iter().all(|s| s.pid == me));
         assert!(of_pids(&[]).unwrap().is_empty());
+    }
+
+    fn sock(proto: Proto, listening: bool, connected: bool, local: &str) -> Socket {
+        Socket {
+            pid: 7,
+            proto,
+            listening,
+            connected,
+            local: local.parse().unwrap(),
+            remote: connected.then(|| "10.9.9.9:1".parse().unwrap()),
+            inode: 1,
+        }
+    }
+
+    #[test]
+    fn violations_name_each_socket_off_the_logical_address() {
+        let addr: IpAddr = "10.0.0.1".parse().unwrap();
+        let ok = [
+            sock(Proto::Tcp, true, false, "10.0.0.1:94"),
+            sock(Proto::Tcp, true, false, "[::ffff:10.0.0.1]:95"),
+            sock(Proto::Tcp, true, false, "127.0.0.1:96"),
+            sock(Proto::Udp, false, false, "10.0.0.1:94"),
+            sock(Proto::Udp, false, false, "[::1]:94"),
+            sock(Proto::Tcp, false, true, "10.0.0.1:40000"),
+        ];
+        for s in &ok {
+            assert_eq!(
+                violations(std::slice::from_ref(s), addr, true),
+                vec![],
+                "{s:?}"
+            );
+        }
+        let bad = [
+            (
+                sock(Proto::Tcp, true, false, "0.0.0.0:94"),
+                "pid 7: tcp listening on 0.0.0.0:94: every address of the node, not only 10.0.0.1",
+            ),
+            (
+                sock(Proto::Tcp, true, false, "[::]:94"),
+                "pid 7: tcp listening on [::]:94: every address of the node, not only 10.0.0.1",
+            ),
+            (
+                sock(Proto::Udp, false, false, "10.0.0.2:94"),
+                "pid 7: udp bound to 10.0.0.2:94: not the logical address 10.0.0.1",
+            ),
+            (
+                sock(Proto::Tcp, false, true, "10.0.0.5:40000"),
+                "pid 7: tcp connected from 10.0.0.5:40000: not from the logical address 10.0.0.1",
+            ),
+        ];
+        for (s, want) in &bad {
+            let v = violations(std::slice::from_ref(s), addr, true);
+            assert_eq!(v.len(), 1, "{s:?}");
+            assert_eq!(v[0].to_string(), *want);
+        }
+        // Without force_source a connection may leave from any address.
+        assert!(violations(&[bad[3].0.clone()], addr, false).is_empty());
     }
 
     #[test]
