@@ -91,7 +91,7 @@ use std::path::{Path, PathBuf};
 
 pub use attach::{Attached, AttachedProgram, HookState, Program, Status, detach, query};
 pub use progs::Refusal;
-pub use set::AddressSet;
+pub use set::{AddressSet, cgroup_id};
 
 use attach::{install, load_all, status_of};
 
@@ -340,7 +340,10 @@ impl ForceBind {
 
     /// Detaches the programs from the cgroup and unregisters it (the
     /// address stays in the set: it is still a logical address of the
-    /// node until [`AddressSet::remove`]).
+    /// node until [`AddressSet::remove`]). Call it before removing an
+    /// instance's cgroup, or [`AddressSet::unassign`] with the id
+    /// ([`cgroup_id`]) after: cgroup ids are never reused, so a forgotten
+    /// entry misleads nobody, but it takes room in the map.
     pub fn detach(&self, cgroup_dir: BorrowedFd) -> Result<(), BpfError> {
         detach(cgroup_dir, &Self::HOOKS)?;
         if let Ok(id) = set::cgroup_id(cgroup_dir) {
