@@ -5,7 +5,6 @@ use std::io;
 use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use super::progs::Refusal;
 use super::{BpfError, Hook, asm, progs, sys, unavailable};
 
 impl BpfError {
@@ -108,8 +107,12 @@ pub(super) fn install(cgroup: BorrowedFd, programs: &[Program]) -> Result<(), Bp
     let result = (|| {
         for p in programs {
             let old = ours(cgroup, p.hook)?;
-            if old.len() == 1 && old[0].info.id == p.id {
-                continue; // already there
+            if let Some(i) = old.iter().position(|f| f.info.id == p.id) {
+                // Already there; never two of ours at one hook.
+                for f in old.iter().enumerate().filter(|(j, _)| *j != i) {
+                    detach_one(cgroup, p.hook, f.1)?;
+                }
+                continue;
             }
             let at = p.hook.attach_type();
             let replace = old.first().map(|f| f.fd.as_fd());
@@ -123,8 +126,8 @@ pub(super) fn install(cgroup: BorrowedFd, programs: &[Program]) -> Result<(), Bp
             if replace.is_none() {
                 added.push(p);
             }
-            // Never two of ours at one hook (a crash between attach and
-            // detach of an older cohost could leave that).
+            // Never two of ours at one hook (two supervisors' programs on
+            // one cgroup, a crash of an older cohost between two steps).
             for f in old.iter().skip(1) {
                 detach_one(cgroup, p.hook, f)?;
             }
@@ -202,7 +205,6 @@ pub fn query(cgroup: BorrowedFd) -> Result<Vec<AttachedProgram>, BpfError> {
 #[derive(Debug)]
 pub struct Attached {
     pub(super) programs: Vec<Program>,
-    pub(super) refusal: Refusal,
 }
 
 impl Attached {
@@ -212,11 +214,6 @@ impl Attached {
 
     pub fn hooks(&self) -> Vec<Hook> {
         self.programs.iter().map(|p| p.hook).collect()
-    }
-
-    /// What a refused bind fails with on this kernel.
-    pub fn refusal(&self) -> Refusal {
-        self.refusal
     }
 
     /// Detaches exactly these programs.
@@ -237,11 +234,12 @@ impl Attached {
 /// How one hook of a cgroup compares with what should be there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HookState {
-    /// Our program, exactly the one for these addresses.
+    /// Our program, exactly the expected one.
     Current,
-    /// Our program, built for another address or address set (a daemon
-    /// that lost its set, an instance moved to another address): attach
-    /// again to update it.
+    /// One of ours, but not the expected one: built for another address
+    /// (force_source), using another address set (another supervisor, a
+    /// daemon that lost its maps), or by another cohost version. Attaching
+    /// again replaces it.
     Stale,
     Missing,
 }
@@ -268,7 +266,7 @@ impl Status {
             .filter_map(|(h, s)| match s {
                 HookState::Current => None,
                 HookState::Stale => Some(format!(
-                    "{h}: {} is attached for other addresses",
+                    "{h}: another {} is attached (for another address, address set or cohost version)",
                     h.prog_name()
                 )),
                 HookState::Missing => Some(format!("{h}: {} is not attached", h.prog_name())),

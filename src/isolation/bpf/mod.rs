@@ -244,6 +244,13 @@ pub fn open_cgroup(path: &Path) -> Result<OwnedFd, BpfError> {
     Ok(dir.into())
 }
 
+fn id_of(cgroup_dir: BorrowedFd) -> Result<u64, BpfError> {
+    set::cgroup_id(cgroup_dir).map_err(|source| BpfError::Set {
+        what: "reading the cgroup's id".into(),
+        source,
+    })
+}
+
 /// force_bind for the instances of one supervisor: the two bind programs,
 /// loaded once, and the [`AddressSet`] they look addresses up in.
 #[derive(Debug)]
@@ -329,10 +336,7 @@ impl ForceBind {
     /// in place if some are there). Call it before the instance's first
     /// exec. Idempotent.
     pub fn attach(&self, cgroup_dir: BorrowedFd, addr: IpAddr) -> Result<(), BpfError> {
-        let id = set::cgroup_id(cgroup_dir).map_err(|source| BpfError::Set {
-            what: "reading the cgroup's id".into(),
-            source,
-        })?;
+        let id = id_of(cgroup_dir)?;
         self.set.insert(addr)?;
         self.set.assign(id, addr)?;
         install(cgroup_dir, &self.programs)
@@ -346,9 +350,7 @@ impl ForceBind {
     /// entry misleads nobody, but it takes room in the map.
     pub fn detach(&self, cgroup_dir: BorrowedFd) -> Result<(), BpfError> {
         detach(cgroup_dir, &Self::HOOKS)?;
-        if let Ok(id) = set::cgroup_id(cgroup_dir) {
-            self.set.unassign(id)?;
-        }
+        self.set.unassign(id_of(cgroup_dir)?)?;
         Ok(())
     }
 
@@ -356,10 +358,7 @@ impl ForceBind {
     /// for `addr`: what `cohost verify` reports.
     pub fn status(&self, cgroup_dir: BorrowedFd, addr: IpAddr) -> Result<Status, BpfError> {
         let mut st = status_of(cgroup_dir, &self.programs)?;
-        let id = set::cgroup_id(cgroup_dir).map_err(|source| BpfError::Set {
-            what: "reading the cgroup's id".into(),
-            source,
-        })?;
+        let id = id_of(cgroup_dir)?;
         st.address = Some((addr, self.set.owner(id)?));
         Ok(st)
     }
@@ -389,10 +388,7 @@ impl ForceSource {
     pub fn attach(cgroup_dir: BorrowedFd, addr: IpAddr) -> Result<Attached, BpfError> {
         let programs = load_all(&Self::programs(addr))?;
         install(cgroup_dir, &programs)?;
-        Ok(Attached {
-            programs,
-            refusal: Refusal::AddrNotAvail,
-        })
+        Ok(Attached { programs })
     }
 
     /// Whether the cgroup has exactly the programs [`ForceSource::attach`]
