@@ -574,9 +574,82 @@ fn force_source_makes_the_peer_see_the_logical_address() {
         assert_eq!(seen(&mut lab, args).to_string(), primary, "{args:?}");
     }
     let logical_ip: IpAddr = logical.parse().unwrap();
-    ForceSource::attach(lab.cgroups[cg].fd(), logical_ip).unwrap_or_else(|e| panic!("{e}"));
+    let set = AddressSet::create(64).unwrap_or_else(|e| panic!("{e}"));
+    let fs = ForceSource::load(&set).unwrap_or_else(|e| panic!("{e}"));
+    fs.attach(lab.cgroups[cg].fd(), logical_ip)
+        .unwrap_or_else(|e| panic!("{e}"));
     for args in cases {
         assert_eq!(seen(&mut lab, args), logical_ip, "{args:?}");
+    }
+}
+
+/// The same for an IPv6 instance: client fd00:231:N::1 and the logical
+/// ::10, peer ::2.
+#[test]
+fn force_source_makes_the_peer_see_the_logical_v6_address() {
+    require();
+    let n = next() % 250;
+    let mut lab = Lab::default();
+    let (client, server) = (lab.netns(), lab.netns());
+    let sname = lab.netns[server].0.clone();
+    lab.netns[client].ip(&[
+        "link", "add", "va", "type", "veth", "peer", "name", "vb", "netns", &sname,
+    ]);
+    let net = format!("fd00:231:{n:x}:");
+    let (primary, logical, peer) = (format!("{net}:1"), format!("{net}:10"), format!("{net}:2"));
+    lab.netns[client].ip(&[
+        "addr",
+        "add",
+        &format!("{primary}/64"),
+        "dev",
+        "va",
+        "nodad",
+    ]);
+    // Deprecated (preferred_lft 0): never picked as a source by the kernel
+    // (RFC 6724 rule 3), still bindable; so the control below is
+    // deterministic.
+    lab.netns[client].ip(&[
+        "addr",
+        "add",
+        &format!("{logical}/64"),
+        "dev",
+        "va",
+        "nodad",
+        "preferred_lft",
+        "0",
+    ]);
+    lab.netns[client].ip(&["link", "set", "va", "up"]);
+    lab.netns[server].ip(&["addr", "add", &format!("{peer}/64"), "dev", "vb", "nodad"]);
+    lab.netns[server].ip(&["link", "set", "vb", "up"]);
+    let to_tcp = format!("[{peer}]:9095");
+    let to_udp = format!("[{peer}]:9096");
+    lab.listen(None, Some(server), &["listen", "tcp", &to_tcp, "S"]);
+    lab.listen(None, Some(server), &["listen", "udp", &to_udp, "S"]);
+    let cg = lab.cgroup("src6");
+    let seen = |lab: &mut Lab, args: &[&str]| -> IpAddr {
+        let l = lab.ask(Some(cg), Some(client), args);
+        let peer: SocketAddr = l
+            .strip_prefix("S ")
+            .unwrap_or_else(|| panic!("{l}"))
+            .parse()
+            .unwrap();
+        peer.ip()
+    };
+    let cases: [&[&str]; 3] = [
+        &["connect", "tcp", &to_tcp],
+        &["connect", "udp", &to_udp],
+        &["sendto", "udp", &to_udp],
+    ];
+    let (primary, logical): (IpAddr, IpAddr) = (primary.parse().unwrap(), logical.parse().unwrap());
+    for args in cases {
+        assert_eq!(seen(&mut lab, args), primary, "{args:?}");
+    }
+    let set = AddressSet::create(64).unwrap_or_else(|e| panic!("{e}"));
+    let fs = ForceSource::load(&set).unwrap_or_else(|e| panic!("{e}"));
+    fs.attach(lab.cgroups[cg].fd(), logical)
+        .unwrap_or_else(|e| panic!("{e}"));
+    for args in cases {
+        assert_eq!(seen(&mut lab, args), logical, "{args:?}");
     }
 }
 
@@ -645,14 +718,25 @@ fn the_query_tells_attached_stale_and_detached_apart() {
     assert!(other.status(fd, a).unwrap().ok());
     assert_eq!(bpf::query(fd).unwrap().len(), 2, "replaced, not added");
 
-    assert!(!ForceSource::status(fd, a).unwrap().ok());
-    ForceSource::attach(fd, a).unwrap();
-    assert!(ForceSource::status(fd, a).unwrap().ok());
-    assert_eq!(bpf::query(fd).unwrap().len(), 5);
+    // force_source shares the set (one registration serves both).
+    let fs = ForceSource::load(other.set()).unwrap();
+    assert!(!fs.status(fd, a).unwrap().ok());
+    fs.attach(fd, a).unwrap();
+    assert!(fs.status(fd, a).unwrap().ok());
+    assert_eq!(bpf::query(fd).unwrap().len(), 6);
+    assert!(
+        !ForceSource::load(fb.set())
+            .unwrap()
+            .status(fd, a)
+            .unwrap()
+            .ok(),
+        "another set's programs"
+    );
     other.detach(fd).unwrap();
     let st = other.status(fd, a).unwrap();
     assert_eq!(st.hooks[0].1, HookState::Missing);
     assert_eq!(st.address, Some((a, None)), "unregistered");
-    assert_eq!(bpf::query(fd).unwrap().len(), 3, "force_source stays");
-    assert!(ForceSource::status(fd, a).unwrap().ok());
+    assert_eq!(bpf::query(fd).unwrap().len(), 4, "force_source stays");
+    fs.attach(fd, a).unwrap(); // registers again
+    assert!(fs.status(fd, a).unwrap().ok());
 }

@@ -5,7 +5,7 @@
 //! about to use. Addresses there are in network byte order, so a word is
 //! compared with `u32::from_ne_bytes(octets)`.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use super::asm::{Asm, Insn, Label, R0, R1, R2, R3, R4, R5, R6, R7, R8, R10};
 
@@ -51,11 +51,7 @@ impl Refusal {
     }
 }
 
-/// A word of an address as the program loads it from the context.
-fn w4(a: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(a.octets())
-}
-
+/// The words of an address as the program loads them from the context.
 fn w6(a: Ipv6Addr) -> [u32; 4] {
     let o = a.octets();
     std::array::from_fn(|i| u32::from_ne_bytes(o[i * 4..i * 4 + 4].try_into().unwrap()))
@@ -92,13 +88,6 @@ fn load6(a: &mut Asm, off: i16) {
     }
 }
 
-/// Writes `addr` into the context at `off`, a word at a time through r2.
-fn store6(a: &mut Asm, off: i16, addr: Ipv6Addr) {
-    for (i, w) in w6(addr).into_iter().enumerate() {
-        a.mov32_imm(R2, w).stx_w(R6, off + 4 * i as i16, R2);
-    }
-}
-
 /// The maps the bind programs use (fds, put in the program at load time).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BindMaps {
@@ -117,12 +106,12 @@ const NO_OWNER: i16 = -40; // 16 zero bytes: "this cgroup has no address"
 /// instance whose cgroup the calling process is in, or 16 zero bytes on
 /// the stack when the cgroup is not registered (a sub-cgroup the product
 /// made itself: it inherits the programs, and gets no wildcard binds).
-fn owner(a: &mut Asm, maps: BindMaps) {
+fn owner(a: &mut Asm, owners: i32) {
     let known = a.label();
     a.mov64_reg(R6, R1) // r6 = ctx: r1-r5 are clobbered by helper calls
         .call(HELPER_GET_CURRENT_CGROUP_ID) // r0 = the caller's cgroup id
         .stx_dw(R10, KEY_CGID, R0)
-        .ld_map_fd(R1, maps.owners)
+        .ld_map_fd(R1, owners)
         .mov64_reg(R2, R10)
         .add64_imm(R2, KEY_CGID.into())
         .call(HELPER_MAP_LOOKUP_ELEM) // r0 = &owners[cgroup id] or NULL
@@ -167,7 +156,7 @@ fn refuse_others(a: &mut Asm, maps: BindMaps, yes: Label, no: Label) {
 pub fn bind4(maps: BindMaps, how: Refusal) -> Vec<Insn> {
     let mut a = Asm::new();
     let (specific, yes, no) = (a.label(), a.label(), a.label());
-    owner(&mut a, maps);
+    owner(&mut a, maps.owners);
     a.ldx_w(R8, R6, USER_IP4) // w8 = the address bind(2) was given
         .jne32_imm(R8, 0, specific); // not 0.0.0.0: look it up
     load_owner(&mut a);
@@ -201,7 +190,7 @@ pub fn bind6(maps: BindMaps, how: Refusal) -> Vec<Insn> {
     let mut a = Asm::new();
     let (not_any, has_owner, specific, yes, no) =
         (a.label(), a.label(), a.label(), a.label(), a.label());
-    owner(&mut a, maps);
+    owner(&mut a, maps.owners);
     load6(&mut a, USER_IP6); // w2..w5 = the address bind(2) was given
     unless_equal(&mut a, Ipv6Addr::UNSPECIFIED, not_any); // "::"?
     load_owner(&mut a);
@@ -236,110 +225,148 @@ pub fn bind6(maps: BindMaps, how: Refusal) -> Vec<Insn> {
 
 /// `user_ip6 = w2..w5`.
 fn store_regs6(a: &mut Asm) {
+    store_regs6_at(a, USER_IP6);
+}
+
+/// The 16 bytes at `off` of the context = w2..w5.
+fn store_regs6_at(a: &mut Asm, off: i16) {
     for (i, reg) in [R2, R3, R4, R5].into_iter().enumerate() {
-        a.stx_w(R6, USER_IP6 + 4 * i as i16, reg);
+        a.stx_w(R6, off + 4 * i as i16, reg);
     }
 }
 
-/// BPF_CGROUP_INET4_CONNECT: binds the socket to `own` (port 0: the kernel
-/// picks it at connect time, BIND_FORCE_ADDRESS_NO_PORT) before the
-/// connect. A socket the process bound itself keeps its address (the
-/// helper fails, the connect goes on).
-pub fn connect4(own: Ipv4Addr) -> Vec<Insn> {
-    let mut a = Asm::new();
-    a.mov64_reg(R6, R1) // r6 = ctx
-        .mov64_imm(R2, 0)
-        .stx_dw(R10, -16, R2) // struct sockaddr_in on the stack, zeroed
-        .stx_dw(R10, -8, R2)
-        .st_h(R10, -16, AF_INET) // sin_family
-        .st_w(R10, -12, w4(own)) // sin_addr (sin_port stays 0)
-        .mov64_reg(R1, R6) // bpf_bind(ctx,
+// Stack of the connect programs: a sockaddr_in / sockaddr_in6 for
+// bpf_bind, below the owner preamble's slots.
+const SOCKADDR: i16 = -72; // 32 bytes, -72..-40
+
+/// Jumps to `to` unless the owner's address (in r2..r5, [`load_owner`]) is
+/// IPv4, i.e. `::ffff:a.b.c.d`.
+fn unless_owner_v4(a: &mut Asm, to: Label) {
+    a.jne32_imm(R2, 0, to)
+        .jne32_imm(R3, 0, to)
+        .jne32_imm(R4, mapped_word(), to);
+}
+
+/// Jumps to `to` unless the owner's address (in r2..r5) is a native IPv6
+/// one: neither v4-mapped nor the 16 zero bytes of "no owner".
+fn unless_owner_v6(a: &mut Asm, to: Label) {
+    let v6 = a.label();
+    a.jne32_imm(R2, 0, v6).jne32_imm(R3, 0, v6);
+    a.jeq32_imm(R4, mapped_word(), to) // v4-mapped
+        .jne32_imm(R4, 0, v6)
+        .jne32_imm(R5, 0, v6)
+        .ja(to); // all zero: no owner
+    a.here(v6);
+}
+
+/// Jumps to `to` if the destination (in r2..r5, from `user_ip6`) is
+/// v4-mapped: an IPv4 connection over a dual-stack socket.
+fn if_dest_mapped(a: &mut Asm, to: Label) {
+    let no = a.label();
+    a.jne32_imm(R2, 0, no)
+        .jne32_imm(R3, 0, no)
+        .jeq32_imm(R4, mapped_word(), to);
+    a.here(no);
+}
+
+/// `bpf_bind(ctx, &sockaddr, len)` with the socket address at SOCKADDR;
+/// its result is ignored: a socket the process bound itself keeps its
+/// address (the helper fails), and the connect goes on.
+fn call_bind(a: &mut Asm, len: i32) {
+    a.mov64_reg(R1, R6)
         .mov64_reg(R2, R10)
-        .add64_imm(R2, -16) //   &sin,
-        .mov64_imm(R3, 16) //   sizeof sin)
+        .add64_imm(R2, SOCKADDR.into())
+        .mov64_imm(R3, len)
         .call(HELPER_BIND);
-    allow(&mut a); // the connect goes on whatever bpf_bind said
-    a.finish()
 }
 
-/// BPF_CGROUP_INET6_CONNECT. A v6 instance: binds to its address unless
-/// the destination is v4-mapped (that connection is IPv4 and cannot leave
-/// from a v6 address). A v4 instance: binds to `::ffff:ADDR` only when the
-/// destination is v4-mapped (an IPv4 connection from a dual-stack socket);
-/// native IPv6 connections are left alone, there is no v6 logical address.
-pub fn connect6(own: IpAddr) -> Vec<Insn> {
-    let mut a = Asm::new();
-    let (not_mapped, done) = (a.label(), a.label());
-    a.mov64_reg(R6, R1); // r6 = ctx
-    load6(&mut a, USER_IP6); // the destination
-    a.jne32_imm(R2, 0, not_mapped) // ::ffff:a.b.c.d has words 0 and 1 zero
-        .jne32_imm(R3, 0, not_mapped)
-        .jne32_imm(R4, mapped_word(), not_mapped); // and word 2 0x0000ffff
-    match own {
-        IpAddr::V4(v4) => {
-            emit_bind6(&mut a, v4.to_ipv6_mapped()); // v4 over a v6 socket
-            a.ja(done);
-            a.here(not_mapped); // native IPv6: left alone
-        }
-        IpAddr::V6(v6) => {
-            a.ja(done); // IPv4 over a v6 socket: left alone
-            a.here(not_mapped);
-            emit_bind6(&mut a, v6);
-        }
+/// Zeroes the 32 bytes at SOCKADDR and writes the family there.
+fn sockaddr(a: &mut Asm, family: i32) {
+    a.mov64_imm(R1, 0);
+    for i in 0..4 {
+        a.stx_dw(R10, SOCKADDR + 8 * i, R1);
     }
+    a.st_h(R10, SOCKADDR, family); // sin_family / sin6_family; port 0
+}
+
+/// BPF_CGROUP_INET4_CONNECT: binds the socket to the instance's IPv4
+/// address (port 0: the kernel picks it at connect time,
+/// BIND_FORCE_ADDRESS_NO_PORT) before the connect. Sockets of an IPv6
+/// instance or of an unregistered cgroup are left alone.
+pub fn connect4(owners: i32) -> Vec<Insn> {
+    let mut a = Asm::new();
+    let done = a.label();
+    owner(&mut a, owners);
+    load_owner(&mut a);
+    unless_owner_v4(&mut a, done);
+    sockaddr(&mut a, AF_INET);
+    a.stx_w(R10, SOCKADDR + 4, R5); // sin_addr = a.b.c.d
+    call_bind(&mut a, 16); // sizeof(struct sockaddr_in)
     a.here(done);
     allow(&mut a);
     a.finish()
 }
 
-/// `bpf_bind(ctx, &(struct sockaddr_in6){AF_INET6, 0, 0, addr, 0}, 28)`.
-fn emit_bind6(a: &mut Asm, addr: Ipv6Addr) {
-    a.mov64_imm(R2, 0);
-    for off in [-32, -24, -16, -8] {
-        a.stx_dw(R10, off, R2); // 32 zeroed bytes of stack
+/// BPF_CGROUP_INET6_CONNECT. An IPv4 destination over a dual-stack socket
+/// (v4-mapped) leaves from an IPv4 instance's `::ffff:ADDR`; a native IPv6
+/// one from an IPv6 instance's address. The other pairs are left alone:
+/// there is no address of that family to leave from.
+pub fn connect6(owners: i32) -> Vec<Insn> {
+    let mut a = Asm::new();
+    let (mapped, bind, done) = (a.label(), a.label(), a.label());
+    owner(&mut a, owners);
+    load6(&mut a, USER_IP6); // the destination
+    if_dest_mapped(&mut a, mapped);
+    load_owner(&mut a);
+    unless_owner_v6(&mut a, done);
+    a.ja(bind);
+    a.here(mapped);
+    load_owner(&mut a);
+    unless_owner_v4(&mut a, done);
+    a.here(bind);
+    sockaddr(&mut a, AF_INET6);
+    load_owner(&mut a); // (r1 was used to zero the stack, r2..r5 kept)
+    for (i, reg) in [R2, R3, R4, R5].into_iter().enumerate() {
+        a.stx_w(R10, SOCKADDR + 8 + 4 * i as i16, reg); // sin6_addr
     }
-    a.st_h(R10, -32, AF_INET6); // sin6_family; port, flowinfo stay 0
-    for (i, w) in w6(addr).into_iter().enumerate() {
-        a.st_w(R10, -24 + 4 * i as i16, w); // sin6_addr
-    }
-    a.mov64_reg(R1, R6)
-        .mov64_reg(R2, R10)
-        .add64_imm(R2, -32)
-        .mov64_imm(R3, 28) // sizeof(struct sockaddr_in6)
-        .call(HELPER_BIND);
+    call_bind(&mut a, 28); // sizeof(struct sockaddr_in6)
+    a.here(done);
+    allow(&mut a);
+    a.finish()
 }
 
 /// BPF_CGROUP_UDP4_SENDMSG: an unconnected UDP send with no source address
-/// (an unbound or 0.0.0.0-bound socket, no IP_PKTINFO) leaves from `own`.
-pub fn sendmsg4(own: Ipv4Addr) -> Vec<Insn> {
+/// (an unbound or 0.0.0.0-bound socket, no IP_PKTINFO) leaves from the
+/// instance's IPv4 address.
+pub fn sendmsg4(owners: i32) -> Vec<Insn> {
     let mut a = Asm::new();
     let done = a.label();
-    a.ldx_w(R2, R1, MSG_SRC_IP4) // w2 = the source the kernel would use
-        .jne32_imm(R2, 0, done) // one is set: keep it
-        .mov32_imm(R2, w4(own))
-        .stx_w(R1, MSG_SRC_IP4, R2); // leave from our address
+    owner(&mut a, owners);
+    a.ldx_w(R2, R6, MSG_SRC_IP4) // w2 = the source the kernel would use
+        .jne32_imm(R2, 0, done); // one is set: keep it
+    load_owner(&mut a);
+    unless_owner_v4(&mut a, done);
+    a.stx_w(R6, MSG_SRC_IP4, R5); // leave from our address
     a.here(done);
     allow(&mut a);
     a.finish()
 }
 
-/// BPF_CGROUP_UDP6_SENDMSG: the same for a v6 instance; a send to a
-/// v4-mapped destination takes the IPv4 path and is left alone.
-pub fn sendmsg6(own: Ipv6Addr) -> Vec<Insn> {
+/// BPF_CGROUP_UDP6_SENDMSG: the same for an IPv6 instance; a send to a
+/// v4-mapped destination takes the IPv4 path (and its program).
+pub fn sendmsg6(owners: i32) -> Vec<Insn> {
     let mut a = Asm::new();
     let done = a.label();
-    a.mov64_reg(R6, R1);
+    owner(&mut a, owners);
     load6(&mut a, USER_IP6); // the destination
-    let not_mapped = a.label();
-    a.jne32_imm(R2, 0, not_mapped)
-        .jne32_imm(R3, 0, not_mapped)
-        .jeq32_imm(R4, mapped_word(), done);
-    a.here(not_mapped);
+    if_dest_mapped(&mut a, done);
     load6(&mut a, MSG_SRC_IP6);
     for reg in [R2, R3, R4, R5] {
         a.jne32_imm(reg, 0, done); // a source is set: keep it
     }
-    store6(&mut a, MSG_SRC_IP6, own);
+    load_owner(&mut a);
+    unless_owner_v6(&mut a, done);
+    store_regs6_at(&mut a, MSG_SRC_IP6);
     a.here(done);
     allow(&mut a);
     a.finish()

@@ -4,6 +4,7 @@
 
 use super::*;
 use crate::isolation::bpf::asm::Insn;
+use std::net::IpAddr;
 
 const CTX: u64 = 0x1000;
 const STACK_TOP: u64 = 0x3000;
@@ -194,10 +195,6 @@ fn run_in(prog: &[Insn], mut ctx: Vec<u8>, env: &Env) -> Run {
     }
 }
 
-fn run(prog: &[Insn], ctx: Vec<u8>) -> Run {
-    run_in(prog, ctx, &Env::default())
-}
-
 /// The verifier refuses a program with an instruction no path reaches.
 fn assert_all_reachable(prog: &[Insn]) {
     let mut seen = vec![false; prog.len()];
@@ -254,12 +251,9 @@ fn every_instruction_of_every_program_is_reachable() {
         assert_all_reachable(&bind4(MAPS, how));
         assert_all_reachable(&bind6(MAPS, how));
     }
-    for own in [ip("10.0.0.200"), ip("fd00:c0::2")] {
-        assert_all_reachable(&connect6(own));
+    for p in [connect4, connect6, sendmsg4, sendmsg6] {
+        assert_all_reachable(&p(MAPS.owners));
     }
-    assert_all_reachable(&connect4("10.0.0.200".parse().unwrap()));
-    assert_all_reachable(&sendmsg4("10.0.0.200".parse().unwrap()));
-    assert_all_reachable(&sendmsg6("fd00:c0::2".parse().unwrap()));
 }
 
 #[test]
@@ -364,56 +358,75 @@ fn bind6_of_a_v6_instance_rewrites_colon_colon_and_refuses_the_mapped_wildcard()
     }
 }
 
-#[test]
-fn connect4_binds_a_sockaddr_in_of_the_logical_address() {
-    let r = run(
-        &connect4("10.0.0.200".parse().unwrap()),
-        ctx4("10.9.9.9".parse().unwrap()),
-    );
-    assert_eq!(r.ret, 1);
-    let sin = r.bound.expect("bpf_bind called");
-    let mut want = vec![0u8; 16];
-    want[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
-    want[4..8].copy_from_slice(&[10, 0, 0, 200]);
-    assert_eq!(sin, want, "family, port 0, address, zero padding");
+fn sin6(a: &str) -> Vec<u8> {
+    let mut w = vec![0u8; 28];
+    w[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
+    w[8..24].copy_from_slice(&a.parse::<Ipv6Addr>().unwrap().octets());
+    w
 }
 
 #[test]
-fn connect6_binds_by_family_of_instance_and_destination() {
-    let sin6 = |a: &str| {
-        let mut w = vec![0u8; 28];
-        w[..2].copy_from_slice(&(libc::AF_INET6 as u16).to_ne_bytes());
-        w[8..24].copy_from_slice(&a.parse::<Ipv6Addr>().unwrap().octets());
-        w
-    };
+fn connect4_binds_a_sockaddr_in_of_a_v4_owner_only() {
+    let p = connect4(MAPS.owners);
+    let dest = ctx4("10.9.9.9".parse().unwrap());
+    let r = run_in(&p, dest.clone(), &env(&[], Some("10.0.0.200")));
+    assert_eq!(r.ret, 1);
+    let mut want = vec![0u8; 16];
+    want[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+    want[4..8].copy_from_slice(&[10, 0, 0, 200]);
+    assert_eq!(r.bound, Some(want), "family, port 0, address, zero padding");
+    for e in [env(&[], Some("fd00:c0::2")), env(&[], None)] {
+        let r = run_in(&p, dest.clone(), &e);
+        assert_eq!((r.ret, r.bound), (1, None), "left alone");
+    }
+}
+
+#[test]
+fn connect6_binds_when_owner_and_destination_families_agree() {
+    let p = connect6(MAPS.owners);
     let mapped_dest = ctx6("::ffff:10.9.9.9".parse().unwrap());
     let v6_dest = ctx6("fd00:9::9".parse().unwrap());
-    let p4 = connect6(ip("10.0.0.200"));
-    assert_eq!(
-        run(&p4, mapped_dest.clone()).bound,
-        Some(sin6("::ffff:10.0.0.200"))
+    let (v4, v6, none) = (
+        env(&[], Some("10.0.0.200")),
+        env(&[], Some("fd00:c0::2")),
+        env(&[], None),
     );
-    assert_eq!(run(&p4, v6_dest.clone()).bound, None);
-    let p6 = connect6(ip("fd00:c0::2"));
-    assert_eq!(run(&p6, v6_dest).bound, Some(sin6("fd00:c0::2")));
-    let r = run(&p6, mapped_dest);
-    assert_eq!((r.ret, r.bound), (1, None));
+    let bound = |d: &Vec<u8>, e: &Env| run_in(&p, d.clone(), e).bound;
+    assert_eq!(bound(&mapped_dest, &v4), Some(sin6("::ffff:10.0.0.200")));
+    assert_eq!(bound(&v6_dest, &v4), None);
+    assert_eq!(bound(&v6_dest, &v6), Some(sin6("fd00:c0::2")));
+    assert_eq!(bound(&mapped_dest, &v6), None);
+    assert_eq!(bound(&v6_dest, &none), None);
+    assert_eq!(bound(&mapped_dest, &none), None);
+    // An IPv6 owner whose first words are zero is still IPv6.
+    let low = env(&[], Some("::2:0:0:5"));
+    assert_eq!(bound(&v6_dest, &low), Some(sin6("::2:0:0:5")));
 }
 
 #[test]
 fn sendmsg_sets_the_source_only_when_none_is_set() {
-    let p = sendmsg4("10.0.0.200".parse().unwrap());
+    let v4 = env(&[], Some("10.0.0.200"));
+    let v6 = env(&[], Some("fd00:c0::2"));
+    let p = sendmsg4(MAPS.owners);
     let mut c = vec![0u8; 72];
-    let r = run(&p, c.clone());
+    let r = run_in(&p, c.clone(), &v4);
     assert_eq!((r.ret, &r.ctx[40..44]), (1, &[10, 0, 0, 200][..]));
+    assert_eq!(
+        &run_in(&p, c.clone(), &v6).ctx[40..44],
+        &[0; 4],
+        "no v4 address"
+    );
+    assert_eq!(&run_in(&p, c.clone(), &Env::default()).ctx[40..44], &[0; 4]);
     c[40..44].copy_from_slice(&[127, 0, 0, 1]);
-    assert_eq!(&run(&p, c).ctx[40..44], &[127, 0, 0, 1]);
+    assert_eq!(&run_in(&p, c, &v4).ctx[40..44], &[127, 0, 0, 1]);
 
     let own: Ipv6Addr = "fd00:c0::2".parse().unwrap();
-    let p = sendmsg6(own);
-    let r = run(&p, ctx6("fd00:9::9".parse().unwrap()));
+    let p = sendmsg6(MAPS.owners);
+    let r = run_in(&p, ctx6("fd00:9::9".parse().unwrap()), &v6);
     assert_eq!((r.ret, ip6(&r.ctx, 44)), (1, own));
-    let r = run(&p, ctx6("::ffff:10.9.9.9".parse().unwrap()));
+    let r = run_in(&p, ctx6("fd00:9::9".parse().unwrap()), &v4);
+    assert_eq!(ip6(&r.ctx, 44), Ipv6Addr::UNSPECIFIED, "no v6 address");
+    let r = run_in(&p, ctx6("::ffff:10.9.9.9".parse().unwrap()), &v6);
     assert_eq!(
         ip6(&r.ctx, 44),
         Ipv6Addr::UNSPECIFIED,
@@ -421,5 +434,5 @@ fn sendmsg_sets_the_source_only_when_none_is_set() {
     );
     let mut c = ctx6("fd00:9::9".parse().unwrap());
     c[44..60].copy_from_slice(&Ipv6Addr::LOCALHOST.octets());
-    assert_eq!(ip6(&run(&p, c).ctx, 44), Ipv6Addr::LOCALHOST);
+    assert_eq!(ip6(&run_in(&p, c, &v6).ctx, 44), Ipv6Addr::LOCALHOST);
 }

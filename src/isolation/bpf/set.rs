@@ -80,6 +80,19 @@ impl AddressSet {
         Ok(AddressSet { addrs, owners, ids })
     }
 
+    /// Another handle on the same maps.
+    pub fn try_clone(&self) -> Result<AddressSet, BpfError> {
+        let dup = |fd: &OwnedFd| {
+            fd.try_clone()
+                .map_err(set_err("duplicating a map fd".into()))
+        };
+        Ok(AddressSet {
+            addrs: dup(&self.addrs)?,
+            owners: dup(&self.owners)?,
+            ids: self.ids,
+        })
+    }
+
     /// The set among the maps with these ids (those of an attached bind
     /// program), found by name.
     pub(super) fn from_map_ids(ids: &[u32]) -> Result<Option<AddressSet>, BpfError> {
