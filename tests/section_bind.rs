@@ -739,4 +739,13 @@ fn the_query_tells_attached_stale_and_detached_apart() {
     assert_eq!(bpf::query(fd).unwrap().len(), 4, "force_source stays");
     fs.attach(fd, a).unwrap(); // registers again
     assert!(fs.status(fd, a).unwrap().ok());
+
+    // A restarted daemon finds the owners map through force_source alone.
+    let owners = other.set().ids().1;
+    drop((fs, other));
+    let set = AddressSet::adopt(fd).unwrap().expect("force_source's map");
+    assert_eq!(set.ids().1, owners);
+    assert_eq!(set.owner(bpf::cgroup_id(fd).unwrap()).unwrap(), Some(a));
+    let fs = ForceSource::load(&set).unwrap();
+    assert!(fs.status(fd, a).unwrap().ok(), "same code, same map");
 }

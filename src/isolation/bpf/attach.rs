@@ -15,7 +15,8 @@ impl BpfError {
     }
 }
 
-/// One of our programs, loaded (and, in [`Attached`], attached).
+/// One of our programs, loaded (the fd keeps it alive while it is not
+/// attached anywhere).
 #[derive(Debug)]
 pub struct Program {
     pub hook: Hook,
@@ -198,37 +199,6 @@ pub fn query(cgroup: BorrowedFd) -> Result<Vec<AttachedProgram>, BpfError> {
         }
     }
     Ok(out)
-}
-
-/// Programs this process attached. Dropping it closes the fds only: the
-/// programs stay attached to the cgroup (see the module comment).
-#[derive(Debug)]
-pub struct Attached {
-    pub(super) programs: Vec<Program>,
-}
-
-impl Attached {
-    pub fn programs(&self) -> &[Program] {
-        &self.programs
-    }
-
-    pub fn hooks(&self) -> Vec<Hook> {
-        self.programs.iter().map(|p| p.hook).collect()
-    }
-
-    /// Detaches exactly these programs.
-    pub fn detach(self, cgroup: BorrowedFd) -> Result<(), BpfError> {
-        for p in &self.programs {
-            if let Err(source) = sys::prog_detach(cgroup, p.fd.as_fd(), p.hook.attach_type()) {
-                return Err(BpfError::Detach {
-                    hook: p.hook,
-                    id: p.id,
-                    source,
-                });
-            }
-        }
-        Ok(())
-    }
 }
 
 /// How one hook of a cgroup compares with what should be there.

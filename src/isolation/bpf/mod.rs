@@ -90,7 +90,7 @@ use std::net::IpAddr;
 use std::os::fd::{BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-pub use attach::{Attached, AttachedProgram, HookState, Program, Status, detach, query};
+pub use attach::{AttachedProgram, HookState, Program, Status, detach, query};
 pub use progs::Refusal;
 pub use set::{AddressSet, cgroup_id};
 
@@ -292,17 +292,15 @@ impl ForceBind {
 
     /// A restarted daemon: the set and programs attached to `cgroup_dir`
     /// (any instance's), so that new instances share them. None when none
-    /// of ours is attached there. Programs of an older cohost (another
+    /// of ours is attached there. (force_source needs no adoption of its
+    /// programs: [`ForceSource::load`] on the adopted set, and attaching
+    /// again replaces them in place.) Programs of an older cohost (another
     /// tag) are not taken: fresh ones are loaded, and each [`attach`]
     /// replaces the old ones in place.
     ///
     /// [`attach`]: ForceBind::attach
     pub fn adopt(cgroup_dir: BorrowedFd) -> Result<Option<ForceBind>, BpfError> {
-        let found: Vec<_> = attach::ours(cgroup_dir, Hook::Bind4)?;
-        let Some(first) = found.first() else {
-            return Ok(None);
-        };
-        let Some(set) = AddressSet::from_map_ids(&first.info.map_ids)? else {
+        let Some(set) = AddressSet::adopt(cgroup_dir)? else {
             return Ok(None);
         };
         let mut fb = ForceBind::load(set)?;

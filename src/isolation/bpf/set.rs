@@ -6,23 +6,24 @@
 //! (measured here: 0.4 ms per instance, 200 ms on the daemon's one thread
 //! for 500 instances, against a start-all of 280 ms), and one that
 //! compares with every other instance's address grows with the node (20 ms
-//! per instance at 500). With maps there is one pair of programs per
-//! supervisor, loaded once; starting an instance is two map updates and
-//! two attach calls, and a takeover that brings new addresses is one map
-//! update, seen by every instance at its next bind.
+//! per instance at 500). With maps there is one set of programs per
+//! supervisor (two for force_bind, four for force_source), loaded once;
+//! starting an instance is two map updates and an attach call per hook
+//! (8 µs for force_bind), and a takeover that brings new addresses is one
+//! map update, seen by every instance at its next bind.
 //!
 //! Keys and values hold 16-byte addresses: IPv6, or IPv4 v4-mapped
 //! (`::ffff:a.b.c.d`), the form the v6 bind program sees anyway. The maps
 //! live as long as a program uses them: a restarted daemon finds them
 //! again through the programs attached to any instance's cgroup
-//! ([`crate::isolation::bpf::ForceBind::adopt`]).
+//! ([`AddressSet::adopt`], [`crate::isolation::bpf::ForceBind::adopt`]).
 
 use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use super::progs::BindMaps;
-use super::{BpfError, sys, unavailable};
+use super::{BpfError, Hook, attach, sys, unavailable};
 
 /// The names the maps carry in the kernel (bpftool map show).
 pub const ADDRS_NAME: &str = "cohost_addrs";
@@ -113,8 +114,34 @@ impl AddressSet {
         }
         match (addrs, owners) {
             (Some(a), Some(o)) => AddressSet::from_fds(a, o).map(Some),
+            // Only force_source programs use the owners map alone: the
+            // node's addresses went with the last bind program; the
+            // supervisor fills a new map from its configuration.
+            (None, Some(o)) => {
+                let a = sys::map_create_hash(16, 1, Self::DEFAULT_CAPACITY, ADDRS_NAME)
+                    .map_err(unavailable)?;
+                AddressSet::from_fds(a, o).map(Some)
+            }
             _ => Ok(None),
         }
+    }
+
+    /// A restarted daemon: the maps our programs on `cgroup_dir` (any
+    /// instance's) use. None when none of ours is attached there. Adopt
+    /// from an instance with force_bind when there is one: a cgroup with
+    /// force_source only leads to the owners map alone, and a new map of
+    /// addresses (the bind programs elsewhere then show as stale until
+    /// attached again).
+    pub fn adopt(cgroup_dir: BorrowedFd) -> Result<Option<AddressSet>, BpfError> {
+        let mut ids = Vec::new();
+        for hook in Hook::ALL {
+            for f in attach::ours(cgroup_dir, hook)? {
+                ids.extend(f.info.map_ids);
+            }
+        }
+        ids.sort();
+        ids.dedup();
+        AddressSet::from_map_ids(&ids)
     }
 
     /// The kernel's ids of the two maps (addresses, owners).
