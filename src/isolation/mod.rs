@@ -4,5 +4,7 @@
 
 pub mod address;
 pub mod audit;
+pub mod bpf;
 pub mod cgroup;
 pub mod lock;
+pub mod sockets;
