@@ -354,6 +354,7 @@ impl CgroupRoot {
             path: cg.dir.clone(),
             source,
         })?;
+        self.add_accounting(&mut cg, id);
         if limits.is_empty() {
             return Ok(cg);
         }
@@ -419,6 +420,32 @@ impl CgroupRoot {
             }
         }
         Ok(cg)
+    }
+
+    /// Puts the instance where its usage can be read (issue 15): the v2
+    /// controllers that exist are turned on for our subtree; for those
+    /// that live in a v1 hierarchy, the instance gets a directory there
+    /// too, joined before exec like the limit ones. CPU time needs nothing:
+    /// v2's cpu.stat exists in every cgroup. Best effort: a figure that
+    /// cannot be had is shown as unknown, never a failed start.
+    fn add_accounting(&self, cg: &mut InstanceCgroup, id: &str) {
+        const ACCOUNTING: [(&str, &str); 3] =
+            [("memory", "memory"), ("pids", "pids"), ("io", "blkio")];
+        let v2_ctrls = std::fs::read_to_string(self.mount.point.join("cgroup.controllers"))
+            .unwrap_or_default();
+        for (v2, v1) in ACCOUNTING {
+            if v2_ctrls.split_whitespace().any(|x| x == v2) {
+                let _ = self.enable_v2(v2);
+                continue;
+            }
+            let Some((_, base)) = self.v1.iter().find(|(c, _)| c.iter().any(|x| x == v1)) else {
+                continue;
+            };
+            let dir = base.join(id);
+            if std::fs::create_dir_all(&dir).is_ok() && !cg.v1_dirs.contains(&dir) {
+                cg.v1_dirs.push(dir);
+            }
+        }
     }
 
     /// Turns `ctrl` on in every subtree_control from the mount down to base.
@@ -512,6 +539,14 @@ impl InstanceCgroup {
             .chain(self.v1_dirs.iter())
             .map(|d| open_procs(d))
             .collect()
+    }
+
+    /// Where [`crate::isolation::usage`] reads this cgroup's figures.
+    pub fn usage_dirs(&self) -> crate::isolation::usage::Dirs<'_> {
+        crate::isolation::usage::Dirs {
+            v2: &self.dir,
+            v1: &self.v1_dirs,
+        }
     }
 
     /// Member pids (thread-group leaders) now.
