@@ -443,6 +443,9 @@ impl CgroupRoot {
             };
             let dir = base.join(id);
             if std::fs::create_dir_all(&dir).is_ok() && !cg.v1_dirs.contains(&dir) {
+                if v1 == "blkio" {
+                    count_v1_io(&dir);
+                }
                 cg.v1_dirs.push(dir);
             }
         }
@@ -483,6 +486,34 @@ impl CgroupRoot {
             if let Some(parent) = b.parent() {
                 let _ = std::fs::remove_dir(parent);
             }
+        }
+    }
+}
+
+/// v1 blkio counts a group's bytes (blkio.throttle.io_service_bytes) only
+/// for devices on which the group has a throttle rule (seen on Linux 6.18:
+/// without a rule the file stays at "Total 0" however much is written).
+/// A rule of U64_MAX - 1 bytes/s counts without ever delaying a bio
+/// (U64_MAX itself means "no rule"). Every block device with a size gets
+/// one; best effort, like all accounting.
+fn count_v1_io(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir("/sys/block") else {
+        return;
+    };
+    for dev in rd.flatten() {
+        let p = dev.path();
+        let size = std::fs::read_to_string(p.join("size")).unwrap_or_default();
+        let Ok(majmin) = std::fs::read_to_string(p.join("dev")) else {
+            continue;
+        };
+        if size.trim().parse::<u64>().unwrap_or(0) == 0 {
+            continue;
+        }
+        for f in [
+            "blkio.throttle.read_bps_device",
+            "blkio.throttle.write_bps_device",
+        ] {
+            let _ = std::fs::write(dir.join(f), format!("{} {}", majmin.trim(), u64::MAX - 1));
         }
     }
 }
