@@ -95,7 +95,8 @@ fn summary(p: &Plan) -> String {
 pub fn run(ctx: &Ctx, peer_dir: &Path, json: bool) -> i32 {
     let res = (|| {
         let local = load(&ctx.config, "this node's")?;
-        let peer = load(peer_dir, "the peer's")?;
+        let peer_dir = std::path::absolute(peer_dir).unwrap_or_else(|_| peer_dir.to_path_buf());
+        let peer = load(&peer_dir, "the peer's")?;
         let host = Real {
             running: running(ctx)?,
         };

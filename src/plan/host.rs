@@ -28,6 +28,9 @@ impl Host for Real {
     }
 
     fn program(&self, argv0: &str, path_var: &str) -> Result<(), String> {
+        if argv0.contains('/') && !Path::new(argv0).exists() {
+            return Err("does not exist".into());
+        }
         crate::process::spawn::find_program(argv0, path_var)
             .map(|_| ())
             .map_err(|e| e.to_string())
