@@ -105,9 +105,9 @@ const USAGE: [(&str, &str, &str, Figure, f64); 6] = [
     ),
 ];
 
-/// The exposition text for these instances (pure).
-pub fn render(list: &[InstanceStatus]) -> String {
-    let mut fams = vec![
+/// State, restarts and uptime.
+fn state_families(list: &[InstanceStatus]) -> Vec<Family<'static>> {
+    vec![
         Family {
             name: "cohost_instance_up",
             kind: "gauge",
@@ -149,6 +149,12 @@ pub fn render(list: &[InstanceStatus]) -> String {
                 .filter_map(|s| Some((labels(s), s.uptime_s? as f64)))
                 .collect(),
         },
+    ]
+}
+
+/// The last start's timing by phase, and the lock record's age.
+fn timing_families(list: &[InstanceStatus]) -> Vec<Family<'static>> {
+    vec![
         Family {
             name: "cohost_instance_last_start_seconds",
             kind: "gauge",
@@ -176,7 +182,13 @@ pub fn render(list: &[InstanceStatus]) -> String {
                 })
                 .collect(),
         },
-    ];
+    ]
+}
+
+/// The exposition text for these instances (pure).
+pub fn render(list: &[InstanceStatus]) -> String {
+    let mut fams = state_families(list);
+    fams.extend(timing_families(list));
     for (name, kind, help, fig, scale) in USAGE {
         fams.push(Family {
             name,
