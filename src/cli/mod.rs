@@ -9,7 +9,11 @@
 mod daemonctl;
 pub mod fast;
 mod local;
+mod metrics;
+mod observe;
 mod output;
+mod plan;
+mod top;
 
 use std::path::PathBuf;
 
@@ -122,6 +126,32 @@ pub enum Cmd {
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: usize,
     },
+    /// Live per-instance state and usage (one snapshot when not on a terminal).
+    Top {
+        /// Sort by cpu, memory, io, pids, restarts or name (keys c m i p r n).
+        #[arg(long, default_value = "cpu")]
+        sort: top::Sort,
+        /// Refreshes before exiting (default: until `q` on a terminal, else 1).
+        #[arg(short = 'n', long)]
+        iterations: Option<u64>,
+        /// Seconds between refreshes.
+        #[arg(short, long, default_value_t = 1.0, value_parser = positive_secs)]
+        delay: f64,
+    },
+    /// Can this node also run the instances of the instances file in DIR?
+    Plan {
+        /// The peer's instances directory.
+        #[arg(long, value_name = "DIR")]
+        absorb: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// State, restarts, start timing and usage in the Prometheus text format.
+    Metrics {
+        /// Write to FILE atomically (node_exporter's textfile collector).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
     /// Convert a legacy ID:DBDIR:ETCDIR:PORT:HOSTNAME file to TOML.
     Import {
         file: PathBuf,
@@ -194,6 +224,20 @@ pub fn run(cli: Cli) -> i32 {
         Cmd::Shutdown => daemonctl::shutdown(&ctx),
         Cmd::Logs { id, follow, lines } => local::logs(&ctx, &id, follow, lines),
         Cmd::Import { file, service } => local::import(&file, &service),
+        Cmd::Top {
+            sort,
+            iterations,
+            delay,
+        } => top::run(
+            &ctx,
+            top::Opts {
+                sort,
+                iterations,
+                delay: std::time::Duration::from_secs_f64(delay),
+            },
+        ),
+        Cmd::Plan { absorb, json } => plan::run(&ctx, &absorb, json),
+        Cmd::Metrics { output } => metrics::run(&ctx, output.as_deref()),
     }
 }
 

@@ -354,6 +354,7 @@ impl CgroupRoot {
             path: cg.dir.clone(),
             source,
         })?;
+        self.add_accounting(&mut cg, id);
         if limits.is_empty() {
             return Ok(cg);
         }
@@ -421,6 +422,35 @@ impl CgroupRoot {
         Ok(cg)
     }
 
+    /// Puts the instance where its usage can be read (issue 15): the v2
+    /// controllers that exist are turned on for our subtree; for those
+    /// that live in a v1 hierarchy, the instance gets a directory there
+    /// too, joined before exec like the limit ones. CPU time needs nothing:
+    /// v2's cpu.stat exists in every cgroup. Best effort: a figure that
+    /// cannot be had is shown as unknown, never a failed start.
+    fn add_accounting(&self, cg: &mut InstanceCgroup, id: &str) {
+        const ACCOUNTING: [(&str, &str); 3] =
+            [("memory", "memory"), ("pids", "pids"), ("io", "blkio")];
+        let v2_ctrls = std::fs::read_to_string(self.mount.point.join("cgroup.controllers"))
+            .unwrap_or_default();
+        for (v2, v1) in ACCOUNTING {
+            if v2_ctrls.split_whitespace().any(|x| x == v2) {
+                let _ = self.enable_v2(v2);
+                continue;
+            }
+            let Some((_, base)) = self.v1.iter().find(|(c, _)| c.iter().any(|x| x == v1)) else {
+                continue;
+            };
+            let dir = base.join(id);
+            if std::fs::create_dir_all(&dir).is_ok() && !cg.v1_dirs.contains(&dir) {
+                if v1 == "blkio" {
+                    count_v1_io(&dir);
+                }
+                cg.v1_dirs.push(dir);
+            }
+        }
+    }
+
     /// Turns `ctrl` on in every subtree_control from the mount down to base.
     fn enable_v2(&self, ctrl: &str) -> Result<(), CgroupError> {
         let mut dir = self.mount.point.clone();
@@ -456,6 +486,34 @@ impl CgroupRoot {
             if let Some(parent) = b.parent() {
                 let _ = std::fs::remove_dir(parent);
             }
+        }
+    }
+}
+
+/// v1 blkio counts a group's bytes (blkio.throttle.io_service_bytes) only
+/// for devices on which the group has a throttle rule (seen on Linux 6.18:
+/// without a rule the file stays at "Total 0" however much is written).
+/// A rule of U64_MAX - 1 bytes/s counts without ever delaying a bio
+/// (U64_MAX itself means "no rule"). Every block device with a size gets
+/// one; best effort, like all accounting.
+fn count_v1_io(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir("/sys/block") else {
+        return;
+    };
+    for dev in rd.flatten() {
+        let p = dev.path();
+        let size = std::fs::read_to_string(p.join("size")).unwrap_or_default();
+        let Ok(majmin) = std::fs::read_to_string(p.join("dev")) else {
+            continue;
+        };
+        if size.trim().parse::<u64>().unwrap_or(0) == 0 {
+            continue;
+        }
+        for f in [
+            "blkio.throttle.read_bps_device",
+            "blkio.throttle.write_bps_device",
+        ] {
+            let _ = std::fs::write(dir.join(f), format!("{} {}", majmin.trim(), u64::MAX - 1));
         }
     }
 }
@@ -512,6 +570,14 @@ impl InstanceCgroup {
             .chain(self.v1_dirs.iter())
             .map(|d| open_procs(d))
             .collect()
+    }
+
+    /// Where [`crate::isolation::usage`] reads this cgroup's figures.
+    pub fn usage_dirs(&self) -> crate::isolation::usage::Dirs<'_> {
+        crate::isolation::usage::Dirs {
+            v2: &self.dir,
+            v1: &self.v1_dirs,
+        }
     }
 
     /// Member pids (thread-group leaders) now.

@@ -83,6 +83,9 @@ pub struct Lock {
     /// What the file said before we took it: a different node there means
     /// this start is a takeover.
     pub previous: Option<Holder>,
+    /// When the previous holder wrote its record (the file's mtime before
+    /// we took it): its age is reported with a takeover's timing.
+    pub previous_written: Option<std::time::SystemTime>,
 }
 
 fn ofd_lock(fd: RawFd, kind: libc::c_short) -> io::Result<()> {
@@ -118,6 +121,9 @@ impl Lock {
         let mut text = String::new();
         let _ = file.read_to_string(&mut text);
         let previous = Holder::parse(&text);
+        let previous_written = previous
+            .as_ref()
+            .and_then(|_| file.metadata().and_then(|m| m.modified()).ok());
         match ofd_lock(file.as_raw_fd(), libc::F_WRLCK as libc::c_short) {
             Ok(()) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => {
@@ -133,6 +139,7 @@ impl Lock {
             file,
             path: path.to_path_buf(),
             previous,
+            previous_written,
         };
         lock.write_holder(me).map_err(io_err)?;
         Ok(lock)
@@ -166,6 +173,7 @@ impl Lock {
             file,
             path: path.to_path_buf(),
             previous: None,
+            previous_written: None,
         })
     }
 

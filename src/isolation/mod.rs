@@ -8,3 +8,4 @@ pub mod bpf;
 pub mod cgroup;
 pub mod lock;
 pub mod sockets;
+pub mod usage;

@@ -220,6 +220,7 @@ impl Daemon {
         if dead {
             self.reap();
         }
+        self.timing_launched(idx);
         self.post(idx, Event::Launched);
     }
 

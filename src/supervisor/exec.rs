@@ -333,7 +333,9 @@ impl Daemon {
     fn on_transition(&mut self, idx: usize, from: State, to: State, reason: &str) {
         let id = self.insts[idx].id().to_string();
         self.insts[idx].since_wall = SystemTime::now();
-        if to == State::Failed {
+        if let Some(t) = self.timing_transition(idx, from, to) {
+            super::timing::log_ready(&id, from, reason, &t);
+        } else if to == State::Failed {
             tracing::error!(instance = %id, from = from.as_str(), to = to.as_str(), "{reason}");
         } else {
             tracing::info!(instance = %id, from = from.as_str(), to = to.as_str(), "{reason}");

@@ -190,6 +190,8 @@ pub struct Inst {
     pub failure_replies: Vec<super::exec::FailureReply>,
     /// The log file system's space, as last asked (see refresh_log_space).
     pub log_space: LogSpace,
+    /// Start timing and the usage baseline (issue 15).
+    pub obs: super::timing::Obs,
 }
 
 #[derive(Debug, Default)]
@@ -237,6 +239,7 @@ impl Inst {
             tail_job: None,
             failure_replies: Vec::new(),
             log_space: LogSpace::default(),
+            obs: Default::default(),
         }
     }
 

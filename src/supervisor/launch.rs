@@ -23,6 +23,7 @@ use crate::process::spawn::{ExecPlan, Output, Spawn};
 impl Daemon {
     pub(super) fn launch(&mut self, idx: usize) {
         self.waiting_address.remove(&idx);
+        self.timing_launch(idx);
         if let Err(msg) = self.begin_prepare(idx) {
             self.post(idx, Event::LaunchFailed(msg));
         }
@@ -169,6 +170,7 @@ impl Daemon {
 
     fn fork_prepared(&mut self, idx: usize, prep: Prepared) -> Result<(), String> {
         let id = self.insts[idx].id().to_string();
+        self.timing_prepared(idx, prep.lock_time, prep.lock.as_ref());
         if let Some(lock) = prep.lock {
             if let Some(prev) = &lock.previous
                 && prev.node != self.node

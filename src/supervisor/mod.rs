@@ -24,6 +24,7 @@ mod probe;
 mod requests;
 mod setup;
 mod timers;
+mod timing;
 pub mod worker;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};

@@ -86,6 +86,8 @@ pub struct Prepared {
     pub lock: Option<Lock>,
     pub creds: Option<Creds>,
     pub plans: Vec<(String, ExecPlan)>,
+    /// How long taking the lock took (start timing, issue 15).
+    pub lock_time: std::time::Duration,
 }
 
 /// Runs on a worker thread; `p` names each step, for a timeout message.
@@ -117,10 +119,14 @@ pub fn prepare(req: Request, p: &Progress) -> Result<Prepared, PrepareError> {
             }
         }
     }
+    let mut lock_time = std::time::Duration::ZERO;
     let lock = match (&spec.lock, &req.lock_as) {
         (Some(path), Some(me)) => {
             p.set(format!("the lock {}", path.display()));
-            Some(Lock::acquire(path, me)?)
+            let t = std::time::Instant::now();
+            let lock = Lock::acquire(path, me)?;
+            lock_time = t.elapsed();
+            Some(lock)
         }
         _ => None,
     };
@@ -156,7 +162,12 @@ pub fn prepare(req: Request, p: &Progress) -> Result<Prepared, PrepareError> {
         plans.push((slot.name, plan));
     }
     p.set("done");
-    Ok(Prepared { lock, creds, plans })
+    Ok(Prepared {
+        lock,
+        creds,
+        plans,
+        lock_time,
+    })
 }
 
 fn open_process_log(dir: &std::path::Path, name: &str, own: bool) -> Result<OwnedFd, PrepareError> {

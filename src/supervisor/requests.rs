@@ -365,6 +365,8 @@ impl Daemon {
             removed: inst.removed,
             warnings,
             log_dir: self.log_dir(idx).display().to_string(),
+            timing: inst.obs.last.clone(),
+            usage: self.usage_of(idx),
         }
     }
 

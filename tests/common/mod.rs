@@ -333,6 +333,7 @@ impl Drop for Harness {
             {
                 kill_cgroup_tree(&dir);
             }
+            remove_v1_trees(rt);
         }
         if std::thread::panicking() {
             let log = self.daemon_log();
@@ -406,6 +407,39 @@ pub fn kill_cgroup_tree(dir: &Path) {
         && parent.ends_with("cohost")
     {
         let _ = std::fs::remove_dir(parent);
+    }
+}
+
+/// Removes what a supervisor of runtime dir `rt` left in the cgroup v1
+/// hierarchies (limit and usage-accounting groups of instances whose
+/// processes are gone: a killed daemon cannot remove them itself).
+pub fn remove_v1_trees(rt: &Path) {
+    use cohost::isolation::cgroup::{own_paths, parse_mountinfo, tag_for};
+    let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+    let (_, own_v1) = own_paths(&read("/proc/self/cgroup"));
+    for m in parse_mountinfo(&read("/proc/self/mountinfo"))
+        .iter()
+        .filter(|m| !m.v2)
+    {
+        let own = own_v1
+            .iter()
+            .find(|(c, _)| c.iter().any(|x| m.controllers.contains(x)))
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| "/".into());
+        let root = m.root.trim_end_matches('/');
+        let rel = own
+            .strip_prefix(root)
+            .unwrap_or(&own)
+            .trim_start_matches('/');
+        let cohost = m.point.join(rel).join("cohost");
+        let base = cohost.join(tag_for(rt));
+        if let Ok(rd) = std::fs::read_dir(&base) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&base);
+        let _ = std::fs::remove_dir(&cohost);
     }
 }
 
