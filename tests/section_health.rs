@@ -186,6 +186,12 @@ fn up_follows_after_in_order_and_runs_independent_ones_in_parallel_down_reverses
         );
         assert_eq!(h.state(id), "running");
     }
+    h.wait_for("every ready hook ran", || {
+        let ev = events(&log);
+        ["base", "mid", "top", "solo1", "solo2"]
+            .iter()
+            .all(|id| ev.iter().any(|e| e[1] == *id && e[2] == "ready"))
+    });
     let ev = events(&log);
     let at = |id: &str, what: &str| -> String {
         ev.iter()
@@ -215,6 +221,14 @@ fn up_follows_after_in_order_and_runs_independent_ones_in_parallel_down_reverses
 
     let out = h.run(&["down"]).ok();
     assert!(out.stdout.contains("5 instance(s) stopped"), "{out}");
+    // Hooks run beside supervision, never holding it up: their lines may
+    // follow `down`'s answer. Wait for every "stopped" one.
+    h.wait_for("every stopped hook ran", || {
+        let ev = events(&log);
+        ["base", "mid", "top", "solo1", "solo2"]
+            .iter()
+            .all(|id| ev.iter().any(|e| e[1] == *id && e[2] == "stopped"))
+    });
     let ev = events(&log);
     let stopped = |id: &str| {
         ev.iter()
