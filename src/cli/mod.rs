@@ -10,6 +10,7 @@ mod daemonctl;
 pub mod fast;
 mod local;
 mod output;
+mod systemd;
 
 use std::path::PathBuf;
 
@@ -128,6 +129,9 @@ pub enum Cmd {
         #[arg(long)]
         service: String,
     },
+    /// Instance IDs, one a line, for the shell completions.
+    #[command(name = "__ids", hide = true)]
+    Ids,
 }
 
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/cohost";
@@ -194,6 +198,7 @@ pub fn run(cli: Cli) -> i32 {
         Cmd::Shutdown => daemonctl::shutdown(&ctx),
         Cmd::Logs { id, follow, lines } => local::logs(&ctx, &id, follow, lines),
         Cmd::Import { file, service } => local::import(&file, &service),
+        Cmd::Ids => daemonctl::ids(&ctx),
     }
 }
 
