@@ -274,6 +274,23 @@ fn scenario(mode: &str) {
     });
     assert_eq!(c.main_pid(), main, "reload is not a restart");
 
+    // A CLI in a unit of its own (here a transient one) for another runtime
+    // dir, with no supervisor for it: the daemon it needs becomes a transient
+    // unit of its own, not a process of the caller's unit (which would die
+    // with it, taking demo03 along).
+    c.ok("systemd-run --wait --quiet cohost --runtime-dir /run/cohost-alt start demo03");
+    let alt = r"cohost-daemon-run-cohost\x2dalt.service";
+    assert_eq!(c.active(&format!("'{alt}'")), "active");
+    assert_eq!(
+        c.sh("cohost --runtime-dir /run/cohost-alt monitor demo03")
+            .code,
+        0
+    );
+    c.ok("cohost --runtime-dir /run/cohost-alt shutdown");
+    wait_for("the transient daemon unit gone", || {
+        c.active(&format!("'{alt}'")) != "active"
+    });
+
     // (a) A supervisor crash: systemd restarts cohost.service, the new
     // daemon adopts both instances, the instance units are not touched.
     c.ok(&format!("kill -KILL {main}"));
