@@ -199,3 +199,35 @@ fn the_ocf_agent_and_the_lsb_script_find_cohost_on_path() {
     let calls = std::fs::read_to_string(&log).unwrap();
     assert_eq!(calls, "ocf meta-data\nlsb demo01 status\n");
 }
+
+fn counter(h: &Harness, id: &str, addr: &str) -> String {
+    h.mkdirs(&[&format!("{id}/data")]);
+    format!(
+        "[service.c_{id}]\ncommand = [\"{}\"]\nready = {{ tcp = \"${{address}}:${{port}}\", timeout = \"15s\" }}\n\n\
+         [instance.{id}]\nservice = \"c_{id}\"\naddress = \"{addr}\"\nport = 9003\npaths = {{ data = \"{}\" }}\n",
+        example("counter").display(),
+        h.path(&format!("{id}/data")).display(),
+    )
+}
+
+#[test]
+fn completion_ids_come_from_the_daemon_and_never_launch_one() {
+    require_root_cgroups();
+    let h = Harness::new();
+    h.write_config("a.toml", &counter(&h, "ida", &h.addr(2)));
+    h.run(&["start", "ida"]).ok();
+    // An instance added to the file but not reloaded: the daemon does not
+    // know it yet, so a listing that has it did not come from the daemon.
+    h.write_config("b.toml", &counter(&h, "idb", &h.addr(3)));
+    assert_eq!(h.run(&["__ids"]).ok().stdout, "ida\n");
+    // The daemon dies; its state says ida runs. Any other command would
+    // launch a daemon to adopt it: a TAB must not, and reads the file.
+    let pid = h.daemon_pid().expect("a daemon");
+    // SAFETY: kill(2) of the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the daemon gone", || !alive(pid));
+    assert_eq!(h.run(&["__ids"]).ok().stdout, "ida\nidb\n");
+    assert_eq!(h.daemon_pid(), Some(pid), "no new daemon was launched");
+    // Adopt and clean up through the normal path.
+    h.run(&["stop", "ida"]).ok();
+}
