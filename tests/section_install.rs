@@ -231,3 +231,40 @@ fn completion_ids_come_from_the_daemon_and_never_launch_one() {
     // Adopt and clean up through the normal path.
     h.run(&["stop", "ida"]).ok();
 }
+
+#[test]
+fn zsh_and_fish_completions_parse_and_fish_offers_instance_ids() {
+    require_tools(&[("zsh", "zsh"), ("fish", "fish")]);
+    let (_t, out) = assets();
+    let zsh = run_cmd({
+        let mut c = Command::new("zsh");
+        c.arg("-n").arg(out.join("_cohost"));
+        c
+    });
+    assert_eq!(zsh.code, 0, "{zsh}");
+    let z = std::fs::read_to_string(out.join("_cohost")).unwrap();
+    assert!(
+        z.contains("':id:_cohost_ids'") && z.contains("_cohost_ids() {"),
+        "zsh: no ID completion"
+    );
+    let path = format!("{}:/usr/bin:/bin", cohost_bin().parent().unwrap().display());
+    let fish = |line: &str| {
+        let o = run_cmd({
+            let mut c = Command::new("fish");
+            c.arg("--no-config")
+                .arg("-c")
+                .arg(format!(
+                    "source {}; complete -C '{line}'",
+                    out.join("cohost.fish").display()
+                ))
+                .env("PATH", &path)
+                .env("COHOST_CONFIG", root().join("examples/instances.d"))
+                .env("COHOST_RUNTIME_DIR", "/nonexistent/cohost-completion");
+            c
+        });
+        assert_eq!(o.code, 0, "{o}");
+        o.stdout
+    };
+    assert_eq!(fish("cohost stop "), "demo01\tinstance\ndemo02\tinstance\n");
+    assert!(fish("cohost sta").starts_with("start\t"));
+}

@@ -13,7 +13,7 @@ pacemaker pacemaker-cli-utils corosync crmsh fence-agents
 insserv shellcheck
 systemd
 systemd-container debootstrap
-lintian man-db
+lintian man-db zsh fish
 fuse3 python3-fusepy
 tmux
 "
@@ -29,6 +29,7 @@ tmux
 #   host's systemd packages within Debian 12 and adds "mymachines" to
 #   /etc/nsswitch.conf)
 # lintian, man-db: checks of the Debian package (packaging/check-installed.sh)
+# zsh, fish: the shipped completions parse (and fish's offer instance IDs)
 # fuse3, python3-fusepy: a shared file system that hangs on demand
 # tmux: `cohost top` driven in a real terminal
 
