@@ -1,7 +1,7 @@
 #!/bin/sh
 # Builds the Debian package: target/debian/cohost_<version>-1_<arch>.deb.
 #   packaging/build-deb.sh [cargo deb options, e.g. -o DIR]
-# 1. the binary the fast way (static, README "Build and install");
+# 1. the binary the fast way (static, README "Install", from source);
 # 2. man pages, completions and the commented reference file, generated
 #    into target/pkg by examples/pkg-assets.rs from the clap definitions and
 #    instances.d/reference.toml (so the binary carries no generator code);
