@@ -12,6 +12,8 @@ resource-agents libxml2-utils
 pacemaker pacemaker-cli-utils corosync crmsh fence-agents
 insserv shellcheck
 systemd
+systemd-container debootstrap
+lintian man-db zsh fish
 fuse3 python3-fusepy
 tmux
 prometheus
@@ -22,6 +24,13 @@ prometheus
 # pacemaker*, corosync, crmsh, fence-agents: single- and multi-node clusters
 # insserv, shellcheck: the LSB init script
 # systemd: systemd-analyze verify of the shipped units
+# systemd-container, debootstrap: a real systemd as PID 1 in systemd-nspawn
+#   (tests/section_systemd.rs; the first run debootstraps a Debian 12 rootfs
+#   into /var/cache/cohost-test, ~40 s; systemd-container may upgrade the
+#   host's systemd packages within Debian 12 and adds "mymachines" to
+#   /etc/nsswitch.conf)
+# lintian, man-db: checks of the Debian package (packaging/check-installed.sh)
+# zsh, fish: the shipped completions parse (and fish's offer instance IDs)
 # fuse3, python3-fusepy: a shared file system that hangs on demand
 # tmux: `cohost top` driven in a real terminal
 # prometheus: promtool check metrics on `cohost metrics`
@@ -58,4 +67,12 @@ if [ ! -e /dev/fuse ]; then
 	}
 fi
 modprobe fuse 2>/dev/null || true
+# cargo-deb builds the .deb (the systemd test and CI install it); pinned, so
+# a new release cannot change what a test run builds. From crates.io, with
+# the toolchain's cargo (~5 min to compile, once per machine).
+CARGO_DEB_VERSION=3.8.0
+if [ "$(cargo deb --version 2>/dev/null)" != "cargo-deb $CARGO_DEB_VERSION" ]; then
+	echo "tests/setup-host.sh: cargo install cargo-deb $CARGO_DEB_VERSION"
+	cargo install --quiet --locked cargo-deb --version "$CARGO_DEB_VERSION"
+fi
 echo "tests/setup-host.sh: every package the tests need is installed"

@@ -118,6 +118,14 @@ fn launch_daemon_with(ctx: &Ctx, extra: &[&str]) -> Result<u32, (i32, String)> {
     if client::connect(rt).is_ok() {
         return Ok(0);
     }
+    // Inside a systemd service, a child of ours would live and die in that
+    // unit's cgroup: let systemd start the daemon as a unit (super::systemd).
+    if let Some(unit) = super::systemd::own_service_unit() {
+        super::systemd::launch_as_unit(ctx, extra, &unit, DAEMON_START_TIMEOUT, || {
+            client::connect(rt).is_ok()
+        })?;
+        return Ok(0);
+    }
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -518,4 +526,27 @@ pub fn shutdown(ctx: &Ctx) -> i32 {
         }
         Err(e) => finish(Err((1, e.to_string()))),
     }
+}
+
+/// `__ids` (shell completion): the daemon's instances if one answers, else
+/// the instances file's. A TAB must never start anything, so this never
+/// launches a daemon; on any error it prints nothing.
+pub fn ids(ctx: &Ctx) -> i32 {
+    let from_daemon = client::connect(&ctx.runtime_dir).ok().and_then(|s| {
+        let d = client::call(
+            s,
+            &envelope(ctx, Request::Status { id: None }),
+            |_, _, _| {},
+        )
+        .ok()?;
+        serde_json::from_value::<Vec<InstanceStatus>>(d.data?).ok()
+    });
+    let ids = match from_daemon {
+        Some(list) => list.into_iter().map(|s| s.id).collect(),
+        None => super::local::instance_ids(ctx),
+    };
+    for id in ids {
+        println!("{id}");
+    }
+    0
 }

@@ -42,6 +42,13 @@ pub fn load_check(ctx: &Ctx) -> Result<(), (i32, String)> {
     load(ctx).map(|_| ())
 }
 
+/// The instance IDs of the instances file (none if it does not load).
+pub fn instance_ids(ctx: &Ctx) -> Vec<String> {
+    load(ctx)
+        .map(|cfg| cfg.instances.keys().cloned().collect())
+        .unwrap_or_default()
+}
+
 pub fn known_instance(ctx: &Ctx, id: &str) -> Result<(), (i32, String)> {
     instance(ctx, id).map(|_| ())
 }

@@ -13,6 +13,7 @@ mod metrics;
 mod observe;
 mod output;
 mod plan;
+mod systemd;
 mod top;
 
 use std::path::PathBuf;
@@ -158,6 +159,9 @@ pub enum Cmd {
         #[arg(long)]
         service: String,
     },
+    /// Instance IDs, one a line, for the shell completions.
+    #[command(name = "__ids", hide = true)]
+    Ids,
 }
 
 pub const DEFAULT_RUNTIME_DIR: &str = "/run/cohost";
@@ -238,6 +242,7 @@ pub fn run(cli: Cli) -> i32 {
         ),
         Cmd::Plan { absorb, json } => plan::run(&ctx, &absorb, json),
         Cmd::Metrics { output } => metrics::run(&ctx, output.as_deref()),
+        Cmd::Ids => daemonctl::ids(&ctx),
     }
 }
 

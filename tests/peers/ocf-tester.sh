@@ -8,6 +8,9 @@
 #
 # --lying-monitor runs it against a copy of the agent whose monitor always
 # answers 0, to prove that ocf-tester catches a broken agent (it must fail).
+# --installed runs the installed agent (/usr/lib/ocf/resource.d/cohost/
+# instance, from the .deb) with the cohost it finds itself (COHOST_BIN is
+# then the empty string: pass "" as COHOST_BIN).
 # Everything lives in a temp dir readable by `nobody` (ocf-tester runs
 # meta-data as nobody); nothing outside it is touched; all is removed.
 set -eu
@@ -27,9 +30,18 @@ cleanup() {
 	rm -rf "$W"
 }
 trap cleanup EXIT INT TERM
-install -m 755 "$BIN" "$W/cohost"
+if [ -n "$BIN" ]; then
+	install -m 755 "$BIN" "$W/cohost"
+else
+	# The installed agent finds the installed binary by itself.
+	ln -s "$(command -v cohost)" "$W/cohost"
+fi
 install -m 755 "$EX/counter" "$EX/testsvc" "$W/"
-if [ "$MODE" = --lying-monitor ]; then
+if [ "$MODE" = --installed ]; then
+	AGENT=/usr/lib/ocf/resource.d/cohost/instance
+	[ -x "$AGENT" ] || { echo "$AGENT is not installed (dpkg -i the .deb first)" >&2; exit 2; }
+	ln -s "$AGENT" "$W/agent"
+elif [ "$MODE" = --lying-monitor ]; then
 	# The shipped agent, except that monitor always says "running".
 	{
 		echo '#!/bin/sh'
@@ -40,7 +52,7 @@ if [ "$MODE" = --lying-monitor ]; then
 else
 	cp "$ROOT/examples/ocf/cohost" "$W/agent"
 fi
-chmod 755 "$W/agent"
+[ -L "$W/agent" ] || chmod 755 "$W/agent"
 mkdir -p "$W/instances.d" "$W/demo01/data" "$W/demo01/log" "$W/pm01"
 cat > "$W/instances.d/ocf.toml" <<TOML
 [service.counter]
@@ -63,7 +75,9 @@ paths   = { data = "$W/demo01/data", log = "$W/demo01/log" }
 service = "multi"
 paths   = { data = "$W/pm01" }
 TOML
-export COHOST_BIN="$W/cohost"
+if [ -n "$BIN" ]; then
+	export COHOST_BIN="$W/cohost"
+fi
 rc=0
 for id in demo01 pm01; do
 	echo "== ocf-tester: instance $id"
