@@ -14,7 +14,7 @@
 //! clap_complete are dev-dependencies, so the `cohost` binary (which
 //! cluster software runs every few seconds) carries none of this.
 //!
-//!     cargo run --example pkg-assets -- OUTDIR     (packaging/build-deb.sh does)
+//!     cargo run --example pkg-assets -- OUTDIR     (examples/debian/build-deb.sh does)
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -3,7 +3,7 @@
 //! (examples/pkg-assets.rs), and that the OCF agent and the LSB script find
 //! a `cohost` that is only on PATH (as `cargo install` leaves it). The .deb
 //! itself is installed under a real systemd by section_systemd.rs and on
-//! the CI machine by packaging/check-installed.sh.
+//! the CI machine by tests/check-installed.sh.
 
 mod common;
 

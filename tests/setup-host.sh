@@ -29,7 +29,7 @@ prometheus
 #   into /var/cache/cohost-test, ~40 s; systemd-container may upgrade the
 #   host's systemd packages within Debian 12 and adds "mymachines" to
 #   /etc/nsswitch.conf)
-# lintian, man-db: checks of the Debian package (packaging/check-installed.sh)
+# lintian, man-db: checks of the Debian package (tests/check-installed.sh)
 # zsh, fish: the shipped completions parse (and fish's offer instance IDs)
 # fuse3, python3-fusepy: a shared file system that hangs on demand
 # tmux: `cohost top` driven in a real terminal

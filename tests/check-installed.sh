@@ -3,7 +3,7 @@
 # it; then purges it and checks that nothing of it is left. For CI (.ci/run),
 # as root; every step's output goes to the log.
 #
-#   packaging/check-installed.sh DEB EXAMPLES_BIN_DIR
+#   tests/check-installed.sh DEB EXAMPLES_BIN_DIR
 #
 # EXAMPLES_BIN_DIR holds the demo `counter` (target/debug/examples). The
 # package must not be installed before; on any failure it is purged too.

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Builds the Debian package: target/debian/cohost_<version>-1_<arch>.deb.
-#   packaging/build-deb.sh [cargo deb options, e.g. -o DIR]
+#   examples/debian/build-deb.sh [cargo deb options, e.g. -o DIR]
 # 1. the binary the fast way (static, README "Install", from source);
 # 2. man pages, completions and the commented reference file, generated
 #    into target/pkg by examples/pkg-assets.rs from the clap definitions and
@@ -8,7 +8,7 @@
 # 3. `cargo deb --no-build`, which packs them as Cargo.toml's
 #    [package.metadata.deb] says.
 set -eu
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 command -v cargo-deb >/dev/null || {
 	echo "cargo-deb is missing: cargo install cargo-deb --version 3.8.0 --locked (tests/setup-host.sh does)" >&2
 	exit 2
