@@ -38,9 +38,7 @@ use crate::isolation::cgroup::{self, CgroupRoot};
 use crate::model::Config;
 use fsm::Event;
 use instance::Inst;
-use setup::{
-    bind_socket, prepare_runtime_dir, raise_nofile, sd_notify, take_runtime_lock, weigh_session,
-};
+use setup::{bind_socket, prepare_runtime, raise_nofile, sd_notify, weigh_session};
 
 /// Epoll tokens: the kind in the top byte, a value below.
 mod tok {
@@ -81,11 +79,8 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
-    #[error("another cohost daemon{} already runs for {runtime_dir}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
-    AlreadyRunning {
-        runtime_dir: PathBuf,
-        pid: Option<u32>,
-    },
+    #[error(transparent)]
+    RunDir(#[from] crate::rundir::RunDirError),
     #[error("the instances file is invalid:\n{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
     Config(Vec<Diag>),
     #[error("control socket {path}: {source}")]
@@ -154,8 +149,11 @@ pub(crate) struct Daemon {
     pub probe_fds: HashMap<RawFd, (usize, usize)>,
     /// pidfds of adopted processes: fd -> (instance, pid).
     pub pidfds: HashMap<RawFd, (usize, i32)>,
-    /// Held while we run: a second daemon for this runtime dir is refused.
-    _runtime_lock: OwnedFd,
+    /// The checked runtime dir, held while we run: a second daemon for it
+    /// is refused (also after it was deleted).
+    pub(crate) rundir: setup::Runtime,
+    /// Instances whose last state write failed, and why (shown in status).
+    pub state_errors: HashMap<usize, String>,
     /// An fd kept in reserve to answer a client when all others are used.
     pub reserve_fd: Option<OwnedFd>,
     /// Instances that became ready and wait for their bind audit.
@@ -193,8 +191,7 @@ impl Daemon {
             path: rt.clone(),
             source,
         };
-        prepare_runtime_dir(&rt).map_err(rt_err)?;
-        let runtime_lock = take_runtime_lock(&rt)?;
+        let rundir = prepare_runtime(&rt)?;
 
         let config = config::load(&opts.config_dir, Trust::for_current_user())
             .map_err(DaemonError::Config)?;
@@ -240,7 +237,7 @@ impl Daemon {
             }
         }
 
-        let listener = bind_socket(&rt, config.supervisor.status_group.as_deref())?;
+        let listener = bind_socket(&rundir.dir, config.supervisor.status_group.as_deref())?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create"))?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(os("inotify_init"))?;
@@ -270,8 +267,10 @@ impl Daemon {
             index.insert(id.clone(), insts.len());
             insts.push(Inst::new(spec.clone(), now));
         }
-        std::fs::write(rt.join("daemon.pid"), format!("{}\n", std::process::id()))
-            .map_err(rt_err)?;
+        rundir
+            .dir
+            .write_atomic("daemon.pid", format!("{}\n", std::process::id()).as_bytes())
+            .map_err(|e| rt_err(io::Error::other(e)))?;
         let mut d = Daemon {
             opts,
             config: Arc::new(config),
@@ -297,7 +296,8 @@ impl Daemon {
             errpipes: HashMap::new(),
             probe_fds: HashMap::new(),
             pidfds: HashMap::new(),
-            _runtime_lock: runtime_lock,
+            rundir,
+            state_errors: HashMap::new(),
             reserve_fd: std::fs::File::open("/dev/null").ok().map(OwnedFd::from),
             ready_queue: Vec::new(),
             last_audit: None,
@@ -486,9 +486,8 @@ impl Daemon {
         if let Ok(root) = &self.cgroot {
             root.remove_base();
         }
-        let rt = &self.opts.runtime_dir;
-        let _ = std::fs::remove_file(crate::control::client::socket_path(rt));
-        let _ = std::fs::remove_file(rt.join("daemon.pid"));
+        let _ = self.rundir.dir.remove(crate::control::client::SOCKET_NAME);
+        let _ = self.rundir.dir.remove("daemon.pid");
         // Last: a waiting `cohost shutdown` learns that all of the above is done.
         for c in self.conns.values_mut() {
             c.flush_blocking();

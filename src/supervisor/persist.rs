@@ -55,26 +55,40 @@ pub struct SavedProc {
 pub const DIED_WHILE_DOWN: &str = "exited while the supervisor was down";
 
 impl Daemon {
-    fn state_path(&self, id: &str) -> std::path::PathBuf {
-        self.runtime_path("state").join(format!("{id}.json"))
-    }
-
+    /// Writes the state of every changed instance (write, fsync, rename,
+    /// fsync of state/: see `RuntimeDir::write_atomic`). A failure is
+    /// logged and kept for `status` until a later write succeeds.
     pub(super) fn flush_state(&mut self) {
         let dirty = std::mem::take(&mut self.dirty);
         for idx in dirty {
             let saved = self.saved(idx);
-            let path = self.state_path(&saved.id);
-            let tmp = path.with_extension("json.tmp");
-            // One write(2): serde_json on an unbuffered File would issue
-            // one per token.
-            let mut bytes = serde_json::to_vec(&saved).unwrap_or_default();
-            bytes.push(b'\n');
-            let res = std::fs::write(&tmp, &bytes);
-            match res.and_then(|()| std::fs::rename(&tmp, &path)) {
-                Ok(()) => {}
-                Err(e) => tracing::error!(instance = %saved.id, "writing {}: {e}", path.display()),
+            match self.write_state(&saved) {
+                Ok(()) => {
+                    if self.state_errors.remove(&idx).is_some() {
+                        tracing::info!(instance = %saved.id, "state file written again");
+                    }
+                }
+                Err(e) => {
+                    let msg = format!(
+                        "state file {}/{}.json not written ({e}): a restarted daemon would not know this instance's state",
+                        self.rundir.state.path().display(),
+                        saved.id
+                    );
+                    tracing::error!(instance = %saved.id, "{msg}");
+                    self.state_errors.insert(idx, msg);
+                }
             }
         }
+    }
+
+    fn write_state(&self, saved: &Saved) -> Result<(), crate::rundir::WriteError> {
+        // One write(2): serde_json on an unbuffered File would issue one
+        // per token.
+        let mut bytes = serde_json::to_vec(saved).unwrap_or_default();
+        bytes.push(b'\n');
+        self.rundir
+            .state
+            .write_atomic(&format!("{}.json", saved.id), &bytes)
     }
 
     fn saved(&self, idx: usize) -> Saved {
@@ -118,29 +132,30 @@ impl Daemon {
 
     /// Reads every state file and takes over what still runs.
     pub(super) fn adopt_all(&mut self) {
-        let dir = self.runtime_path("state");
-        let Ok(rd) = std::fs::read_dir(&dir) else {
+        let state = &self.rundir.state;
+        let Ok(names) = state.names() else {
             return;
         };
         let mut adopted = 0;
-        for e in rd.flatten() {
-            let path = e.path();
-            if path.extension().and_then(|x| x.to_str()) != Some("json") {
+        let mut found = Vec::new();
+        for name in names {
+            let Some(name) = name.to_str().filter(|n| n.ends_with(".json")) else {
                 continue;
-            }
-            let saved: Saved = match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            {
-                Ok(s) => s,
-                Err(err) => {
-                    tracing::error!(
-                        "state file {} unreadable ({err}); its instance is treated as stopped",
-                        path.display()
-                    );
-                    continue;
-                }
             };
+            // Opened through the checked dir, never through a link.
+            match state
+                .read(name)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Saved>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(s) => found.push(s),
+                Err(err) => tracing::error!(
+                    "state file {}/{name} unreadable ({err}); its instance is treated as stopped",
+                    state.path().display()
+                ),
+            }
+        }
+        for saved in found {
             if self.adopt(saved) {
                 adopted += 1;
             }

@@ -480,3 +480,76 @@ impl Drop for Netns {
             .output();
     }
 }
+
+/// A throw-away user (no home, no login), removed on drop.
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+}
+
+impl TestUser {
+    /// `prefix` plus this test binary's pid: unique across parallel tests
+    /// when each test uses its own prefix.
+    pub fn new(prefix: &str) -> TestUser {
+        require_tools(&[("useradd", "passwd"), ("setpriv", "util-linux")]);
+        let name = format!("{prefix}{}", std::process::id() % 100_000);
+        let _ = Command::new("userdel").arg(&name).output();
+        let mut c = Command::new("useradd");
+        c.args(["-M", "-N", "-g", "nogroup", "-s", "/usr/sbin/nologin"])
+            .arg(&name);
+        run_cmd(c).ok();
+        let mut c = Command::new("id");
+        c.args(["-u", &name]);
+        let uid = run_cmd(c).ok().stdout.trim().parse().unwrap();
+        TestUser { name, uid }
+    }
+
+    /// `cohost ARGS…` as this user (binary and dirs must be reachable).
+    pub fn cohost(&self, bin: &Path, args: &[&std::ffi::OsStr]) -> Out {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid",
+            &self.name,
+            "--regid",
+            "nogroup",
+            "--init-groups",
+            "--",
+        ])
+        .arg(bin)
+        .args(args);
+        c.env_remove("COHOST_CONFIG")
+            .env_remove("COHOST_RUNTIME_DIR");
+        run_cmd(c)
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+/// A process the test must not leave behind (a daemon it cut off from
+/// its runtime dir): SIGKILLed on drop if it is still that very process.
+pub struct KillOnDrop {
+    pub pid: i32,
+    start: Option<u64>,
+}
+
+impl KillOnDrop {
+    pub fn new(pid: i32) -> KillOnDrop {
+        KillOnDrop {
+            pid,
+            start: start_time(pid),
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.start.is_some() && start_time(self.pid) == self.start {
+            // SAFETY: kill(2) of the process recorded at construction.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
+    }
+}
