@@ -8,9 +8,11 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{Ctx, output};
+use super::exit::{Exit, Outcome};
+use super::{Ctx, offline, output};
 use crate::control::client::{self, ClientError, Done};
 use crate::control::proto::{Envelope, InstanceStatus, Request};
+use crate::rundir::RuntimeDir;
 
 /// How long `cohost start` waits for a daemon it launched to listen.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -48,7 +50,7 @@ fn connect(
     match client::connect(&ctx.runtime_dir) {
         Ok(s) => return Ok(Some(s)),
         Err(ClientError::NoDaemon(_)) => {}
-        Err(e) => return Err((1, e.to_string())),
+        Err(e) => return Err(client_failure(e)),
     }
     if launch == Launch::IfState && !state_says_live(&ctx.runtime_dir, id) {
         return Ok(None);
@@ -60,18 +62,29 @@ fn connect(
 }
 
 /// Does a state file (of `id`, or of any instance) say something may run?
+/// Read through the checked runtime dir (never through a link); a dir
+/// that cannot be trusted says nothing.
 fn state_says_live(rt: &Path, id: Option<&str>) -> bool {
-    let dir = rt.join("state");
-    let files: Vec<std::path::PathBuf> = match id {
-        Some(id) => vec![dir.join(format!("{id}.json"))],
-        None => std::fs::read_dir(&dir)
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default(),
+    let Ok(Some(dir)) = RuntimeDir::open_existing(rt) else {
+        return false;
     };
-    files.iter().any(|f| {
-        std::fs::read_to_string(f)
+    let Ok(state) = dir.subdir_existing("state") else {
+        return false;
+    };
+    let names: Vec<String> = match id {
+        Some(id) => vec![format!("{id}.json")],
+        None => state
+            .names()
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|n| n.into_string().ok())
+            .collect(),
+    };
+    names.iter().any(|f| {
+        state
+            .read(f)
             .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
+            .and_then(|t| serde_json::from_slice::<serde_json::Value>(&t).ok())
             .and_then(|v| {
                 v.get("state")
                     .and_then(|s| s.as_str())
@@ -90,39 +103,41 @@ pub fn launch_daemon(ctx: &Ctx) -> Result<u32, (i32, String)> {
 
 /// As [`launch_daemon`], with extra `daemon` options (log format, level).
 fn launch_daemon_with(ctx: &Ctx, extra: &[&str]) -> Result<u32, (i32, String)> {
-    use std::os::unix::fs::DirBuilderExt;
     let rt = &ctx.runtime_dir;
-    if !rt.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(rt)
-            .map_err(|e| {
-                (
-                    1,
-                    format!(
-                        "cannot create runtime dir {}: {e}; pass --runtime-dir DIR",
-                        rt.display()
-                    ),
-                )
-            })?;
-    }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(rt.join("launch.lock"))
-        .map_err(|e| (1, format!("runtime dir {}: {e}", rt.display())))?;
+    let dir = RuntimeDir::create(rt).map_err(|e| (1, format!("{e}; or pass --runtime-dir DIR")))?;
+    let file_err = |name: &str, e: std::io::Error| {
+        (
+            1,
+            format!(
+                "runtime dir {}: {name}: {}",
+                dir.path().display(),
+                crate::rundir::explain(&e)
+            ),
+        )
+    };
+    let lock = dir
+        .open("launch.lock", libc::O_WRONLY | libc::O_CREAT)
+        .map_err(|e| file_err("launch.lock", e))?;
     // SAFETY: flock on a valid fd; blocks while another client launches.
     unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
     if client::connect(rt).is_ok() {
         return Ok(0);
     }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(rt.join("daemon.log"))
-        .map_err(|e| (1, format!("{}: {e}", rt.join("daemon.log").display())))?;
+    // A daemon that holds this dir but cannot be reached (its socket was
+    // deleted with the dir): starting a second one would give every
+    // instance a second supervisor. Say what to do instead.
+    if let Some(pid) = crate::rundir::holder(dir.path()) {
+        let e = crate::rundir::RunDirError::AlreadyRunning {
+            path: dir.path().to_path_buf(),
+            pid,
+            orphaned: true,
+        };
+        return Err((1, e.to_string()));
+    }
+    // O_NOFOLLOW: a daemon.log planted as a link is never written through.
+    let log = dir
+        .append("daemon.log")
+        .map_err(|e| file_err("daemon.log", e))?;
     let (r, w) =
         nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| (1, format!("pipe: {e}")))?;
     let wfd = w.as_raw_fd();
@@ -169,7 +184,10 @@ fn launch_daemon_with(ctx: &Ctx, extra: &[&str]) -> Result<u32, (i32, String)> {
             None
         }
     };
-    let tail = crate::supervisor_log_tail(&rt.join("daemon.log"));
+    let tail = dir
+        .open("daemon.log", libc::O_RDONLY)
+        .map(|f| crate::indent_lines(crate::util::tail_of(f, 15)))
+        .unwrap_or_default();
     let code = if status == Some(2) { 2 } else { 1 };
     Err((
         code,
@@ -323,9 +341,9 @@ pub fn restart(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {
     finish(res)
 }
 
-/// stop/kill/reset: with no daemon and nothing recorded as running, the
-/// instance is stopped already (exit 0), provided it exists.
-fn stopish(ctx: &Ctx, id: &str, req: Request) -> (i32, String) {
+/// reset: with no daemon and nothing recorded as running, the instance
+/// is stopped already (exit 0), provided it exists.
+fn reset_request(ctx: &Ctx, id: &str, req: Request) -> (i32, String) {
     match connect(ctx, Launch::IfState, Some(id)) {
         Ok(Some(s)) => quiet(call(ctx, s, req)),
         Ok(None) => match super::local::known_instance(ctx, id) {
@@ -334,6 +352,129 @@ fn stopish(ctx: &Ctx, id: &str, req: Request) -> (i32, String) {
         },
         Err(e) => e,
     }
+}
+
+/// Did the daemon answer "unknown instance" (not some other refusal)?
+fn unknown_instance(d: &Done) -> bool {
+    d.code == 2
+        && d.data
+            .as_ref()
+            .is_some_and(|v| v.get("unknown_instance").is_some())
+}
+
+/// The exit and message of a client error: a permission problem is
+/// `Denied` (4), never "failed".
+fn client_failure(e: ClientError) -> (i32, String) {
+    let exit = match e {
+        ClientError::Denied { .. } => Exit::Denied,
+        _ => Exit::Failed,
+    };
+    (exit.code(), e.to_string())
+}
+
+/// stop and kill (guarantee 9: a stop answers success whenever nothing of
+/// the instance runs on this node, whatever the instances file says).
+/// The daemon answers when it runs and knows the instance; otherwise the
+/// node's cgroups (and the state file) decide, see [`offline_stop`].
+fn stop_or_kill(ctx: &Ctx, id: &str, req: Request, grace: Duration) -> (i32, String) {
+    match client::connect(&ctx.runtime_dir) {
+        Ok(s) => match call(ctx, s, req.clone()) {
+            Ok(d) if unknown_instance(&d) => offline_stop(ctx, id, req, grace, Some(d.message)),
+            res => quiet(res),
+        },
+        Err(ClientError::NoDaemon(_)) => offline_stop(ctx, id, req, grace, None),
+        Err(ClientError::Untrusted(e)) => {
+            // Its state cannot be believed; the cgroups still can.
+            eprintln!("cohost: {e}: its state is ignored");
+            offline_stop(ctx, id, req, grace, Some(e.to_string()))
+        }
+        Err(e) => client_failure(e),
+    }
+}
+
+/// No daemon answers for `id` (none runs, or it does not know the ID).
+/// Nothing of it runs: success. Processes remain: a daemon that can know
+/// the instance (the instances file loads and has the ID) is started to
+/// adopt and stop them the configured way (stop command, timeout); when
+/// none can (file missing or invalid, ID unknown), they are stopped from
+/// here, SIGTERM then SIGKILL through the cgroup: the cluster asked for
+/// the instance to be stopped, and answering "stopped" while it runs, or
+/// failing the stop and having the node fenced, are both worse.
+fn offline_stop(
+    ctx: &Ctx,
+    id: &str,
+    req: Request,
+    grace: Duration,
+    why_no_daemon: Option<String>,
+) -> (i32, String) {
+    let rem = offline::remains(&ctx.runtime_dir, id);
+    if rem == offline::Remains::Nothing {
+        return (
+            0,
+            format!("{id} is stopped (nothing of it runs on this node)"),
+        );
+    }
+    let pids = join_pids(&rem.pids());
+    if let Some(holder) = crate::rundir::holder(&ctx.runtime_dir) {
+        // A daemon holds the dir but cannot be reached: it would restart
+        // what we stop. Only its own exit helps.
+        let e = crate::rundir::RunDirError::AlreadyRunning {
+            path: ctx.runtime_dir.clone(),
+            pid: holder,
+            orphaned: true,
+        };
+        return (1, format!("{id} still runs (pids {pids}): {e}"));
+    }
+    if why_no_daemon.is_none() && super::local::known_instance(ctx, id).is_ok() {
+        match launch_daemon(ctx)
+            .and_then(|_| client::connect(&ctx.runtime_dir).map_err(|e| (1, e.to_string())))
+        {
+            Ok(s) => {
+                let (code, msg) = quiet(call(ctx, s, req.clone()));
+                // The daemon may not have adopted them (no state file):
+                // then they are still there, and stopped below.
+                if code != 0 || offline::remains(&ctx.runtime_dir, id) == offline::Remains::Nothing
+                {
+                    return (code, msg);
+                }
+            }
+            Err((_, m)) => eprintln!("cohost: {m}"),
+        }
+    }
+    let why = why_no_daemon.unwrap_or_else(|| {
+        super::local::known_instance(ctx, id)
+            .err()
+            .map(|(_, m)| m)
+            .unwrap_or_else(|| "no daemon adopted them".into())
+    });
+    match offline::stop(&rem, grace) {
+        Ok(()) => (
+            0,
+            format!(
+                "{id} is stopped: its processes {pids} were stopped without a daemon ({})",
+                why.lines().next().unwrap_or("")
+            ),
+        ),
+        Err(left) => (
+            1,
+            format!(
+                "{id}: processes {} would not die (uninterruptible sleep, e.g. on hung storage?)",
+                join_pids(&left)
+            ),
+        ),
+    }
+}
+
+fn join_pids(p: &[i32]) -> String {
+    p.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The grace of a stop from the CLI: `--timeout`, else 10 s.
+fn grace_of(timeout: Option<f64>) -> Duration {
+    Duration::from_secs_f64(timeout.unwrap_or(10.0).clamp(0.0, 86_400.0))
 }
 
 fn print_quiet((code, msg): (i32, String)) -> i32 {
@@ -347,27 +488,35 @@ fn print_quiet((code, msg): (i32, String)) -> i32 {
     code
 }
 
-pub fn stop_quiet(ctx: &Ctx, id: &str, timeout: Option<f64>) -> (i32, String) {
-    stopish(
+pub fn stop_quiet(ctx: &Ctx, id: &str, timeout: Option<f64>) -> Outcome {
+    stop_or_kill(
         ctx,
         id,
         Request::Stop {
             id: id.into(),
             timeout_ms: ms(timeout),
         },
+        grace_of(timeout),
     )
+    .into()
 }
 
 pub fn stop(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {
-    print_quiet(stop_quiet(ctx, id, timeout))
+    let o = stop_quiet(ctx, id, timeout);
+    print_quiet((o.exit.code(), o.message))
 }
 
 pub fn kill(ctx: &Ctx, id: &str) -> i32 {
-    print_quiet(stopish(ctx, id, Request::Kill { id: id.into() }))
+    print_quiet(stop_or_kill(
+        ctx,
+        id,
+        Request::Kill { id: id.into() },
+        Duration::ZERO,
+    ))
 }
 
 pub fn reset(ctx: &Ctx, id: &str) -> i32 {
-    print_quiet(stopish(ctx, id, Request::Reset { id: id.into() }))
+    print_quiet(reset_request(ctx, id, Request::Reset { id: id.into() }))
 }
 
 /// `monitor`: (exit code, message). With no daemon and no live state, the
@@ -396,9 +545,17 @@ pub fn monitor_quiet(ctx: &Ctx, id: &str, depth: u8) -> (i32, String) {
             Ok(d) => (d.code, d.message),
             Err((c, m)) => (c, m),
         },
+        Ok(None) if offline::remains(&ctx.runtime_dir, id) != offline::Remains::Nothing => (
+            Exit::Failed.code(),
+            format!(
+                "{id}: processes {} run but no cohost daemon supervises them (none runs for {}): run `cohost stop {id}`, or `cohost start {id}` to adopt them",
+                join_pids(&offline::remains(&ctx.runtime_dir, id).pids()),
+                ctx.runtime_dir.display()
+            ),
+        ),
         Ok(None) => match super::local::known_instance(ctx, id) {
             Ok(()) => (
-                7,
+                Exit::Stopped.code(),
                 format!(
                     "{id} is stopped (no cohost daemon runs for {})",
                     ctx.runtime_dir.display()

@@ -7,8 +7,10 @@
 //! instances file directly.
 
 mod daemonctl;
+pub mod exit;
 pub mod fast;
 mod local;
+mod offline;
 mod output;
 
 use std::path::PathBuf;
@@ -197,4 +199,20 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-pub use daemonctl::{monitor_quiet, reload_quiet, start_quiet, status_code, stop_quiet};
+pub use daemonctl::{status_code, stop_quiet};
+use exit::Outcome;
+
+/// `start` for integration code.
+pub fn start_quiet(ctx: &Ctx, id: &str, timeout: Option<f64>) -> Outcome {
+    daemonctl::start_quiet(ctx, id, timeout).into()
+}
+
+/// `monitor` for integration code.
+pub fn monitor_quiet(ctx: &Ctx, id: &str, depth: u8) -> Outcome {
+    daemonctl::monitor_quiet(ctx, id, depth).into()
+}
+
+/// `reload` for integration code.
+pub fn reload_quiet(ctx: &Ctx) -> Outcome {
+    daemonctl::reload_quiet(ctx).into()
+}

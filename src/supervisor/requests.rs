@@ -205,7 +205,10 @@ impl Daemon {
             "unknown instance `{id}` in {}{hint}",
             self.opts.config_dir.display()
         );
-        self.reply_done(conn, code::INVALID, msg, None);
+        // Marked, so that a stop of an instance this daemon does not know
+        // can still answer from the node's cgroups (guarantee 9).
+        let data = serde_json::json!({ "unknown_instance": id });
+        self.reply_done(conn, code::INVALID, msg, Some(data));
         None
     }
 
@@ -307,6 +310,7 @@ impl Daemon {
             });
         }
         let mut warnings = inst.warnings.clone();
+        warnings.extend(self.state_errors.get(&idx).cloned());
         if state == State::Running
             && let Some(w) = log_space_warning(&self.log_dir(idx))
         {
