@@ -9,6 +9,8 @@ use crate::rundir::{RunDirError, RuntimeDir};
 use crate::trusted::TrustError;
 
 pub const SOCKET_NAME: &str = "cohost.sock";
+/// The status group's socket (a queue of its own: see supervisor/setup.rs).
+pub const READERS_SOCKET_NAME: &str = "cohost.ro.sock";
 
 pub fn socket_path(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join(SOCKET_NAME)
@@ -64,7 +66,11 @@ pub fn connect(runtime_dir: &Path) -> Result<UnixStream, ClientError> {
         {
             Err(ClientError::NoDaemon(runtime_dir.to_path_buf()))
         }
-        Err(e) if e.raw_os_error() == Some(libc::EACCES) => Err(ClientError::Denied { path }),
+        // Not root or the daemon's user: the status group's socket.
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            UnixStream::connect(dir.fd_path(READERS_SOCKET_NAME))
+                .map_err(|_| ClientError::Denied { path })
+        }
         Err(source) => Err(ClientError::Connect { path, source }),
     }
 }

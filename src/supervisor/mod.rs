@@ -38,7 +38,7 @@ use crate::isolation::cgroup::{self, CgroupRoot};
 use crate::model::Config;
 use fsm::Event;
 use instance::Inst;
-use setup::{bind_socket, prepare_runtime, raise_nofile, sd_notify, weigh_session};
+use setup::{bind_sockets, prepare_runtime, raise_nofile, sd_notify, weigh_session};
 
 /// Epoll tokens: the kind in the top byte, a value below.
 mod tok {
@@ -129,6 +129,8 @@ pub(crate) struct Daemon {
     epoll: Epoll,
     sigfd: SignalFd,
     listener: OwnedFd,
+    /// The status group's socket, if one is configured (see setup.rs).
+    readers_listener: Option<OwnedFd>,
     inotify: Inotify,
     pub cg_watches: HashMap<nix::sys::inotify::WatchDescriptor, usize>,
     netlink: Option<OwnedFd>,
@@ -136,6 +138,8 @@ pub(crate) struct Daemon {
     pub waiting_address: BTreeSet<usize>,
     pub cgroot: Result<CgroupRoot, String>,
     pub conns: HashMap<u64, conn::Conn>,
+    /// Per-user caps on connections and busy requests (guarantee 5).
+    pub fair: conn::Fairness,
     next_conn: u64,
     pub children: HashMap<i32, children::Role>,
     pub timers: timers::Timers,
@@ -237,7 +241,10 @@ impl Daemon {
             }
         }
 
-        let listener = bind_socket(&rundir.dir, config.supervisor.status_group.as_deref())?;
+        let setup::Listeners {
+            main: listener,
+            readers: readers_listener,
+        } = bind_sockets(&rundir.dir, config.supervisor.status_group.as_deref())?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create"))?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(os("inotify_init"))?;
@@ -253,6 +260,14 @@ impl Daemon {
                 EpollEvent::new(EpollFlags::EPOLLIN, tok::LISTEN),
             )
             .map_err(os("epoll_ctl"))?;
+        if let Some(r) = &readers_listener {
+            epoll
+                .add(
+                    r.as_fd(),
+                    EpollEvent::new(EpollFlags::EPOLLIN, tok::LISTEN | 1),
+                )
+                .map_err(os("epoll_ctl"))?;
+        }
         epoll
             .add(
                 inotify.as_fd(),
@@ -280,12 +295,14 @@ impl Daemon {
             epoll,
             sigfd,
             listener,
+            readers_listener,
             inotify,
             cg_watches: HashMap::new(),
             netlink: None,
             waiting_address: BTreeSet::new(),
             cgroot,
             conns: HashMap::new(),
+            fair: conn::Fairness::default(),
             next_conn: 1,
             children: HashMap::new(),
             timers: timers::Timers::default(),
@@ -410,7 +427,7 @@ impl Daemon {
     fn dispatch(&mut self, token: u64, flags: EpollFlags) {
         match token & tok::KIND {
             tok::SIGNAL => self.on_signals(),
-            tok::LISTEN => self.accept_all(),
+            tok::LISTEN => self.accept_all(token & !tok::KIND == 1),
             tok::INOTIFY => self.on_inotify(),
             tok::NETLINK => self.on_address_change(),
             tok::CONN => self.on_conn(token & !tok::KIND, flags),
@@ -487,6 +504,10 @@ impl Daemon {
             root.remove_base();
         }
         let _ = self.rundir.dir.remove(crate::control::client::SOCKET_NAME);
+        let _ = self
+            .rundir
+            .dir
+            .remove(crate::control::client::READERS_SOCKET_NAME);
         let _ = self.rundir.dir.remove("daemon.pid");
         // Last: a waiting `cohost shutdown` learns that all of the above is done.
         for c in self.conns.values_mut() {

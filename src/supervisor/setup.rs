@@ -106,17 +106,59 @@ fn take_runtime_lock(dir: &RuntimeDir) -> Result<File, DaemonError> {
     Ok(f)
 }
 
-/// The control socket, bound through the directory's descriptor (bind(2)
-/// has no bindat: /proc/self/fd/N/cohost.sock reaches the same inode), so a
-/// renamed or replaced runtime dir cannot redirect it.
-pub(super) fn bind_socket(
+/// The control sockets: `cohost.sock` (0600) for root and the daemon's
+/// user, and with a status group `cohost.ro.sock` (0660, the group's) for
+/// its readers. Two listening sockets, two accept queues: however fast a
+/// reader connects, root's connection never waits behind its backlog
+/// (guarantee 5). Every request is still checked against the peer's
+/// credentials.
+pub(super) struct Listeners {
+    pub main: OwnedFd,
+    pub readers: Option<OwnedFd>,
+}
+
+pub(super) fn bind_sockets(
     rt: &RuntimeDir,
     status_group: Option<&str>,
-) -> Result<OwnedFd, DaemonError> {
+) -> Result<Listeners, DaemonError> {
+    use crate::control::client::{READERS_SOCKET_NAME, SOCKET_NAME};
+    let group = status_group.and_then(|g| match nix::unistd::Group::from_name(g) {
+        Ok(Some(gr)) => Some(gr.gid.as_raw()),
+        _ => {
+            tracing::warn!(
+                "status_group {g:?} does not exist; only root and the daemon's user may connect"
+            );
+            None
+        }
+    });
+    let main = bind_socket(rt, SOCKET_NAME, 0o177)?;
+    // A readers' socket left from a run with a status group: gone.
+    let _ = rt.remove(READERS_SOCKET_NAME);
+    let readers = match group {
+        Some(gid) => {
+            let fd = bind_socket(rt, READERS_SOCKET_NAME, 0o117)?;
+            let sock_err = |source| DaemonError::Socket {
+                path: rt.path().join(READERS_SOCKET_NAME),
+                source,
+            };
+            // Members may reach the sockets and list nothing.
+            rt.chgrp(READERS_SOCKET_NAME, gid).map_err(sock_err)?;
+            rt.set_group_mode(gid, 0o710).map_err(sock_err)?;
+            Some(fd)
+        }
+        None => None,
+    };
+    Ok(Listeners { main, readers })
+}
+
+/// One listening socket, bound through the directory's descriptor (bind(2)
+/// has no bindat: /proc/self/fd/N/NAME reaches the same inode), so a
+/// renamed or replaced runtime dir cannot redirect it; created with the
+/// mode `umask` leaves, atomically (no window where others could connect).
+fn bind_socket(rt: &RuntimeDir, name: &str, umask: u32) -> Result<OwnedFd, DaemonError> {
     use nix::sys::socket::{
         AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
     };
-    let name = crate::control::client::SOCKET_NAME;
     let path = rt.path().join(name);
     let sock_err = |source: io::Error| DaemonError::Socket {
         path: path.clone(),
@@ -132,29 +174,10 @@ pub(super) fn bind_socket(
     )
     .map_err(|e| sock_err(e.into()))?;
     let addr = UnixAddr::new(&rt.fd_path(name)).map_err(|e| sock_err(e.into()))?;
-    let group = status_group.and_then(|g| match nix::unistd::Group::from_name(g) {
-        Ok(Some(gr)) => Some(gr.gid.as_raw()),
-        _ => {
-            tracing::warn!(
-                "status_group {g:?} does not exist; only root and the daemon's user may connect"
-            );
-            None
-        }
-    });
-    // Created 0600 (0660 for the read-only group) atomically: no window
-    // where others could connect.
-    let mask = if group.is_some() { 0o117 } else { 0o177 };
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
     let bound = bind(fd.as_raw_fd(), &addr);
     nix::sys::stat::umask(old);
     bound.map_err(|e| sock_err(e.into()))?;
-    if let Some(gid) = group {
-        // The read-only group: socket group-owned, the dir 0710 so that
-        // members can reach the socket and list nothing; every request is
-        // still checked against the peer's credentials.
-        rt.chgrp(name, gid).map_err(sock_err)?;
-        rt.set_group_mode(gid, 0o710).map_err(sock_err)?;
-    }
     listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN)).map_err(|e| sock_err(e.into()))?;
     Ok(fd)
 }
