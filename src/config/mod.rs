@@ -4,6 +4,7 @@
 //! It returns every problem at once as `FILE:LINE: message`.
 
 pub mod checks;
+pub mod hostcheck;
 pub mod import;
 pub mod parse;
 pub mod reader;

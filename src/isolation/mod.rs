@@ -6,3 +6,4 @@ pub mod address;
 pub mod audit;
 pub mod cgroup;
 pub mod lock;
+pub mod paths;

@@ -153,11 +153,21 @@ impl Daemon {
         // Shared storage first: a missing disk must not be papered over by
         // creating its directories on the local disk.
         for (k, p) in &spec.paths {
-            if !p.is_dir() {
-                return Err(format!(
-                    "shared path {} (paths.{k}) does not exist on this node: is {id}'s storage mounted here?",
-                    p.display()
-                ));
+            use crate::isolation::paths::{SharedPathError, check_shared};
+            match check_shared(p) {
+                Ok(()) => {}
+                Err(SharedPathError::Missing) => {
+                    return Err(format!(
+                        "shared path {} (paths.{k}) does not exist on this node: is {id}'s storage mounted here?",
+                        p.display()
+                    ));
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "shared path {} (paths.{k}) {e}: it must be {id}'s storage directory",
+                        p.display()
+                    ));
+                }
             }
         }
         if let Some(lp) = &spec.lock
