@@ -193,3 +193,78 @@ fn a_deleted_runtime_dir_does_not_give_a_second_daemon() {
     h.run(&["start", "d1"]).ok();
     assert_eq!(daemons_for(&h.runtime).len(), 1);
 }
+
+/// A tmpfs mounted for a test, unmounted on drop.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn a_state_file_that_cannot_be_written_shows_in_status() {
+    require_root_cgroups();
+    let h = Harness::new();
+    h.write_config(
+        "w.toml",
+        &format!(
+            r#"
+[service.s]
+command = ["{}", "sleep"]
+
+[instance.w1]
+service = "s"
+
+[instance.w2]
+service = "s"
+"#,
+            example("testsvc").display()
+        ),
+    );
+    std::fs::create_dir(&h.runtime).unwrap();
+    let mut c = Command::new("mount");
+    c.args(["-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs"])
+        .arg(&h.runtime);
+    run_cmd(c).ok();
+    let _fs = Tmpfs(h.runtime.clone());
+    h.run(&["start", "w1"]).ok();
+    h.run(&["start", "w2"]).ok();
+    // Dropped before the tmpfs is unmounted (the harness finds the daemon
+    // through the runtime dir).
+    let _daemon = KillOnDrop::new(h.daemon_pid().unwrap());
+    // Fill the runtime dir's file system.
+    let filler = h.runtime.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+    }
+    h.run(&["stop", "w2"]).ok();
+    let warnings = h.status_json("w2")["warnings"].to_string();
+    assert!(
+        warnings.contains("state file") && warnings.contains("not written"),
+        "{warnings}"
+    );
+    assert!(
+        !h.status_json("w1")["warnings"]
+            .to_string()
+            .contains("state file"),
+        "only w2's write failed"
+    );
+    // Space back: the next write succeeds and the warning goes.
+    std::fs::remove_file(&filler).unwrap();
+    h.run(&["start", "w2"]).ok();
+    assert!(
+        !h.status_json("w2")["warnings"]
+            .to_string()
+            .contains("state file")
+    );
+    let saved: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(h.runtime.join("state/w2.json")).unwrap()).unwrap();
+    assert_eq!(saved["state"], "running");
+    h.run(&["shutdown"]).ok();
+}
