@@ -1,10 +1,10 @@
 //! Runtime state on disk, and adoption after a supervisor crash.
 //!
 //! One JSON file per instance in `RUNTIME/state/`, replaced atomically
-//! (write a temporary file, rename over) after every loop iteration that
-//! changed it. No fsync: the file must survive a crash of the daemon, which
-//! the page cache does; after a crash of the machine every process it
-//! describes is gone anyway (and a default runtime dir is on tmpfs).
+//! and durably after every loop iteration that changed it (write, fsync,
+//! rename, fsync of the directory: `RuntimeDir::write_atomic`), always
+//! through the checked descriptor of state/, never through a link. A write
+//! that fails is kept (`Daemon::state_errors`) and shown in `status`.
 //!
 //! A daemon started after a SIGKILL of the previous one reads these files
 //! and adopts what still runs: each recorded process is verified by pid
