@@ -84,7 +84,7 @@ pub enum WriteError {
         #[source]
         source: io::Error,
     },
-    #[error("fsync of the directory of {name}: {source}")]
+    #[error("fsync of the directory {name}: {source}")]
     SyncDir {
         name: String,
         #[source]
@@ -238,6 +238,14 @@ impl RuntimeDir {
     /// necessarily ensure that the entry in the directory ... has also
     /// reached disk").
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<(), WriteError> {
+        self.replace_file(name, bytes)?;
+        self.sync()
+    }
+
+    /// The first half of [`write_atomic`](Self::write_atomic): written,
+    /// fsynced and renamed over, the directory not yet fsynced (for
+    /// batches: one [`sync`](Self::sync) after many).
+    pub fn replace_file(&self, name: &str, bytes: &[u8]) -> Result<(), WriteError> {
         let tmp = format!(".{name}.tmp");
         let n = || name.to_string();
         let mut f = self
@@ -256,10 +264,29 @@ impl RuntimeDir {
         // SAFETY: renameat within our dir fd, NUL-terminated names.
         check(unsafe { libc::renameat(fd, t.as_ptr(), fd, c.as_ptr()) })
             .map_err(|source| WriteError::Rename { name: n(), source })?;
-        // SAFETY: fsync of our dir fd.
-        check(unsafe { libc::fsync(fd) })
-            .map_err(|source| WriteError::SyncDir { name: n(), source })?;
         Ok(())
+    }
+
+    /// fsync(2) of the directory: its renames reach the disk.
+    pub fn sync(&self) -> Result<(), WriteError> {
+        // SAFETY: fsync of our dir fd.
+        check(unsafe { libc::fsync(self.dir.fd.as_raw_fd()) }).map_err(|source| {
+            WriteError::SyncDir {
+                name: self.dir.path.display().to_string(),
+                source,
+            }
+        })?;
+        Ok(())
+    }
+
+    /// A second handle on the same directory (for another thread).
+    pub fn try_clone(&self) -> io::Result<RuntimeDir> {
+        Ok(RuntimeDir {
+            dir: CheckedDir {
+                fd: self.dir.fd.try_clone()?,
+                path: self.dir.path.clone(),
+            },
+        })
     }
 
     /// unlinkat(2); a missing file is fine.

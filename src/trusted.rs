@@ -206,21 +206,17 @@ pub fn open_dir(path: &Path, leaf: Leaf, me: u32, create: bool) -> Result<Checke
         });
     }
     let root = Path::new("/");
-    let open_err = |p: &Path, source| TrustError::Open {
-        path: p.to_path_buf(),
-        source,
-    };
     let root_fd = open_root()?;
     let mut todo: VecDeque<OsString> = components(path);
-    let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(root_fd, root.to_path_buf())];
-    let mut links = 0;
-    let last_leaf = |todo: &VecDeque<OsString>| if todo.is_empty() { leaf } else { Leaf::Parent };
+    let st = fstat(&root_fd).map_err(|e| open_err(root, e))?;
     judge(
         root,
-        &fstat(&stack[0].0).map_err(|e| open_err(root, e))?,
-        last_leaf(&todo),
+        &st,
+        if todo.is_empty() { leaf } else { Leaf::Parent },
         me,
     )?;
+    let mut stack: Vec<(OwnedFd, PathBuf)> = vec![(root_fd, root.to_path_buf())];
+    let mut links = 0;
     while let Some(name) = todo.pop_front() {
         if name == ".." {
             if stack.len() > 1 {
@@ -230,59 +226,108 @@ pub fn open_dir(path: &Path, leaf: Leaf, me: u32, create: bool) -> Result<Checke
         }
         let (dir, dir_path) = stack.last().expect("root stays");
         let here = dir_path.join(&name);
-        let c = cstr(&name).map_err(|e| open_err(&here, e))?;
-        let st = match lstat_at(dir, &c) {
-            Ok(st) => st,
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
-                make_dir_at(dir, &c).map_err(|source| TrustError::Create {
-                    path: here.clone(),
-                    source,
-                })?;
-                lstat_at(dir, &c).map_err(|e| open_err(&here, e))?
-            }
-            Err(e) => return Err(open_err(&here, e)),
+        let step = Step {
+            dir,
+            here: &here,
+            name: &name,
+            last: todo.is_empty(),
         };
-        if is_type(&st, libc::S_IFLNK) {
-            if todo.is_empty() {
-                return Err(TrustError::Symlink { path: here });
+        match step.take(leaf, me, create)? {
+            Next::Dir(fd) => stack.push((fd, here)),
+            Next::Link(target) => {
+                links += 1;
+                if links > MAX_LINKS {
+                    return Err(TrustError::Loop { path: here });
+                }
+                if target.is_absolute() {
+                    stack.truncate(1);
+                }
+                for comp in components(&target).into_iter().rev() {
+                    todo.push_front(comp);
+                }
             }
-            if st.st_uid != 0 && st.st_uid != me {
-                return Err(TrustError::SymlinkOwner {
-                    path: here,
-                    uid: st.st_uid,
-                    me,
-                });
-            }
-            links += 1;
-            if links > MAX_LINKS {
-                return Err(TrustError::Loop { path: here });
-            }
-            let target = readlink_at(dir, &c).map_err(|e| open_err(&here, e))?;
-            if target.is_absolute() {
-                stack.truncate(1);
-            }
-            for comp in components(&target).into_iter().rev() {
-                todo.push_front(comp);
-            }
-            continue;
         }
-        if !is_type(&st, libc::S_IFDIR) {
-            return Err(TrustError::NotDir { path: here });
-        }
-        let fd = match open_dir_at(dir, &c) {
-            Ok(fd) => fd,
-            // Replaced by a link between the lstat and the open.
-            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
-                return Err(TrustError::Symlink { path: here });
-            }
-            Err(e) => return Err(open_err(&here, e)),
-        };
-        let st = fstat(&fd).map_err(|e| open_err(&here, e))?;
-        judge(&here, &st, last_leaf(&todo), me)?;
-        stack.push((fd, here));
     }
     let (fd, path) = stack.pop().expect("root stays");
     Ok(CheckedDir { fd, path })
+}
+
+fn open_err(p: &Path, source: io::Error) -> TrustError {
+    TrustError::Open {
+        path: p.to_path_buf(),
+        source,
+    }
+}
+
+/// One component of the walk, below an already trusted directory.
+struct Step<'a> {
+    dir: &'a OwnedFd,
+    here: &'a Path,
+    name: &'a OsStr,
+    /// The directory asked for (not a parent of it).
+    last: bool,
+}
+
+/// Where a step leads: a checked directory, or a link to follow.
+enum Next {
+    Dir(OwnedFd),
+    Link(PathBuf),
+}
+
+impl Step<'_> {
+    fn take(&self, leaf: Leaf, me: u32, create: bool) -> Result<Next, TrustError> {
+        let here = self.here;
+        let c = cstr(self.name).map_err(|e| open_err(here, e))?;
+        let st = match lstat_at(self.dir, &c) {
+            Ok(st) => st,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) && create => {
+                make_dir_at(self.dir, &c).map_err(|source| TrustError::Create {
+                    path: here.to_path_buf(),
+                    source,
+                })?;
+                lstat_at(self.dir, &c).map_err(|e| open_err(here, e))?
+            }
+            Err(e) => return Err(open_err(here, e)),
+        };
+        if is_type(&st, libc::S_IFLNK) {
+            return self.link(&c, &st, me).map(Next::Link);
+        }
+        if !is_type(&st, libc::S_IFDIR) {
+            return Err(TrustError::NotDir {
+                path: here.to_path_buf(),
+            });
+        }
+        let fd = match open_dir_at(self.dir, &c) {
+            Ok(fd) => fd,
+            // Replaced by a link between the lstat and the open.
+            Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+                return Err(TrustError::Symlink {
+                    path: here.to_path_buf(),
+                });
+            }
+            Err(e) => return Err(open_err(here, e)),
+        };
+        let st = fstat(&fd).map_err(|e| open_err(here, e))?;
+        judge(here, &st, if self.last { leaf } else { Leaf::Parent }, me)?;
+        Ok(Next::Dir(fd))
+    }
+
+    /// A link is followed only above the directory asked for, and only if
+    /// root or we made it (it sits in a directory already found trusted).
+    fn link(&self, c: &CString, st: &libc::stat, me: u32) -> Result<PathBuf, TrustError> {
+        let path = self.here.to_path_buf();
+        if self.last {
+            return Err(TrustError::Symlink { path });
+        }
+        if st.st_uid != 0 && st.st_uid != me {
+            return Err(TrustError::SymlinkOwner {
+                path,
+                uid: st.st_uid,
+                me,
+            });
+        }
+        readlink_at(self.dir, c).map_err(|e| open_err(&path, e))
+    }
 }
 
 fn open_root() -> Result<OwnedFd, TrustError> {

@@ -530,8 +530,18 @@ service = "s"
     std::io::BufReader::new(hog.0.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
+    // The hog counts a connection that got no answer within 0.3 s as
+    // held; under load some of those are merely accepted late. The
+    // daemon's own count is the one that matters.
+    let held: usize = line
+        .strip_prefix("refused after ")
+        .and_then(|l| l.split(':').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     assert!(
-        line.contains("refused after 16") && line.contains("too many connections from uid"),
+        held >= 16
+            && line.contains("too many connections from uid")
+            && line.contains("(16 open, at most 16 per user)"),
         "the reader is capped: {line:?}"
     );
     // Meanwhile (the reader holds 16 and keeps hammering): root is served.

@@ -244,11 +244,11 @@ service = "s"
         let _ = f.sync_all();
     }
     h.run(&["stop", "w2"]).ok();
-    let warnings = h.status_json("w2")["warnings"].to_string();
-    assert!(
-        warnings.contains("state file") && warnings.contains("not written"),
-        "{warnings}"
-    );
+    // Written off the loop: the failure is reported once the writer tried.
+    h.wait_for("the failed state write in status", || {
+        let w = h.status_json("w2")["warnings"].to_string();
+        w.contains("state file") && w.contains("not written")
+    });
     assert!(
         !h.status_json("w1")["warnings"]
             .to_string()
@@ -258,13 +258,16 @@ service = "s"
     // Space back: the next write succeeds and the warning goes.
     std::fs::remove_file(&filler).unwrap();
     h.run(&["start", "w2"]).ok();
-    assert!(
+    h.wait_for("the warning gone", || {
         !h.status_json("w2")["warnings"]
             .to_string()
             .contains("state file")
-    );
-    let saved: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(h.runtime.join("state/w2.json")).unwrap()).unwrap();
-    assert_eq!(saved["state"], "running");
+    });
+    h.wait_for("w2's state file says running", || {
+        std::fs::read(h.runtime.join("state/w2.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .is_some_and(|v| v["state"] == "running")
+    });
     h.run(&["shutdown"]).ok();
 }

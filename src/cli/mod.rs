@@ -9,9 +9,11 @@
 mod daemonctl;
 pub mod exit;
 pub mod fast;
+mod launch;
 mod local;
 mod offline;
 mod output;
+mod stopctl;
 
 use std::path::PathBuf;
 
@@ -179,9 +181,9 @@ pub fn run(cli: Cli) -> i32 {
             timeout,
             with_deps,
         } => daemonctl::start(&ctx, &id, timeout, with_deps),
-        Cmd::Stop { id, timeout } => daemonctl::stop(&ctx, &id, timeout),
+        Cmd::Stop { id, timeout } => stopctl::stop(&ctx, &id, timeout),
         Cmd::Restart { id, timeout } => daemonctl::restart(&ctx, &id, timeout),
-        Cmd::Kill { id } => daemonctl::kill(&ctx, &id),
+        Cmd::Kill { id } => stopctl::kill(&ctx, &id),
         Cmd::Status { id, json } => daemonctl::status(&ctx, id.as_deref(), json),
         Cmd::Monitor { id, depth } => daemonctl::monitor(&ctx, &id, depth).0,
         Cmd::List { json } => daemonctl::status(&ctx, None, json),
@@ -199,8 +201,9 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-pub use daemonctl::{status_code, stop_quiet};
+pub use daemonctl::status_code;
 use exit::Outcome;
+pub use stopctl::stop_quiet;
 
 /// `start` for integration code.
 pub fn start_quiet(ctx: &Ctx, id: &str, timeout: Option<f64>) -> Outcome {

@@ -301,6 +301,13 @@ fn wait_gone(fds: &[Pidfd], limit: Duration) -> bool {
     }
 }
 
+pub fn join_pids(p: &[i32]) -> String {
+    p.iter()
+        .map(|p| p.to_string())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

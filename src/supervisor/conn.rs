@@ -199,44 +199,48 @@ impl Daemon {
             }
             // SAFETY: fd is a fresh connected socket.
             let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
-            let peer = match nix::sys::socket::getsockopt(
-                &stream,
-                nix::sys::socket::sockopt::PeerCredentials,
-            ) {
+            self.admit(stream);
+        }
+    }
+
+    /// A new connection: served, or refused if its user is over a cap.
+    fn admit(&mut self, stream: UnixStream) {
+        let peer =
+            match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+            {
                 Ok(c) => Peer {
                     uid: c.uid(),
                     gid: c.gid(),
                     pid: c.pid(),
                 },
-                Err(_) => continue,
+                Err(_) => return,
             };
-            if let Err(why) = self.fair.admit(peer.uid) {
-                // The newest connection of a user over its cap goes: its
-                // older ones, and everyone else's, are served on.
-                refuse(stream, &why);
-                continue;
-            }
-            let id = self.next_conn;
-            self.next_conn += 1;
-            self.register(
-                stream.as_fd(),
-                tok::CONN | id,
-                EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP,
-            );
-            self.timers
-                .add(Instant::now() + REQUEST_TIMEOUT, timers::Key::Conn { id });
-            self.conns.insert(
-                id,
-                Conn {
-                    stream,
-                    peer,
-                    inbuf: Vec::new(),
-                    outbuf: Vec::new(),
-                    phase: Phase::Reading,
-                    writing: false,
-                },
-            );
+        if let Err(why) = self.fair.admit(peer.uid) {
+            // The newest connection of a user over its cap goes: its older
+            // ones, and everyone else's, are served on.
+            refuse(stream, &why);
+            return;
         }
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.register(
+            stream.as_fd(),
+            tok::CONN | id,
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP,
+        );
+        self.timers
+            .add(Instant::now() + REQUEST_TIMEOUT, timers::Key::Conn { id });
+        self.conns.insert(
+            id,
+            Conn {
+                stream,
+                peer,
+                inbuf: Vec::new(),
+                outbuf: Vec::new(),
+                phase: Phase::Reading,
+                writing: false,
+            },
+        );
     }
 
     fn refuse_one_for_lack_of_fds(&mut self, listener: std::os::fd::RawFd) {

@@ -19,6 +19,7 @@ mod persist;
 mod probe;
 mod requests;
 mod setup;
+mod statefile;
 mod timers;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -497,6 +498,7 @@ impl Daemon {
 
     fn shutdown_cleanup(&mut self) {
         self.flush_state();
+        self.finish_state();
         for idx in 0..self.insts.len() {
             self.release_spare_cgroup(idx);
         }

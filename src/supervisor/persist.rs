@@ -2,9 +2,10 @@
 //!
 //! One JSON file per instance in `RUNTIME/state/`, replaced atomically
 //! and durably after every loop iteration that changed it (write, fsync,
-//! rename, fsync of the directory: `RuntimeDir::write_atomic`), always
-//! through the checked descriptor of state/, never through a link. A write
-//! that fails is kept (`Daemon::state_errors`) and shown in `status`.
+//! rename, fsync of the directory), by a writer thread so that the disk
+//! never holds up the loop (`supervisor::statefile`), always through the
+//! checked descriptor of state/, never through a link. A write that fails
+//! is kept (`Daemon::state_errors`) and shown in `status`.
 //!
 //! A daemon started after a SIGKILL of the previous one reads these files
 //! and adopts what still runs: each recorded process is verified by pid
@@ -55,40 +56,63 @@ pub struct SavedProc {
 pub const DIED_WHILE_DOWN: &str = "exited while the supervisor was down";
 
 impl Daemon {
-    /// Writes the state of every changed instance (write, fsync, rename,
-    /// fsync of state/: see `RuntimeDir::write_atomic`). A failure is
-    /// logged and kept for `status` until a later write succeeds.
+    /// Hands the state of every changed instance to the writer thread
+    /// (write, fsync, rename, fsync of state/: `supervisor::statefile`),
+    /// and takes in what it reported.
     pub(super) fn flush_state(&mut self) {
+        self.collect_state_outcomes();
         let dirty = std::mem::take(&mut self.dirty);
         for idx in dirty {
             let saved = self.saved(idx);
-            match self.write_state(&saved) {
-                Ok(()) => {
-                    if self.state_errors.remove(&idx).is_some() {
-                        tracing::info!(instance = %saved.id, "state file written again");
-                    }
-                }
-                Err(e) => {
-                    let msg = format!(
-                        "state file {}/{}.json not written ({e}): a restarted daemon would not know this instance's state",
-                        self.rundir.state.path().display(),
-                        saved.id
-                    );
-                    tracing::error!(instance = %saved.id, "{msg}");
-                    self.state_errors.insert(idx, msg);
-                }
+            // One write(2): serde_json on an unbuffered File would issue
+            // one per token.
+            let mut bytes = serde_json::to_vec(&saved).unwrap_or_default();
+            bytes.push(b'\n');
+            let name = format!("{}.json", saved.id);
+            if let Some((name, bytes)) = self.rundir.queue_state(name, bytes) {
+                let r = self.rundir.state.write_atomic(&name, &bytes);
+                self.note_state_outcome((name, r.map_err(|e| e.to_string())));
             }
         }
     }
 
-    fn write_state(&self, saved: &Saved) -> Result<(), crate::rundir::WriteError> {
-        // One write(2): serde_json on an unbuffered File would issue one
-        // per token.
-        let mut bytes = serde_json::to_vec(saved).unwrap_or_default();
-        bytes.push(b'\n');
-        self.rundir
-            .state
-            .write_atomic(&format!("{}.json", saved.id), &bytes)
+    /// Takes in the writer's reports: a failure is logged and kept for
+    /// `status` until a later write of that instance succeeds.
+    pub(super) fn collect_state_outcomes(&mut self) {
+        for o in self.rundir.state_outcomes() {
+            self.note_state_outcome(o);
+        }
+    }
+
+    /// At exit: every pending state written before the daemon ends.
+    pub(super) fn finish_state(&mut self) {
+        for o in self.rundir.finish_state_writes() {
+            self.note_state_outcome(o);
+        }
+    }
+
+    fn note_state_outcome(&mut self, (name, r): crate::supervisor::statefile::Outcome) {
+        let Some(id) = name.strip_suffix(".json") else {
+            return;
+        };
+        let Some(idx) = self.idx_of(id) else {
+            return;
+        };
+        match r {
+            Ok(()) => {
+                if self.state_errors.remove(&idx).is_some() {
+                    tracing::info!(instance = %id, "state file written again");
+                }
+            }
+            Err(e) => {
+                let msg = format!(
+                    "state file {}/{name} not written ({e}): a restarted daemon would not know this instance's state",
+                    self.rundir.state.path().display(),
+                );
+                tracing::error!(instance = %id, "{msg}");
+                self.state_errors.insert(idx, msg);
+            }
+        }
     }
 
     fn saved(&self, idx: usize) -> Saved {

@@ -26,6 +26,8 @@ pub mod code {
 
 impl Daemon {
     pub(super) fn handle_request(&mut self, conn: u64, line: &[u8]) {
+        // What the state writer reported: a failed write shows at once.
+        self.collect_state_outcomes();
         let env: Envelope = match serde_json::from_slice(line) {
             Ok(e) => e,
             Err(e) => {

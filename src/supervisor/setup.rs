@@ -8,6 +8,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use super::DaemonError;
+use super::statefile::{Outcome as StateOutcome, StateWriter};
 use crate::rundir::{Guard, RunDirError, RuntimeDir};
 
 /// Tells systemd (Type=notify) about readiness and shutdown, if it asked:
@@ -36,6 +37,47 @@ pub(crate) struct Runtime {
     /// a deletion of the directory (see `crate::rundir`).
     _lock: File,
     _guard: Guard,
+    /// Writes state/ off the loop; started on first use (after the daemon
+    /// blocked its signals: the thread inherits the mask).
+    writer: Option<StateWriter>,
+}
+
+impl Runtime {
+    /// Queues a state file; gives it back if no writer thread can take it
+    /// (then the caller writes it itself).
+    pub fn queue_state(&mut self, name: String, bytes: Vec<u8>) -> Option<(String, Vec<u8>)> {
+        if self.writer.is_none() {
+            match self.state.try_clone().and_then(StateWriter::start) {
+                Ok(w) => self.writer = Some(w),
+                Err(e) => {
+                    tracing::warn!("no state writer thread ({e}): writing state in the loop");
+                    return Some((name, bytes));
+                }
+            }
+        }
+        let w = self.writer.as_ref().expect("just made");
+        if w.write(name.clone(), bytes.clone()) {
+            None
+        } else {
+            Some((name, bytes))
+        }
+    }
+
+    /// Outcomes of queued writes since the last call.
+    pub fn state_outcomes(&self) -> Vec<StateOutcome> {
+        self.writer
+            .as_ref()
+            .map(|w| w.outcomes())
+            .unwrap_or_default()
+    }
+
+    /// Waits for every queued write (at exit).
+    pub fn finish_state_writes(&mut self) -> Vec<StateOutcome> {
+        self.writer
+            .take()
+            .map(|mut w| w.finish())
+            .unwrap_or_default()
+    }
 }
 
 /// Creates (0700) or checks the runtime dir, makes state/ and logs/, and
@@ -73,6 +115,7 @@ pub(super) fn prepare_runtime(rt: &Path) -> Result<Runtime, DaemonError> {
         state,
         _lock: lock,
         _guard: guard,
+        writer: None,
     })
 }
 
