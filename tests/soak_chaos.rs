@@ -32,8 +32,12 @@ impl Rng {
 /// Processes whose environment says they belong to `id`.
 fn processes_of(id: &str) -> Vec<i32> {
     let want = format!("COHOST_INSTANCE={id}");
+    // Only this build's service binary: another checkout's test suite may
+    // run its own soak01… on the node at the same time.
+    let ours = std::fs::canonicalize(example("testsvc")).unwrap();
     cohost::process::procfs::all_pids()
         .into_iter()
+        .filter(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == ours))
         .filter(|p| {
             std::fs::read(format!("/proc/{p}/environ"))
                 .map(|e| e.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
