@@ -16,6 +16,9 @@
 //!                                    (a full log disk) ignored
 //!     testsvc sleep                  sleep forever
 //!     testsvc deaf                   sleep forever, ignoring SIGTERM
+//!     testsvc alloc MIB DONE         allocate and touch MIB MiB, create DONE, sleep
+//!     testsvc burn MS DONE           use MS ms of CPU time, create DONE, sleep
+//!     testsvc write MIB FILE DONE    write MIB MiB to FILE with fsync, create DONE, sleep
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -50,8 +53,11 @@ fn main() {
         Some("chatter") => chatter(),
         Some("sleep") => sleep_forever(false),
         Some("deaf") => sleep_forever(true),
+        Some("alloc") => alloc(a(1).parse().unwrap_or(1), &a(2)),
+        Some("burn") => burn(a(1).parse().unwrap_or(1), &a(2)),
+        Some("write") => write_synced(a(1).parse().unwrap_or(1), &a(2), &a(3)),
         _ => die(
-            "usage: testsvc serve|hostile|hang|crash|forking|daemons|wildcard|report|sleep|deaf ...",
+            "usage: testsvc serve|hostile|hang|crash|forking|daemons|wildcard|report|sleep|deaf|alloc|burn|write ...",
         ),
     }
 }
@@ -221,4 +227,53 @@ fn report(file: &str) -> ! {
     std::fs::write(&tmp, out).unwrap_or_else(|e| die(&format!("{tmp}: {e}")));
     std::fs::rename(&tmp, file).unwrap_or_else(|e| die(&format!("{file}: {e}")));
     sleep_forever(false)
+}
+
+fn done(file: &str) -> ! {
+    std::fs::write(file, "done\n").unwrap_or_else(|e| die(&format!("{file}: {e}")));
+    sleep_forever(false)
+}
+
+fn alloc(mib: usize, file: &str) -> ! {
+    // Every page written: resident, charged to the memory cgroup.
+    let v = vec![1u8; mib << 20];
+    std::hint::black_box(&v);
+    println!("allocated {mib} MiB");
+    std::mem::forget(v);
+    done(file)
+}
+
+fn cpu_time() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime fills ts.
+    unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+fn burn(ms: u64, file: &str) -> ! {
+    let want = Duration::from_millis(ms);
+    let mut x: u64 = 1;
+    while cpu_time() < want {
+        for _ in 0..10_000 {
+            x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+        }
+    }
+    println!("burnt {ms} ms of CPU");
+    done(file)
+}
+
+fn write_synced(mib: usize, out: &str, file: &str) -> ! {
+    let mut f = std::fs::File::create(out).unwrap_or_else(|e| die(&format!("{out}: {e}")));
+    let chunk = vec![7u8; 1 << 20];
+    for _ in 0..mib {
+        f.write_all(&chunk)
+            .unwrap_or_else(|e| die(&format!("{out}: {e}")));
+    }
+    f.sync_all()
+        .unwrap_or_else(|e| die(&format!("fsync {out}: {e}")));
+    println!("wrote {mib} MiB to {out}");
+    done(file)
 }

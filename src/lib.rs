@@ -12,6 +12,7 @@ pub mod control;
 pub mod integration;
 pub mod isolation;
 pub mod model;
+pub mod plan;
 pub mod process;
 pub mod rundir;
 pub mod supervisor;

@@ -14,6 +14,7 @@ insserv shellcheck
 systemd
 fuse3 python3-fusepy
 tmux
+prometheus
 "
 # iproute2, iputils-*: network namespaces, veth, floating addresses, ARP
 # util-linux (nsenter, setpriv), passwd (useradd): isolation and trust tests
@@ -23,6 +24,7 @@ tmux
 # systemd: systemd-analyze verify of the shipped units
 # fuse3, python3-fusepy: a shared file system that hangs on demand
 # tmux: `cohost top` driven in a real terminal
+# prometheus: promtool check metrics on `cohost metrics`
 
 if [ "$(id -u)" != 0 ]; then
 	echo "tests/setup-host.sh: run as root (the tests use cgroups, namespaces and addresses)" >&2

@@ -1,8 +1,10 @@
-//! Chaos soak: 50 instances under a restart policy; for a bounded time a
-//! driver SIGKILLs random instance processes and the supervisor itself,
-//! starts the supervisor again, while clients query every instance. At the
-//! end every instance runs exactly once, no bystander was touched and no
-//! state file is corrupt. The numbers are printed.
+//! Chaos soak: 50 instances under a restart policy, one of them on a shared
+//! disk that hangs now and then (FUSE); for a bounded time a driver
+//! SIGKILLs random instance processes and the supervisor itself (also in
+//! the middle of a stop), corrupts or deletes state files while no
+//! supervisor runs, starts the supervisor again, while clients query every
+//! instance. At the end every instance runs exactly once, no bystander was
+//! touched and no state file is corrupt. The numbers are printed.
 //!
 //! COHOST_SOAK_SECS sets the duration (default 60; the issue allows 300).
 
@@ -29,18 +31,20 @@ impl Rng {
     }
 }
 
-/// Processes whose environment says they belong to `id`.
-fn processes_of(id: &str) -> Vec<i32> {
+/// Processes whose environment says they belong to `id` of this run (the
+/// `SOAK_RUN` mark: another test suite on the node may run its own soak).
+fn processes_of(id: &str, run: &str) -> Vec<i32> {
     let want = format!("COHOST_INSTANCE={id}");
-    // Only this build's service binary: another checkout's test suite may
-    // run its own soak01… on the node at the same time.
-    let ours = std::fs::canonicalize(example("testsvc")).unwrap();
+    let mark = format!("SOAK_RUN={run}");
     cohost::process::procfs::all_pids()
         .into_iter()
-        .filter(|p| std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == ours))
         .filter(|p| {
             std::fs::read(format!("/proc/{p}/environ"))
-                .map(|e| e.split(|b| *b == 0).any(|kv| kv == want.as_bytes()))
+                .map(|e| {
+                    let mut kvs = e.split(|b| *b == 0);
+                    let e2 = kvs.clone();
+                    kvs.any(|kv| kv == want.as_bytes()) && { e2 }.any(|kv| kv == mark.as_bytes())
+                })
                 .unwrap_or(false)
         })
         .filter(|p| alive(*p))
@@ -55,14 +59,23 @@ fn chaos_soak_every_instance_runs_exactly_once_at_the_end() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(60);
     let h = Arc::new(Harness::new());
+    let run = h.dir.path().display().to_string();
     let mut cfg = format!(
-        "[service.s]\ncommand = [\"{}\", \"sleep\"]\nrestart = {{ policy = \"always\", max = 100000, window = \"1m\", backoff = \"50ms\", max_backoff = \"200ms\" }}\nstop = {{ timeout = \"5s\" }}\n",
+        "[service.s]\ncommand = [\"{}\", \"sleep\"]\nenv = {{ SOAK_RUN = \"{run}\" }}\nrestart = {{ policy = \"always\", max = 100000, window = \"1m\", backoff = \"50ms\", max_backoff = \"200ms\" }}\nstop = {{ timeout = \"5s\" }}\n",
         example("testsvc").display()
     );
-    let ids: Vec<String> = (1..=N).map(|i| format!("soak{i:02}")).collect();
+    let mut ids: Vec<String> = (1..N).map(|i| format!("soak{i:02}")).collect();
     for id in &ids {
         cfg.push_str(&format!("\n[instance.{id}]\nservice = \"s\"\n"));
     }
+    // The last instance lives on a disk that hangs now and then.
+    let fs = HangFs::mount(&h.path("san-backing"), &h.path("san"));
+    std::fs::create_dir_all(h.path("san/hung/data")).unwrap();
+    cfg.push_str(&format!(
+        "\n[instance.soakhung]\nservice = \"s\"\npaths = {{ data = \"{}\" }}\nready = {{ timeout = \"3s\" }}\n",
+        h.path("san/hung/data").display()
+    ));
+    ids.push("soakhung".into());
     h.write_config("soak.toml", &cfg);
     let bystanders: Vec<Bystander> = (0..5).map(|_| Bystander::sleep()).collect();
     let by_starts: Vec<Option<u64>> = bystanders.iter().map(|b| start_time(b.pid())).collect();
@@ -97,18 +110,68 @@ fn chaos_soak_every_instance_runs_exactly_once_at_the_end() {
 
     let mut rng = Rng(seed);
     let (mut proc_kills, mut daemon_kills, mut daemon_starts) = (0u64, 0u64, 0u64);
+    let (mut hangs, mut mid_stop_kills, mut state_faults) = (0u64, 0u64, 0u64);
+    let mut hung = false;
     let cg = h.cgroup_dir();
     let end = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < end {
-        match rng.below(20) {
-            0 => {
+        match rng.below(24) {
+            // A supervisor is killed only while the disk answers: one
+            // killed while a worker thread of it is stuck on the hung
+            // disk cannot finish dying (the thread holds its descriptor
+            // table, hence its socket and runtime lock, until the disk
+            // answers). That is a known limit, to be removed by doing
+            // storage work in a descriptor table of its own.
+            0 if !hung => {
                 // The supervisor dies...
                 if let Some(pid) = h.daemon_pid().filter(|p| alive(*p)) {
                     // SAFETY: kill(2) of the test's daemon.
                     unsafe { libc::kill(pid, libc::SIGKILL) };
                     daemon_kills += 1;
                     wait_for("daemon gone", || !alive(pid));
+                    // ... and, at times, its state is lost or corrupt.
+                    let victim = h.runtime.join(format!("state/{}.json", ids[rng.below(N)]));
+                    match rng.below(4) {
+                        0 => {
+                            let _ = std::fs::remove_file(&victim);
+                            state_faults += 1;
+                        }
+                        1 => {
+                            let _ = std::fs::write(&victim, b"{\"id\": garbage");
+                            state_faults += 1;
+                        }
+                        _ => {}
+                    }
                 }
+            }
+            3 if !hung => {
+                // The supervisor dies in the middle of a stop.
+                let id = ids[rng.below(N)].clone();
+                if let Some(pid) = h.daemon_pid().filter(|p| alive(*p)) {
+                    let mut stopper = h.command(&["stop", &id]);
+                    stopper
+                        .stdout(std::process::Stdio::null())
+                        .stderr(std::process::Stdio::null());
+                    if let Ok(mut child) = stopper.spawn() {
+                        std::thread::sleep(Duration::from_millis(rng.below(30) as u64));
+                        // SAFETY: kill(2) of the test's daemon.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                        let _ = child.wait();
+                        mid_stop_kills += 1;
+                        daemon_kills += 1;
+                        wait_for("daemon gone", || !alive(pid));
+                    }
+                }
+            }
+            4 => {
+                // The shared disk of soakhung hangs, or comes back.
+                if hung {
+                    fs.go();
+                } else {
+                    fs.hang();
+                    hangs += 1;
+                }
+                hung = !hung;
             }
             1 | 2 => {
                 // ... and is started again (clients may have done it already).
@@ -140,11 +203,14 @@ fn chaos_soak_every_instance_runs_exactly_once_at_the_end() {
         c.join().unwrap();
     }
 
-    // Settle: a supervisor runs, every instance runs, exactly once.
+    // Settle: the disk answers, a supervisor runs, every instance runs
+    // (those stopped mid-way are started again), exactly once.
+    fs.go();
     if h.daemon_pid().is_none_or(|p| !alive(p)) {
         h.run(&["daemon"]).ok();
         daemon_starts += 1;
     }
+    h.wait_for("every instance started again", || h.run(&["up"]).code == 0);
     h.wait_for("every instance running with one process", || {
         ids.iter().all(|id| {
             std::fs::read_to_string(cg.join(id).join("cgroup.procs"))
@@ -158,7 +224,7 @@ fn chaos_soak_every_instance_runs_exactly_once_at_the_end() {
             == N
     });
     for id in &ids {
-        let p = processes_of(id);
+        let p = processes_of(id, &run);
         assert_eq!(p.len(), 1, "{id} runs exactly once on the node: {p:?}");
         assert_eq!(h.members(id), p, "{id}: tracked = what runs");
     }
@@ -188,7 +254,8 @@ fn chaos_soak_every_instance_runs_exactly_once_at_the_end() {
         .filter_map(|n| n.split_whitespace().next()?.parse::<u64>().ok())
         .sum();
     println!(
-        "soak: {proc_kills} process kills, {daemon_kills} supervisor kills, {daemon_starts} supervisor starts by the driver, \
+        "soak: {proc_kills} process kills, {daemon_kills} supervisor kills ({mid_stop_kills} mid-stop), \
+         {daemon_starts} supervisor starts by the driver, {hangs} disk hangs, {state_faults} state files lost or corrupted, \
          {} client queries, {restarts} automatic restarts, {adoptions} adoptions; every instance runs exactly once",
         queries.load(Ordering::SeqCst)
     );

@@ -298,6 +298,8 @@ pub fn offline_status(ctx: &Ctx, id: Option<&str>) -> Result<Done, (i32, String)
             removed: false,
             warnings: Vec::new(),
             log_dir: log_files(ctx, s).0.display().to_string(),
+            timing: None,
+            usage: None,
         })
         .collect();
     Ok(Done {

@@ -11,9 +11,13 @@ pub mod exit;
 pub mod fast;
 mod launch;
 mod local;
+mod metrics;
+mod observe;
 mod offline;
 mod output;
+mod plan;
 mod stopctl;
+mod top;
 
 use std::path::PathBuf;
 
@@ -58,7 +62,7 @@ pub enum Cmd {
     Start {
         id: String,
         /// Seconds to wait for readiness (default: the service's ready.timeout).
-        #[arg(long, value_name = "S")]
+        #[arg(long, value_name = "S", value_parser = positive_secs)]
         timeout: Option<f64>,
         /// Start the instances it is `after` first, in order.
         #[arg(long)]
@@ -67,13 +71,13 @@ pub enum Cmd {
     /// Stop an instance: stop command or signal, SIGKILL at the timeout.
     Stop {
         id: String,
-        #[arg(long, value_name = "S")]
+        #[arg(long, value_name = "S", value_parser = positive_secs)]
         timeout: Option<f64>,
     },
     /// Stop, then start.
     Restart {
         id: String,
-        #[arg(long, value_name = "S")]
+        #[arg(long, value_name = "S", value_parser = positive_secs)]
         timeout: Option<f64>,
     },
     /// SIGKILL every process of the instance now.
@@ -125,6 +129,32 @@ pub enum Cmd {
         follow: bool,
         #[arg(short = 'n', long, default_value_t = 20)]
         lines: usize,
+    },
+    /// Live per-instance state and usage (one snapshot when not on a terminal).
+    Top {
+        /// Sort by cpu, memory, io, pids, restarts or name (keys c m i p r n).
+        #[arg(long, default_value = "cpu")]
+        sort: top::Sort,
+        /// Refreshes before exiting (default: until `q` on a terminal, else 1).
+        #[arg(short = 'n', long)]
+        iterations: Option<u64>,
+        /// Seconds between refreshes.
+        #[arg(short, long, default_value_t = 1.0, value_parser = positive_secs)]
+        delay: f64,
+    },
+    /// Can this node also run the instances of the instances file in DIR?
+    Plan {
+        /// The peer's instances directory.
+        #[arg(long, value_name = "DIR")]
+        absorb: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// State, restarts, start timing and usage in the Prometheus text format.
+    Metrics {
+        /// Write to FILE atomically (node_exporter's textfile collector).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
     /// Convert a legacy ID:DBDIR:ETCDIR:PORT:HOSTNAME file to TOML.
     Import {
@@ -198,6 +228,20 @@ pub fn run(cli: Cli) -> i32 {
         Cmd::Shutdown => daemonctl::shutdown(&ctx),
         Cmd::Logs { id, follow, lines } => local::logs(&ctx, &id, follow, lines),
         Cmd::Import { file, service } => local::import(&file, &service),
+        Cmd::Top {
+            sort,
+            iterations,
+            delay,
+        } => top::run(
+            &ctx,
+            top::Opts {
+                sort,
+                iterations,
+                delay: std::time::Duration::from_secs_f64(delay),
+            },
+        ),
+        Cmd::Plan { absorb, json } => plan::run(&ctx, &absorb, json),
+        Cmd::Metrics { output } => metrics::run(&ctx, output.as_deref()),
     }
 }
 
@@ -218,4 +262,20 @@ pub fn monitor_quiet(ctx: &Ctx, id: &str, depth: u8) -> Outcome {
 /// `reload` for integration code.
 pub fn reload_quiet(ctx: &Ctx) -> Outcome {
     daemonctl::reload_quiet(ctx).into()
+}
+
+/// `--timeout S`: a number of seconds above zero. Zero would fail every
+/// start at once (and "no limit" is not offered: cluster software always
+/// has one of its own, and a start that never ends blocks its recovery).
+fn positive_secs(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if v.is_finite() && v > 0.0 && v <= 31_536_000.0 {
+        Ok(v)
+    } else {
+        Err(format!(
+            "{s} is not a time limit: give a number of seconds above 0 (default: the service's own)"
+        ))
+    }
 }

@@ -4,6 +4,7 @@
 use std::fmt::Write;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::control::observe::human_bytes;
 use crate::control::proto::InstanceStatus;
 
 fn colour() -> bool {
@@ -57,9 +58,9 @@ fn state_text(s: &InstanceStatus) -> String {
 
 pub fn table(list: &[InstanceStatus]) -> String {
     let header = [
-        "ID", "SERVICE", "STATE", "PID", "ADDRESS", "UPTIME", "RESTARTS",
+        "ID", "SERVICE", "STATE", "PID", "ADDRESS", "UPTIME", "RESTARTS", "USAGE",
     ];
-    let rows: Vec<[String; 7]> = list
+    let rows: Vec<[String; 8]> = list
         .iter()
         .map(|s| {
             let pids: Vec<String> = s
@@ -82,6 +83,7 @@ pub fn table(list: &[InstanceStatus]) -> String {
                     .map(|u| human(Duration::from_secs(u)))
                     .unwrap_or_else(|| "-".into()),
                 s.restarts.to_string(),
+                usage_cell(s),
             ]
         })
         .collect();
@@ -115,6 +117,48 @@ pub fn table(list: &[InstanceStatus]) -> String {
         out.push_str("* definition changed by a reload: restart to apply\n");
     }
     out
+}
+
+/// The list's compact usage column: memory now and CPU time.
+fn usage_cell(s: &InstanceStatus) -> String {
+    let Some(u) = &s.usage else {
+        return "-".into();
+    };
+    let mem = u
+        .memory_bytes
+        .map(human_bytes)
+        .unwrap_or_else(|| "?".into());
+    let cpu = u
+        .cpu_usec
+        .map(|c| format!("{:.1}s", c as f64 / 1e6))
+        .unwrap_or_else(|| "?".into());
+    format!("{mem} {cpu}")
+}
+
+/// `usage` and `timing` lines of the detail view.
+fn observe_lines(s: &InstanceStatus, o: &mut String) {
+    if let Some(u) = &s.usage {
+        let b = |v: Option<u64>| v.map(human_bytes).unwrap_or_else(|| "unknown".into());
+        let cpu = u
+            .cpu_usec
+            .map(|c| format!("{:.2}s", c as f64 / 1e6))
+            .unwrap_or_else(|| "unknown".into());
+        let pids = u
+            .pids
+            .map(|p| p.to_string())
+            .unwrap_or_else(|| "unknown".into());
+        let _ = writeln!(
+            o,
+            "  usage      memory {} (peak {}), cpu {cpu}, io read {} write {}, pids {pids}",
+            b(u.memory_bytes),
+            b(u.memory_peak_bytes),
+            b(u.io_read_bytes),
+            b(u.io_write_bytes),
+        );
+    }
+    if let Some(t) = &s.timing {
+        let _ = writeln!(o, "  last start {}", t.describe());
+    }
 }
 
 pub fn detail(s: &InstanceStatus) -> String {
@@ -173,6 +217,7 @@ pub fn detail(s: &InstanceStatus) -> String {
         };
         let _ = writeln!(o, "  {:<10} {} {res}{msg}{age}", c.role, c.check);
     }
+    observe_lines(s, &mut o);
     let _ = writeln!(o, "  logs       {}", s.log_dir);
     if let Some(f) = &s.last_failure {
         let _ = writeln!(o, "  last failure: {f}");

@@ -2,4 +2,5 @@
 //! side lives in the supervisor's event loop.
 
 pub mod client;
+pub mod observe;
 pub mod proto;

@@ -146,6 +146,12 @@ pub struct InstanceStatus {
     pub removed: bool,
     pub warnings: Vec<String>,
     pub log_dir: String,
+    /// The last start's timing (issue 15), if it started under this daemon.
+    #[serde(default)]
+    pub timing: Option<super::observe::Timing>,
+    /// Usage read from its cgroup when asked (issue 15).
+    #[serde(default)]
+    pub usage: Option<super::observe::Usage>,
 }
 
 #[cfg(test)]

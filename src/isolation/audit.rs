@@ -43,20 +43,7 @@ pub fn owners(pids: &[i32], inodes: &[(u64, String)]) -> Vec<(i32, String, Strin
     }
     let mut out = Vec::new();
     for pid in pids {
-        let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for e in dir.flatten() {
-            let Ok(link) = std::fs::read_link(e.path()) else {
-                continue;
-            };
-            let l = link.to_string_lossy();
-            let Some(n) = l.strip_prefix("socket:[").and_then(|s| s.strip_suffix(']')) else {
-                continue;
-            };
-            let Ok(inode) = n.parse::<u64>() else {
-                continue;
-            };
+        for inode in super::sockets::socket_inodes(*pid) {
             if let Some((_, addr)) = inodes.iter().find(|(i, _)| *i == inode) {
                 let comm = crate::process::procfs::stat(*pid)
                     .map(|s| s.comm)
@@ -107,26 +94,10 @@ fn wildcard_listen_all(table: &str, v6: bool) -> Vec<(u16, u64, String)> {
 /// (port, inode, "0.0.0.0:P" / "[::]:P") of wildcard TCP listeners (on
 /// `port`, or on any port), both families, filtered by the kernel.
 fn sock_diag_wildcard(port: Option<u16>) -> std::io::Result<Vec<(u16, u64, String)>> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    const SOCK_DIAG_BY_FAMILY: u16 = 20;
-    const INET_DIAG_REQ_BYTECODE: u16 = 1;
+    use super::sockets::{Request, TCP_LISTEN, dump};
     // enum in linux/inet_diag.h: NOP, JMP, S_GE, S_LE, D_GE, D_LE, AUTO,
     // S_COND (7), D_COND, DEV_COND, MARK_COND, S_EQ, D_EQ, CGROUP_COND.
     const INET_DIAG_BC_S_COND: u8 = 7;
-    const TCP_LISTEN: u32 = 10;
-    // SAFETY: socket(2): a new fd we own.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_SOCK_DIAG,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: fd is new.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut out = Vec::new();
     for family in [libc::AF_INET as u8, libc::AF_INET6 as u8] {
         // Bytecode "source address is the wildcard, source port is P": one
@@ -136,79 +107,35 @@ fn sock_diag_wildcard(port: Option<u16>) -> std::io::Result<Vec<(u16, u64, Strin
         // instances listening on P at their own addresses.
         let addr_len: usize = if family == libc::AF_INET as u8 { 4 } else { 16 };
         let bc_len = 4 + 8 + addr_len;
-        let total = 16 + 56 + 4 + bc_len;
-        let mut m: Vec<u8> = Vec::with_capacity(total);
-        m.extend_from_slice(&(total as u32).to_ne_bytes());
-        m.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
-        m.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_DUMP) as u16).to_ne_bytes());
-        m.extend_from_slice(&1u32.to_ne_bytes());
-        m.extend_from_slice(&0u32.to_ne_bytes());
-        m.push(family);
-        m.push(libc::IPPROTO_TCP as u8);
-        m.push(0); // idiag_ext
-        m.push(0); // pad
-        m.extend_from_slice(&(1u32 << TCP_LISTEN).to_ne_bytes());
-        m.extend_from_slice(&[0u8; 48]); // inet_diag_sockid: all zero
-        m.extend_from_slice(&((4 + bc_len) as u16).to_ne_bytes());
-        m.extend_from_slice(&INET_DIAG_REQ_BYTECODE.to_ne_bytes());
-        m.push(INET_DIAG_BC_S_COND);
-        m.push(bc_len as u8);
-        m.extend_from_slice(&((bc_len + 4) as u16).to_ne_bytes());
-        m.push(family);
-        m.push((addr_len * 8) as u8);
-        m.extend_from_slice(&[0, 0]);
+        let mut bc: Vec<u8> = Vec::with_capacity(bc_len);
+        bc.push(INET_DIAG_BC_S_COND);
+        bc.push(bc_len as u8);
+        bc.extend_from_slice(&((bc_len + 4) as u16).to_ne_bytes());
+        bc.push(family);
+        bc.push((addr_len * 8) as u8);
+        bc.extend_from_slice(&[0, 0]);
         // -1: any port.
-        m.extend_from_slice(&port.map_or(-1, i32::from).to_ne_bytes());
-        m.resize(m.len() + addr_len, 0);
-        // SAFETY: send on our socket (connected to the kernel by default).
-        if unsafe { libc::send(fd.as_raw_fd(), m.as_ptr().cast(), m.len(), 0) } < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        let mut buf = vec![0u8; 32 * 1024];
-        'recv: loop {
-            // SAFETY: recv into our buffer.
-            let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-            if n < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let n = n as usize;
-            let mut off = 0;
-            while off + 16 <= n {
-                let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-                let kind = u16::from_ne_bytes(buf[off + 4..off + 6].try_into().unwrap());
-                if len < 16 || off + len > n {
-                    break;
-                }
-                match kind as i32 {
-                    libc::NLMSG_DONE => break 'recv,
-                    libc::NLMSG_ERROR => {
-                        return Err(std::io::Error::other("sock_diag refused the request"));
-                    }
-                    _ => {}
-                }
-                // inet_diag_msg: family, state, timer, retrans, then sockid
-                // (sport, dport: be16; src[16], dst[16], if, cookie[8]),
-                // expires, rqueue, wqueue, uid, inode.
-                let msg = &buf[off + 16..off + len];
-                if msg.len() >= 72 {
-                    let src = &msg[8..24];
-                    let wild = if family == libc::AF_INET as u8 {
-                        src[..4] == [0; 4]
-                    } else {
-                        src == [0u8; 16]
-                    };
-                    let sport = u16::from_be_bytes([msg[4], msg[5]]);
-                    let inode = u32::from_ne_bytes(msg[68..72].try_into().unwrap()) as u64;
-                    if wild && port.is_none_or(|p| p == sport) {
-                        let shown = if family == libc::AF_INET as u8 {
-                            format!("0.0.0.0:{sport}")
-                        } else {
-                            format!("[::]:{sport}")
-                        };
-                        out.push((sport, inode, shown));
-                    }
-                }
-                off += (len + 3) & !3;
+        bc.extend_from_slice(&port.map_or(-1, i32::from).to_ne_bytes());
+        bc.resize(bc.len() + addr_len, 0);
+        let found = dump(&Request {
+            family,
+            protocol: libc::IPPROTO_TCP as u8,
+            states: 1u32 << TCP_LISTEN,
+            bytecode: &bc,
+        })?;
+        for m in found {
+            let wild = if family == libc::AF_INET as u8 {
+                m.src[..4] == [0; 4]
+            } else {
+                m.src == [0u8; 16]
+            };
+            if wild && port.is_none_or(|p| p == m.sport) {
+                let shown = if family == libc::AF_INET as u8 {
+                    format!("0.0.0.0:{}", m.sport)
+                } else {
+                    format!("[::]:{}", m.sport)
+                };
+                out.push((m.sport, m.inode, shown));
             }
         }
     }

@@ -31,6 +31,17 @@ pub enum CgroupError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "cgroup {path} still holds processes {}: a copy of the instance runs outside the supervisor's knowledge; stop it (cohost stop or kill) before starting",
+        pids.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ")
+    )]
+    Populated { path: PathBuf, pids: Vec<i32> },
+    #[error("removing the old cgroup {path} before a new start: {source}")]
+    Renew {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{0} is not inside a cgroup v2 mount")]
     NotCgroup2(PathBuf),
     #[error(
@@ -190,6 +201,12 @@ pub struct InstanceCgroup {
     /// Per-v1-hierarchy directories for limits.
     pub v1_dirs: Vec<PathBuf>,
     has_kill: bool,
+    /// `cgroup.kill` was written here. Such a cgroup is never reused: on
+    /// Linux 6.18 a child later created in it with clone3
+    /// `CLONE_INTO_CGROUP` is killed at birth (the kill sequence number
+    /// recorded at fork is the parent's cgroup's, compared with this
+    /// one's in cgroup_post_fork), so the next start gets a new directory.
+    pub killed: bool,
 }
 
 impl CgroupRoot {
@@ -294,6 +311,7 @@ impl CgroupRoot {
             rel,
             v1_dirs: Vec::new(),
             has_kill: self.has_kill,
+            killed: false,
         }
     }
 
@@ -312,12 +330,31 @@ impl CgroupRoot {
 
     /// Creates the cgroup of `id` and applies `limits` through whichever
     /// hierarchy has the controller.
+    ///
+    /// An existing cgroup of `id` must be empty (the cgroup is the truth:
+    /// processes there are a copy of the instance, whatever any state file
+    /// says); it is removed and made anew, so a start never reuses a cgroup
+    /// that was killed (see [`InstanceCgroup::killed`]).
     pub fn create(&self, id: &str, limits: &Limits) -> Result<InstanceCgroup, CgroupError> {
+        let old = self.instance(id);
+        if old.exists() {
+            if old.populated() {
+                return Err(CgroupError::Populated {
+                    path: old.dir.clone(),
+                    pids: old.pids(),
+                });
+            }
+            old.try_remove().map_err(|source| CgroupError::Renew {
+                path: old.dir.clone(),
+                source,
+            })?;
+        }
         let mut cg = self.instance_v2(id);
         std::fs::create_dir_all(&cg.dir).map_err(|source| CgroupError::Create {
             path: cg.dir.clone(),
             source,
         })?;
+        self.add_accounting(&mut cg, id);
         if limits.is_empty() {
             return Ok(cg);
         }
@@ -385,6 +422,35 @@ impl CgroupRoot {
         Ok(cg)
     }
 
+    /// Puts the instance where its usage can be read (issue 15): the v2
+    /// controllers that exist are turned on for our subtree; for those
+    /// that live in a v1 hierarchy, the instance gets a directory there
+    /// too, joined before exec like the limit ones. CPU time needs nothing:
+    /// v2's cpu.stat exists in every cgroup. Best effort: a figure that
+    /// cannot be had is shown as unknown, never a failed start.
+    fn add_accounting(&self, cg: &mut InstanceCgroup, id: &str) {
+        const ACCOUNTING: [(&str, &str); 3] =
+            [("memory", "memory"), ("pids", "pids"), ("io", "blkio")];
+        let v2_ctrls = std::fs::read_to_string(self.mount.point.join("cgroup.controllers"))
+            .unwrap_or_default();
+        for (v2, v1) in ACCOUNTING {
+            if v2_ctrls.split_whitespace().any(|x| x == v2) {
+                let _ = self.enable_v2(v2);
+                continue;
+            }
+            let Some((_, base)) = self.v1.iter().find(|(c, _)| c.iter().any(|x| x == v1)) else {
+                continue;
+            };
+            let dir = base.join(id);
+            if std::fs::create_dir_all(&dir).is_ok() && !cg.v1_dirs.contains(&dir) {
+                if v1 == "blkio" {
+                    count_v1_io(&dir);
+                }
+                cg.v1_dirs.push(dir);
+            }
+        }
+    }
+
     /// Turns `ctrl` on in every subtree_control from the mount down to base.
     fn enable_v2(&self, ctrl: &str) -> Result<(), CgroupError> {
         let mut dir = self.mount.point.clone();
@@ -420,6 +486,34 @@ impl CgroupRoot {
             if let Some(parent) = b.parent() {
                 let _ = std::fs::remove_dir(parent);
             }
+        }
+    }
+}
+
+/// v1 blkio counts a group's bytes (blkio.throttle.io_service_bytes) only
+/// for devices on which the group has a throttle rule (seen on Linux 6.18:
+/// without a rule the file stays at "Total 0" however much is written).
+/// A rule of U64_MAX - 1 bytes/s counts without ever delaying a bio
+/// (U64_MAX itself means "no rule"). Every block device with a size gets
+/// one; best effort, like all accounting.
+fn count_v1_io(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir("/sys/block") else {
+        return;
+    };
+    for dev in rd.flatten() {
+        let p = dev.path();
+        let size = std::fs::read_to_string(p.join("size")).unwrap_or_default();
+        let Ok(majmin) = std::fs::read_to_string(p.join("dev")) else {
+            continue;
+        };
+        if size.trim().parse::<u64>().unwrap_or(0) == 0 {
+            continue;
+        }
+        for f in [
+            "blkio.throttle.read_bps_device",
+            "blkio.throttle.write_bps_device",
+        ] {
+            let _ = std::fs::write(dir.join(f), format!("{} {}", majmin.trim(), u64::MAX - 1));
         }
     }
 }
@@ -478,6 +572,14 @@ impl InstanceCgroup {
             .collect()
     }
 
+    /// Where [`crate::isolation::usage`] reads this cgroup's figures.
+    pub fn usage_dirs(&self) -> crate::isolation::usage::Dirs<'_> {
+        crate::isolation::usage::Dirs {
+            v2: &self.dir,
+            v1: &self.v1_dirs,
+        }
+    }
+
     /// Member pids (thread-group leaders) now.
     pub fn pids(&self) -> Vec<i32> {
         std::fs::read_to_string(self.dir.join("cgroup.procs"))
@@ -504,8 +606,10 @@ impl InstanceCgroup {
 
     /// SIGKILL to every member, atomically against forks where the kernel
     /// has cgroup.kill; else freeze, kill each, thaw.
-    pub fn kill(&self) -> io::Result<()> {
+    pub fn kill(&mut self) -> io::Result<()> {
         if self.has_kill {
+            // Marked before the write: a failed write may still have begun.
+            self.killed = true;
             return std::fs::write(self.dir.join("cgroup.kill"), "1");
         }
         let freeze = self.dir.join("cgroup.freeze");
@@ -523,9 +627,18 @@ impl InstanceCgroup {
 
     /// Removes the (empty) cgroup directories.
     pub fn remove(&self) {
-        let _ = std::fs::remove_dir(&self.dir);
+        let _ = self.try_remove();
+    }
+
+    /// Removes the (empty) cgroup directories; the v2 one's error is
+    /// returned (EBUSY while a member lives). A missing one is removed.
+    pub fn try_remove(&self) -> io::Result<()> {
         for d in &self.v1_dirs {
             let _ = std::fs::remove_dir(d);
+        }
+        match std::fs::remove_dir(&self.dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
         }
     }
 }

@@ -83,6 +83,9 @@ pub struct Lock {
     /// What the file said before we took it: a different node there means
     /// this start is a takeover.
     pub previous: Option<Holder>,
+    /// When the previous holder wrote its record (the file's mtime before
+    /// we took it): its age is reported with a takeover's timing.
+    pub previous_written: Option<std::time::SystemTime>,
 }
 
 fn ofd_lock(fd: RawFd, kind: libc::c_short) -> io::Result<()> {
@@ -118,6 +121,9 @@ impl Lock {
         let mut text = String::new();
         let _ = file.read_to_string(&mut text);
         let previous = Holder::parse(&text);
+        let previous_written = previous
+            .as_ref()
+            .and_then(|_| file.metadata().and_then(|m| m.modified()).ok());
         match ofd_lock(file.as_raw_fd(), libc::F_WRLCK as libc::c_short) {
             Ok(()) => {}
             Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => {
@@ -133,16 +139,17 @@ impl Lock {
             file,
             path: path.to_path_buf(),
             previous,
+            previous_written,
         };
         lock.write_holder(me).map_err(io_err)?;
         Ok(lock)
     }
 
-    /// Re-takes the lock an adopted instance's process still holds, by
-    /// duplicating its fd 3 (pidfd_getfd(2), Linux 5.6): the same open file
-    /// description, hence the same lock. `None` if that process no longer
-    /// has it open.
-    pub fn adopt(path: &Path, pidfd: &crate::process::pidfd::Pidfd) -> Option<Lock> {
+    /// The open file description an adopted instance's process holds as
+    /// fd 3, duplicated (pidfd_getfd(2), Linux 5.6): the same open file
+    /// description, hence the same lock, if it is our lock file (see
+    /// [`Lock::from_dup`]). Touches no file system.
+    pub fn dup_from(pidfd: &crate::process::pidfd::Pidfd) -> Option<File> {
         // SAFETY: plain syscall; returns a new fd we own (close-on-exec).
         let fd =
             unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), INHERITED_FD, 0) };
@@ -150,9 +157,13 @@ impl Lock {
             return None;
         }
         // SAFETY: fd is new and ours.
-        let owned = unsafe { OwnedFd::from_raw_fd(fd as RawFd) };
-        let file = File::from(owned);
-        // Is it our lock file? Compare device and inode with the path.
+        Some(File::from(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }))
+    }
+
+    /// The lock again from a duplicate of a process's fd 3, if that is the
+    /// lock file at `path` (same device and inode). Asks the file system
+    /// (a stat of `path`): call it off the event loop.
+    pub fn from_dup(path: &Path, file: File) -> Option<Lock> {
         use std::os::unix::fs::MetadataExt;
         let (a, b) = (file.metadata().ok()?, std::fs::metadata(path).ok()?);
         if a.dev() != b.dev() || a.ino() != b.ino() {
@@ -162,6 +173,7 @@ impl Lock {
             file,
             path: path.to_path_buf(),
             previous: None,
+            previous_written: None,
         })
     }
 

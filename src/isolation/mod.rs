@@ -4,6 +4,9 @@
 
 pub mod address;
 pub mod audit;
+pub mod bpf;
 pub mod cgroup;
 pub mod lock;
 pub mod paths;
+pub mod sockets;
+pub mod usage;

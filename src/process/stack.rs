@@ -1,5 +1,5 @@
 //! Stacks for children that run before exec while the supervisor goes on
-//! (`ExecPlan::spawn_async`): one per child in flight, reused.
+//! (`ExecPlan::spawn`): one per child in flight, reused.
 
 use std::io;
 use std::sync::Mutex;

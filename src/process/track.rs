@@ -32,7 +32,16 @@ pub fn members_in(stats: &BTreeMap<i32, Stat>, seeds: &[(i32, u64)]) -> Vec<(i32
         })
         .map(|(p, _)| *p)
         .collect();
-    let sessions: BTreeSet<i32> = live.iter().map(|p| stats[p].session).collect();
+    // Only a session a seed leads is the instance's: cohost starts every
+    // process with setsid, so its own processes lead theirs. A seed that
+    // is a member of someone else's session (a stale or forged record, a
+    // process that joined a shell's session) is taken alone, never with
+    // the session around it.
+    let sessions: BTreeSet<i32> = live
+        .iter()
+        .filter(|p| stats[p].session == **p)
+        .map(|p| stats[p].session)
+        .collect();
     let mut members: BTreeSet<i32> = live.iter().copied().collect();
     for s in stats.values() {
         if sessions.contains(&s.session) && s.session != 0 && s.state != 'Z' {
@@ -75,6 +84,25 @@ mod tests {
                 start_time: start,
             },
         )
+    }
+
+    #[test]
+    fn a_seed_that_does_not_lead_its_session_is_taken_alone() {
+        let stats: BTreeMap<i32, Stat> = [
+            st(1, 0, 1, 1),
+            st(300, 1, 300, 70), // a login shell, session leader
+            st(301, 300, 300, 71),
+            st(302, 300, 300, 72),
+        ]
+        .into_iter()
+        .collect();
+        let m = members_in(&stats, &[(301, 71)]);
+        assert_eq!(m, vec![(301, 71)], "not its siblings, not the shell");
+        let m: Vec<i32> = members_in(&stats, &[(300, 70)])
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert_eq!(m, vec![300, 301, 302], "a leader brings its session");
     }
 
     #[test]

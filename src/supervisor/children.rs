@@ -187,6 +187,8 @@ impl Daemon {
             .map(|(fd, _)| *fd)?;
         let mut e = self.errpipes.remove(&fd)?;
         self.deregister(&e.child.errpipe);
+        // Reaped: it no longer runs on its plan and stack.
+        e.child.release();
         // The child is dead: what it wrote is all there, then EOF.
         let _ = std::fs::File::from(e.child.errpipe.try_clone().ok()?).read_to_end(&mut e.buf);
         let failure = spawn::decode_failure(&e.child, &e.buf);
@@ -203,8 +205,23 @@ impl Daemon {
         let inst = &mut self.insts[idx];
         inst.execs_pending = inst.execs_pending.saturating_sub(1);
         if inst.execs_pending == 0 {
-            self.post(idx, Event::Launched);
+            self.post_launched(idx);
         }
+    }
+
+    /// `Launched`, but a child that is already dead is reaped first: its
+    /// exit then reaches the table before `Launched` does, and `start`
+    /// never says "running" for a process that is gone (the close of the
+    /// exec pipe looks the same for an exec and for a death before it).
+    pub(super) fn post_launched(&mut self, idx: usize) {
+        let dead = self.insts[idx]
+            .live_children()
+            .any(|p| crate::process::has_exited_child(p.pid));
+        if dead {
+            self.reap();
+        }
+        self.timing_launched(idx);
+        self.post(idx, Event::Launched);
     }
 
     /// The exec-error pipe of a child became readable. EOF with nothing
@@ -220,6 +237,9 @@ impl Daemon {
                     let done = self.errpipes.remove(&fd);
                     if let Some(mut d) = done {
                         self.deregister(&d.child.errpipe);
+                        // EOF: the child has exec'd or died, either way it
+                        // is out of our memory.
+                        d.child.release();
                         if d.buf.is_empty() {
                             self.exec_done(d.idx);
                         } else {

@@ -2,22 +2,18 @@
 //! what a transition means to the outside (log, state file, hooks,
 //! waiting clients).
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
-use nix::sys::epoll::EpollFlags;
-
-use super::children::Role;
-use super::fsm::{Action, Event, State};
-use super::instance::{Proc, ProcRole, WaitFor};
-use super::{Daemon, tok};
+use super::fsm::{Action, Answer, Event, State};
+use super::instance::WaitFor;
+use super::worker::JobId;
+use super::{Daemon, Outcome};
 use crate::isolation::address;
-use crate::isolation::lock::{Holder, Lock};
-use crate::model::{AddressMode, ServiceKind};
+use crate::model::AddressMode;
 use crate::process::pidfd::Pidfd;
-use crate::process::spawn::{ExecPlan, Output, Spawn};
 use crate::process::{procfs, track};
 
 /// Bind-audit queries are spaced by ten times what the last one cost (the
@@ -38,6 +34,10 @@ impl Daemon {
             Action::RunStopCommand => self.run_stop_command(idx),
             Action::Signal(sig) => {
                 let n = self.signal_all(idx, sig);
+                // A stopped (SIGSTOP) process acts on the signal only once
+                // continued (as systemd's SendSIGCONT does); SIGCONT is
+                // harmless to a running one.
+                self.signal_all(idx, libc::SIGCONT);
                 tracing::info!(instance = %self.insts[idx].id(), signal = sig, processes = n, "signalled");
                 self.check_empty(idx);
             }
@@ -46,10 +46,27 @@ impl Daemon {
                 self.check_empty(idx);
             }
             Action::Deadline(at) => self.deadline(idx, at),
-            Action::Transition { from, to, reason } => {
-                self.on_transition(idx, from, to, reason, now)
+            Action::Transition { from, to, reason } => self.on_transition(idx, from, to, &reason),
+            Action::Hook {
+                event,
+                from,
+                to,
+                reason,
+            } => self.run_hooks(idx, event, from, to, &reason),
+            Action::Answer(a) => self.answer(idx, a, now),
+            Action::Audit => self.ready_queue.push(idx),
+            Action::Announce => self.announce_address(idx),
+            Action::StartHealth => {
+                self.insts[idx].healthy = None;
+                self.schedule_health(idx, now);
             }
             Action::Cleanup => self.cleanup(idx),
+            Action::ApplyNextSpec => {
+                if self.insts[idx].next_spec.is_some() {
+                    self.insts[idx].apply_next_spec();
+                    tracing::info!(instance = %self.insts[idx].id(), "new definition from the last reload now in use");
+                }
+            }
         }
     }
 
@@ -136,246 +153,6 @@ impl Daemon {
         }
     }
 
-    // ------------------------------------------------------------ launch
-
-    fn launch(&mut self, idx: usize) {
-        self.waiting_address.remove(&idx);
-        match self.try_launch(idx) {
-            // `Launched` follows once every process has exec'd (exec_done).
-            Ok(()) => {}
-            Err(msg) => self.post(idx, Event::LaunchFailed(msg)),
-        }
-    }
-
-    fn try_launch(&mut self, idx: usize) -> Result<(), String> {
-        let spec = self.insts[idx].spec.clone();
-        let id = spec.id.clone();
-        // Shared storage first: a missing disk must not be papered over by
-        // creating its directories on the local disk.
-        for (k, p) in &spec.paths {
-            use crate::isolation::paths::{SharedPathError, check_shared};
-            match check_shared(p) {
-                Ok(()) => {}
-                Err(SharedPathError::Missing) => {
-                    return Err(format!(
-                        "shared path {} (paths.{k}) does not exist on this node: is {id}'s storage mounted here?",
-                        p.display()
-                    ));
-                }
-                Err(e) => {
-                    return Err(format!(
-                        "shared path {} (paths.{k}) {e}: it must be {id}'s storage directory",
-                        p.display()
-                    ));
-                }
-            }
-        }
-        if let Some(lp) = &spec.lock
-            && self.insts[idx].lock.is_none()
-        {
-            let me = Holder {
-                node: self.node.clone(),
-                pid: std::process::id(),
-                since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                runtime_dir: self.opts.runtime_dir.display().to_string(),
-                instance: id.clone(),
-            };
-            let lock = Lock::acquire(lp, &me).map_err(|e| e.to_string())?;
-            if let Some(prev) = &lock.previous
-                && prev.node != self.node
-            {
-                let reason = format!("taken over from {}", prev.describe());
-                tracing::warn!(instance = %id, "{reason}");
-                self.run_hooks(idx, "taken-over", State::Starting, State::Starting, &reason);
-            }
-            self.insts[idx].lock = Some(lock);
-        }
-        // The empty cgroup of the last run, still watched, if its limits
-        // are still the ones wanted; else it goes and a new one is made.
-        match self.insts[idx].spare_cgroup.take() {
-            // (Removed behind our back? spawn_tracked makes it again.)
-            Some((cg, limits)) if limits == spec.limits => {
-                self.insts[idx].cgroup = Some(cg);
-            }
-            Some((cg, _)) => {
-                self.unwatch_cgroup(idx);
-                cg.remove();
-            }
-            None => {}
-        }
-        match &self.cgroot {
-            Ok(_) if self.insts[idx].cgroup.is_some() => {}
-            Ok(_) => self.make_cgroup(idx)?,
-            Err(why) if !spec.limits.is_empty() => {
-                return Err(format!(
-                    "memory_max/pids_max/cpu_weight/cpu_max need cgroups, which cannot be used here: {why}"
-                ));
-            }
-            Err(_) => {}
-        }
-        let log_dir = self.log_dir(idx);
-        let role = match spec.kind {
-            ServiceKind::Simple => ProcRole::Main,
-            ServiceKind::Forking => ProcRole::StartScript,
-        };
-        self.insts[idx].procs.clear();
-        self.insts[idx].warnings.clear();
-        self.insts[idx].execs_pending = 0;
-        for p in &spec.processes {
-            for k in 1..=p.count {
-                let name = if p.count == 1 {
-                    p.name.clone()
-                } else {
-                    format!("{}.{k}", p.name)
-                };
-                let mut log = open_log(&log_dir, &name, true);
-                if matches!(&log, Err(e) if e.kind() == std::io::ErrorKind::NotFound)
-                    && spec.log_dir.is_none()
-                {
-                    // Our own log dir, not made yet (or removed since).
-                    std::fs::create_dir_all(&log_dir)
-                        .map_err(|e| format!("creating {}: {e}", log_dir.display()))?;
-                    log = open_log(&log_dir, &name, true);
-                }
-                let log = log.map_err(|e| format!("log of {name}: {e}"))?;
-                self.spawn_tracked(idx, &name, &p.argv, Output::File(log), role)?;
-            }
-        }
-        if self.insts[idx].execs_pending == 0 {
-            // Every exec was confirmed at once (see spawn_tracked).
-            self.post(idx, Event::Launched);
-        }
-        self.dirty.insert(idx);
-        Ok(())
-    }
-
-    /// Forks one process into the instance (its cgroup, its lock).
-    fn spawn_tracked(
-        &mut self,
-        idx: usize,
-        name: &str,
-        argv: &[String],
-        output: Output,
-        role: ProcRole,
-    ) -> Result<i32, String> {
-        let spec = self.insts[idx].spec.clone();
-        let (into_cgroup, cgroups) = match &self.insts[idx].cgroup {
-            Some(cg) => match cg.join_dir_and_v1_files() {
-                Ok((dir, v1)) => (Some(dir), v1),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    // The kept cgroup was removed since the last run.
-                    self.unwatch_cgroup(idx);
-                    self.make_cgroup(idx)?;
-                    let cg = self.insts[idx].cgroup.as_ref().expect("just made");
-                    let (dir, v1) = cg
-                        .join_dir_and_v1_files()
-                        .map_err(|e| format!("opening {}: {e}", cg.dir.display()))?;
-                    (Some(dir), v1)
-                }
-                Err(e) => return Err(format!("opening {}: {e}", cg.dir.display())),
-            },
-            None => (None, Vec::new()),
-        };
-        let plan = ExecPlan::new(Spawn {
-            argv,
-            run: &spec.run,
-            output,
-            cgroups,
-            into_cgroup,
-            inherit: self.insts[idx].lock.as_ref().map(Lock::raw_fd),
-            setsid: true,
-        })
-        .map_err(|e| format!("{name}: {e}"))?;
-        // Not waiting for the exec: the loop goes on to the next instance
-        // while this child execs; `self.errpipes` keeps what it reads.
-        let child = plan.spawn_async().map_err(|e| format!("{name}: {e}"))?;
-        let pid = child.pid;
-        let start_time = procfs::start_time(pid).unwrap_or(0);
-        tracing::info!(instance = %spec.id, process = name, pid, "started");
-        // A child that has exec'd already (an idle node) is confirmed now,
-        // without a trip through epoll; otherwise (a report, or not yet)
-        // the loop reads the pipe. Until then the Child is kept: the
-        // child runs on its plan and stack.
-        let mut first = [0u8; 16];
-        let confirmed = match nix::unistd::read(&child.errpipe, &mut first) {
-            Ok(0) => Ok(()),
-            Ok(n) => Err(first[..n].to_vec()),
-            Err(_) => Err(Vec::new()),
-        };
-        self.children.insert(pid, Role::Proc { idx });
-        if let Err(buf) = confirmed {
-            let fd = child.errpipe.as_raw_fd();
-            self.register(
-                child.errpipe.as_fd(),
-                tok::ERRPIPE | fd as u64,
-                EpollFlags::EPOLLIN,
-            );
-            self.errpipes.insert(fd, super::ErrPipe { idx, child, buf });
-            self.insts[idx].execs_pending += 1;
-        }
-        self.insts[idx].procs.push(Proc {
-            name: name.to_string(),
-            pid,
-            start_time,
-            role,
-            child: true,
-            pidfd: None,
-            exit: None,
-        });
-        Ok(pid)
-    }
-
-    pub fn log_dir(&self, idx: usize) -> PathBuf {
-        let spec = &self.insts[idx].spec;
-        spec.log_dir
-            .clone()
-            .unwrap_or_else(|| self.runtime_path("logs").join(&spec.id))
-    }
-
-    fn run_stop_command(&mut self, idx: usize) {
-        let spec = self.insts[idx].spec.clone();
-        let Some(argv) = &spec.stop.command else {
-            return;
-        };
-        let log_dir = self.log_dir(idx);
-        let first = spec
-            .processes
-            .first()
-            .map(|p| p.name.as_str())
-            .unwrap_or("stop");
-        let output = match open_log(&log_dir, first, false) {
-            Ok(f) => Output::File(f),
-            Err(_) => Output::Null,
-        };
-        let cgroups = self.insts[idx]
-            .cgroup
-            .as_ref()
-            .and_then(|cg| cg.join_files().ok())
-            .unwrap_or_default();
-        // The stop command runs inside the instance: the SIGKILL at the
-        // deadline covers it too, and nothing it starts outlives the stop.
-        let plan = ExecPlan::new(Spawn {
-            argv,
-            run: &spec.run,
-            output,
-            cgroups,
-            into_cgroup: None,
-            inherit: None,
-            setsid: true,
-        });
-        match plan.and_then(|p| p.spawn()) {
-            Ok(child) => {
-                tracing::info!(instance = %spec.id, pid = child.pid, "running the stop command");
-                self.children.insert(child.pid, Role::StopCmd { idx });
-                self.insts[idx].stop_cmd = Some(child.pid);
-            }
-            Err(e) => {
-                tracing::warn!(instance = %spec.id, "stop command: {e}; sending the stop signal instead");
-                self.post(idx, Event::StopCommandExited { ok: false });
-            }
-        }
-    }
-
     // ------------------------------------------------------------ processes
 
     /// Every process of the instance now, with the start time where known.
@@ -452,7 +229,7 @@ impl Daemon {
 
     pub fn kill_all(&mut self, idx: usize) {
         let id = self.insts[idx].id().to_string();
-        if let Some(cg) = &self.insts[idx].cgroup
+        if let Some(cg) = &mut self.insts[idx].cgroup
             && let Err(e) = cg.kill()
         {
             tracing::error!(instance = %id, "cgroup.kill: {e}");
@@ -502,7 +279,9 @@ impl Daemon {
     fn cleanup(&mut self, idx: usize) {
         self.waiting_address.remove(&idx);
         if let Some(cg) = self.insts[idx].cgroup.take() {
-            if self.insts[idx].removed || self.shutting_down {
+            if self.insts[idx].removed || self.shutting_down || cg.killed {
+                // A killed cgroup is never reused (InstanceCgroup::killed);
+                // should the rmdir fail, the next start's create retries.
                 self.unwatch_cgroup(idx);
                 cg.remove();
             } else {
@@ -513,15 +292,25 @@ impl Daemon {
         } else {
             self.unwatch_cgroup(idx);
         }
-        let inst = &mut self.insts[idx];
         // Closing our fd releases the lock: every other holder (the
-        // instance's processes) is gone.
-        inst.lock = None;
+        // instance's processes) is gone. On the worker: the close of a
+        // file on the instance's storage waits for it.
+        if let Some(lock) = self.insts[idx].lock.take() {
+            self.release_later(lock);
+        }
+        let inst = &mut self.insts[idx];
         for p in inst.procs.iter_mut().filter(|p| p.pidfd.is_some()) {
             if let Some(fd) = p.pidfd.take() {
                 self.pidfds.remove(&fd.as_raw_fd());
                 let _ = self.epoll.delete(&fd);
             }
+        }
+        // The instance is empty: whatever its records say, none of its
+        // processes lives (an adopted one whose pidfd event had not been
+        // read yet would otherwise count as alive for ever, and a daemon
+        // waiting for quiet before it exits would never exit).
+        for p in inst.procs.iter_mut().filter(|p| p.exit.is_none()) {
+            p.exit = Some("gone (no process of the instance is left)".into());
         }
         if inst.owned_address {
             inst.owned_address = false;
@@ -538,81 +327,51 @@ impl Daemon {
         }
         self.dirty.insert(idx);
     }
-
-    /// Creates the instance's cgroup with its limits, and watches it.
-    fn make_cgroup(&mut self, idx: usize) -> Result<(), String> {
-        let root = self.cgroot.as_ref().map_err(Clone::clone)?;
-        let spec = &self.insts[idx].spec;
-        let cg = root
-            .create(&spec.id, &spec.limits)
-            .map_err(|e| format!("{e}"))?;
-        self.insts[idx].cgroup = Some(cg);
-        self.watch_cgroup(idx);
-        Ok(())
-    }
-
-    /// Removes the empty cgroup kept from the instance's last run.
-    pub(super) fn release_spare_cgroup(&mut self, idx: usize) {
-        if let Some((cg, _)) = self.insts[idx].spare_cgroup.take() {
-            self.unwatch_cgroup(idx);
-            cg.remove();
-        }
-    }
-
     // ------------------------------------------------------------ transitions
 
-    fn on_transition(&mut self, idx: usize, from: State, to: State, reason: String, now: Instant) {
+    /// Log, persist, and tell whoever watches states (monitor, up/down).
+    fn on_transition(&mut self, idx: usize, from: State, to: State, reason: &str) {
         let id = self.insts[idx].id().to_string();
         self.insts[idx].since_wall = SystemTime::now();
-        if to == State::Failed {
+        if let Some(t) = self.timing_transition(idx, from, to) {
+            super::timing::log_ready(&id, from, reason, &t);
+        } else if to == State::Failed {
             tracing::error!(instance = %id, from = from.as_str(), to = to.as_str(), "{reason}");
         } else {
             tracing::info!(instance = %id, from = from.as_str(), to = to.as_str(), "{reason}");
         }
         self.dirty.insert(idx);
-        match to {
-            State::Running => {
-                self.insts[idx].healthy = None;
-                if self.insts[idx].owned_address {
-                    // Again now that the service answers on it.
-                    self.announce_address(idx);
-                }
-                let spec = &self.insts[idx].spec;
-                if spec.address.is_some() && spec.port.is_some() {
-                    // Audited (bind audit) with everything else that became
-                    // ready in this loop iteration, then answered.
-                    self.ready_queue.push(idx);
-                } else {
-                    self.ready_confirmed(idx, now);
-                }
+        if !matches!(to, State::Running) {
+            self.answer_monitors(idx);
+        }
+        self.batch_transition(idx);
+    }
+
+    /// Words what the table decided to tell the waiting clients.
+    fn answer(&mut self, idx: usize, a: Answer, now: Instant) {
+        let id = self.insts[idx].id().to_string();
+        match a {
+            Answer::Started => {
+                let msg = self.ready_message(idx);
+                self.answer_waiters(idx, WaitFor::Start, 0, msg);
             }
-            State::Failed => {
-                let msg = self.failure_message(idx, &reason);
-                self.answer_waiters(idx, WaitFor::Start, 1, msg);
-                if !self.insts[idx].procs.iter().any(|p| p.alive()) {
-                    self.answer_waiters(
-                        idx,
-                        WaitFor::Stop,
-                        0,
-                        format!("{id} is stopped (failed: {reason})"),
-                    );
-                }
+            Answer::StartFailed(reason) => self.answer_start_failure(idx, &reason, now),
+            Answer::StartCancelled(reason) => self.answer_waiters(
+                idx,
+                WaitFor::Start,
+                1,
+                format!("start of {id} cancelled: {reason}"),
+            ),
+            Answer::Stopped => {
+                self.answer_waiters(idx, WaitFor::Stop, 0, format!("{id} is stopped"))
             }
-            State::Stopped => {
-                // Within one step the table may stop and go on to a queued
-                // start (restart): then the start waiters keep waiting.
-                if self.insts[idx].state() == State::Stopped {
-                    self.answer_waiters(
-                        idx,
-                        WaitFor::Start,
-                        1,
-                        format!("start of {id} cancelled: {reason}"),
-                    );
-                }
-                self.answer_waiters(idx, WaitFor::Stop, 0, format!("{id} is stopped"));
-            }
-            State::Stopping if from == State::Stopping => {
-                // SIGKILL did not finish the job: tell whoever waits.
+            Answer::StoppedFailed(reason) => self.answer_waiters(
+                idx,
+                WaitFor::Stop,
+                0,
+                format!("{id} is stopped (failed: {reason})"),
+            ),
+            Answer::StopStuck => {
                 let left: Vec<String> = self
                     .members(idx)
                     .iter()
@@ -628,27 +387,7 @@ impl Daemon {
                     ),
                 );
             }
-            _ => {}
         }
-        if !matches!(to, State::Running) {
-            self.answer_monitors(idx);
-        }
-        if matches!(to, State::Stopped | State::Failed) && self.insts[idx].next_spec.is_some() {
-            self.insts[idx].apply_next_spec();
-            tracing::info!(instance = %id, "new definition from the last reload now in use");
-        }
-        if from != to {
-            let event = match to {
-                State::WaitingAddress | State::Starting => "starting",
-                State::Running => "ready",
-                State::Stopping => "stopping",
-                State::Stopped => "stopped",
-                State::Restarting => "restarting",
-                State::Failed => "failed",
-            };
-            self.run_hooks(idx, event, from, to, &reason);
-        }
-        self.batch_transition(idx);
     }
 
     fn answer_waiters(&mut self, idx: usize, what: WaitFor, code: i32, msg: String) {
@@ -698,45 +437,102 @@ impl Daemon {
     }
 
     /// A start failure as the operator needs it: the reason, the last
-    /// probe result, and the end of each process log.
-    pub fn failure_message(&self, idx: usize, reason: &str) -> String {
-        let inst = &self.insts[idx];
-        let mut msg = format!("{} failed to start: {reason}", inst.id());
+    /// probe result, and the end of each process log. The logs are often on
+    /// the instance's storage, which may be what failed: they are read on
+    /// the worker and the answer waits for them at most [`TAIL_WAIT`].
+    fn answer_start_failure(&mut self, idx: usize, reason: &str, now: Instant) {
+        let inst = &mut self.insts[idx];
+        let conns: Vec<u64> = inst
+            .waiters
+            .iter()
+            .filter(|(_, w)| *w == WaitFor::Start)
+            .map(|(c, _)| *c)
+            .collect();
+        inst.waiters.retain(|(_, w)| *w != WaitFor::Start);
+        if conns.is_empty() {
+            return;
+        }
+        let mut base = format!("{} failed to start: {reason}", inst.id());
         if let Some(p) = &inst.ready_probe
             && let Some(last) = &p.last
             && !last.ok
         {
-            msg.push_str(&format!(
+            base.push_str(&format!(
                 "\nlast readiness check: {}: {}",
                 p.check.describe(),
                 last.message
             ));
         }
-        let dir = self.log_dir(idx);
-        for p in &inst.spec.processes {
-            let name = if p.count == 1 {
-                p.name.clone()
-            } else {
-                format!("{}.1", p.name)
-            };
-            let path = dir.join(format!("{name}.log"));
-            let tail: Vec<String> = crate::util::tail(&path, 8)
-                .into_iter()
-                .map(|l| format!("  {l}"))
-                .collect();
-            let tail = tail.join("\n");
-            if !tail.is_empty() {
-                msg.push_str(&format!("\nlast lines of {}:\n{}", path.display(), tail));
+        // A check still stuck on the storage, or an earlier read of these
+        // logs: another read would only hang beside it.
+        if inst.preparing.is_some() || inst.tail_job.is_some() {
+            for c in conns {
+                self.reply_done(c, 1, base.clone(), None);
             }
+            return;
         }
-        msg
+        let dir = self.log_dir(idx);
+        let logs: Vec<PathBuf> = self.insts[idx]
+            .spec
+            .processes
+            .iter()
+            .map(|p| {
+                let name = if p.count == 1 {
+                    p.name.clone()
+                } else {
+                    format!("{}.1", p.name)
+                };
+                dir.join(format!("{name}.log"))
+            })
+            .collect();
+        let (job, _) = self.worker.submit(move |p| {
+            p.set("the process logs");
+            Outcome::Tails {
+                idx,
+                text: log_tails(&logs),
+            }
+        });
+        let inst = &mut self.insts[idx];
+        inst.tail_job = Some(job);
+        inst.failure_replies.push(FailureReply {
+            job,
+            message: base,
+            conns,
+            dir,
+        });
+        self.timers
+            .add(now + TAIL_WAIT, super::timers::Key::Tails { idx, job });
     }
 
-    /// Running, audited: health checks begin, the start is answered.
-    fn ready_confirmed(&mut self, idx: usize, now: Instant) {
-        self.schedule_health(idx, now);
-        let msg = self.ready_message(idx);
-        self.answer_waiters(idx, WaitFor::Start, 0, msg);
+    /// The tails of a start failure's logs came back from the worker.
+    pub(super) fn on_tails(&mut self, idx: usize, job: JobId, text: String) {
+        let inst = &mut self.insts[idx];
+        if inst.tail_job == Some(job) {
+            inst.tail_job = None;
+        }
+        if let Some(pos) = inst.failure_replies.iter().position(|r| r.job == job) {
+            let r = inst.failure_replies.remove(pos);
+            for c in r.conns {
+                self.reply_done(c, 1, format!("{}{text}", r.message), None);
+            }
+        }
+    }
+
+    /// The logs did not answer in time: the failure goes out without them.
+    pub(super) fn tails_overdue(&mut self, idx: usize, job: JobId) {
+        let inst = &mut self.insts[idx];
+        if let Some(pos) = inst.failure_replies.iter().position(|r| r.job == job) {
+            let r = inst.failure_replies.remove(pos);
+            let msg = format!(
+                "{}\n(the process logs in {} did not answer within {})",
+                r.message,
+                r.dir.display(),
+                humantime::format_duration(TAIL_WAIT)
+            );
+            for c in r.conns {
+                self.reply_done(c, 1, msg.clone(), None);
+            }
+        }
     }
 
     /// The bind audit of every instance that became ready in this loop
@@ -771,7 +567,7 @@ impl Daemon {
             }
             match self.bind_audit(idx, &wildcards) {
                 Some(violation) => self.post(idx, Event::Violation(violation)),
-                None => self.ready_confirmed(idx, now),
+                None => self.post(idx, Event::Audited),
             }
         }
     }
@@ -803,6 +599,37 @@ impl Daemon {
         spec.strict_bind
             .then(|| format!("strict_bind: a process {warning}"))
     }
+}
+
+/// How long a start failure's answer waits for the process logs' tails.
+const TAIL_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A start failure waiting for its log tails (see `answer_start_failure`).
+#[derive(Debug)]
+pub struct FailureReply {
+    pub job: JobId,
+    message: String,
+    conns: Vec<u64>,
+    dir: PathBuf,
+}
+
+/// "\nlast lines of LOG:\n  …" for each log that has any; on a worker.
+fn log_tails(logs: &[PathBuf]) -> String {
+    let mut out = String::new();
+    for path in logs {
+        let tail: Vec<String> = crate::util::tail(path, 8)
+            .into_iter()
+            .map(|l| format!("  {l}"))
+            .collect();
+        if !tail.is_empty() {
+            out.push_str(&format!(
+                "\nlast lines of {}:\n{}",
+                path.display(),
+                tail.join("\n")
+            ));
+        }
+    }
+    out
 }
 
 /// Opens `<dir>/<name>.log` for appending; `rotate` keeps the previous one

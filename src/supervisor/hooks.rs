@@ -62,6 +62,12 @@ impl Daemon {
                 spec.address.map(|a| a.to_string()).unwrap_or_default(),
             ),
         ];
+        let mut env = env;
+        if event == "ready"
+            && let Some(t) = &self.insts[idx].obs.last
+        {
+            env.extend(super::timing::hook_env(t));
+        }
         self.insts[idx].hooks.pending.push_back(Pending { env });
         self.next_hooks(idx);
     }

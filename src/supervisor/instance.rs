@@ -70,6 +70,8 @@ pub enum Running {
         pid: i32,
         deadline: Instant,
     },
+    /// A file check out on the worker (the file may be on hung storage).
+    File,
 }
 
 #[derive(Debug)]
@@ -100,6 +102,9 @@ pub struct Probe {
     pub attempts: u32,
     /// Connections waiting for this probe's next result (monitor).
     pub waiters: Vec<u64>,
+    /// A file check sent to the worker that has not come back (it may hang
+    /// for as long as the storage does): no second one is sent meanwhile.
+    pub file_job: Option<(super::worker::JobId, Instant)>,
 }
 
 impl Probe {
@@ -114,6 +119,7 @@ impl Probe {
             last: None,
             attempts: 0,
             waiters: Vec::new(),
+            file_job: None,
         }
     }
 
@@ -173,6 +179,34 @@ pub struct Inst {
     pub execs_pending: u32,
     /// Event hooks waiting to run, in order.
     pub hooks: super::hooks::HookQueue,
+    /// The storage part of a start, out on a worker (it may hang there).
+    pub preparing: Option<Preparing>,
+    /// User and group as the last start looked them up: for the stop
+    /// command and probe commands, which must not ask NSS on the loop.
+    pub creds: Option<crate::process::spawn::Creds>,
+    /// A read of the process logs' tails out on the worker.
+    pub tail_job: Option<super::worker::JobId>,
+    /// Start failures waiting for those tails before they are answered.
+    pub failure_replies: Vec<super::exec::FailureReply>,
+    /// The log file system's space, as last asked (see refresh_log_space).
+    pub log_space: LogSpace,
+    /// Start timing and the usage baseline (issue 15).
+    pub obs: super::timing::Obs,
+}
+
+#[derive(Debug, Default)]
+pub struct LogSpace {
+    pub warning: Option<String>,
+    pub job: Option<super::worker::JobId>,
+    pub asked: Option<Instant>,
+}
+
+/// A prepare job out on the worker.
+#[derive(Debug)]
+pub struct Preparing {
+    pub job: super::worker::JobId,
+    pub progress: std::sync::Arc<super::worker::Progress>,
+    pub since: Instant,
 }
 
 impl Inst {
@@ -200,6 +234,12 @@ impl Inst {
             adopted: false,
             execs_pending: 0,
             hooks: Default::default(),
+            preparing: None,
+            creds: None,
+            tail_job: None,
+            failure_replies: Vec::new(),
+            log_space: LogSpace::default(),
+            obs: Default::default(),
         }
     }
 
@@ -208,7 +248,7 @@ impl Inst {
     }
 
     pub fn state(&self) -> State {
-        self.fsm.state
+        self.fsm.state()
     }
 
     pub fn policy(&self) -> Policy {
@@ -222,6 +262,8 @@ impl Inst {
             has_stop_command: s.stop.command.is_some(),
             has_ready_check: s.ready.check.is_some(),
             gate_address: s.address_mode != crate::model::AddressMode::None,
+            owns_address: matches!(s.address_mode, crate::model::AddressMode::Own { .. }),
+            audit: s.address.is_some() && s.port.is_some(),
             address: s.address.map(|a| a.to_string()),
         }
     }

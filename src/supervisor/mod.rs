@@ -9,18 +9,24 @@
 
 pub mod fsm;
 pub mod instance;
+mod table;
+mod transitions;
 
 mod batch;
 mod children;
 mod conn;
 mod exec;
 pub mod hooks;
+mod launch;
 mod persist;
+mod prepare;
 mod probe;
 mod requests;
 mod setup;
 mod statefile;
 mod timers;
+mod timing;
+pub mod worker;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
@@ -51,6 +57,7 @@ mod tok {
     pub const ERRPIPE: u64 = 6 << 56;
     pub const PROBE: u64 = 7 << 56;
     pub const PIDFD: u64 = 8 << 56;
+    pub const WORKER: u64 = 9 << 56;
     pub const KIND: u64 = 0xff << 56;
 }
 
@@ -114,6 +121,34 @@ fn os(step: &'static str) -> impl FnOnce(nix::Error) -> DaemonError {
     }
 }
 
+/// What a worker job hands back to the loop.
+pub(crate) enum Outcome {
+    /// The storage and name-service part of a start.
+    Prepared {
+        idx: usize,
+        result: Box<Result<prepare::Prepared, prepare::PrepareError>>,
+    },
+    /// A file readiness or health check.
+    FileChecked {
+        idx: usize,
+        slot: usize,
+        epoch: u64,
+        ok: bool,
+        message: String,
+    },
+    /// The last lines of a failed start's process logs.
+    Tails { idx: usize, text: String },
+    /// The log file system's free space (a warning when full).
+    LogSpace { idx: usize, warning: Option<String> },
+    /// The lock of an adopted instance, taken back.
+    LockBack {
+        idx: usize,
+        lock: Option<Box<crate::isolation::lock::Lock>>,
+    },
+    /// Something was dropped (closed) there.
+    Released,
+}
+
 /// A child whose exec result is not known yet.
 pub(crate) struct ErrPipe {
     pub idx: usize,
@@ -169,6 +204,8 @@ pub(crate) struct Daemon {
     pub audit_scheduled: bool,
     /// Connections with replies queued, written at the end of the iteration.
     pub unflushed: BTreeSet<u64>,
+    /// Threads for the calls that may block (storage, name service).
+    pub worker: worker::Worker<Outcome>,
 }
 
 pub fn run(opts: Options) -> i32 {
@@ -247,6 +284,17 @@ impl Daemon {
             readers: readers_listener,
         } = bind_sockets(&rundir.dir, config.supervisor.status_group.as_deref())?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create"))?;
+        // After the signal mask: its threads inherit it (signals stay ours).
+        let worker = worker::Worker::new().map_err(|source| DaemonError::Os {
+            step: "eventfd for the worker",
+            source,
+        })?;
+        epoll
+            .add(
+                worker.fd(),
+                EpollEvent::new(EpollFlags::EPOLLIN, tok::WORKER),
+            )
+            .map_err(os("epoll_ctl"))?;
         let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
             .map_err(os("inotify_init"))?;
         epoll
@@ -322,6 +370,7 @@ impl Daemon {
             audit_gap: std::time::Duration::ZERO,
             audit_scheduled: false,
             unflushed: BTreeSet::new(),
+            worker,
         };
         d.adopt_all();
         tracing::info!(
@@ -435,6 +484,7 @@ impl Daemon {
             tok::ERRPIPE => self.on_errpipe((token & !tok::KIND) as RawFd),
             tok::PROBE => self.on_probe_fd((token & !tok::KIND) as RawFd),
             tok::PIDFD => self.on_pidfd((token & !tok::KIND) as RawFd),
+            tok::WORKER => self.on_worker(),
             _ => {}
         }
     }
@@ -569,6 +619,9 @@ impl Daemon {
                 .is_some_and(|c| c.phase == conn::Phase::Reading),
             timers::Key::Hook { pid } => self.children.contains_key(&pid),
             timers::Key::Audit => self.audit_scheduled,
+            timers::Key::Tails { idx, job } => {
+                self.insts[idx].failure_replies.iter().any(|r| r.job == job)
+            }
         }
     }
 
@@ -583,12 +636,15 @@ impl Daemon {
         match key {
             timers::Key::Deadline { idx, epoch } => {
                 if self.insts[idx].deadline_epoch == epoch {
-                    self.post(idx, Event::Timeout);
+                    // A prepare still out: what it is stuck on.
+                    let stalled = self.insts[idx].preparing.as_ref().map(|p| p.progress.get());
+                    self.post(idx, Event::Timeout { stalled });
                 }
             }
             timers::Key::Probe { idx, slot, epoch } => self.on_probe_timer(idx, slot, epoch, now),
             timers::Key::Conn { id } => self.on_conn_timeout(id),
             timers::Key::Hook { pid } => self.kill_group_if_child(pid),
+            timers::Key::Tails { idx, job } => self.tails_overdue(idx, job),
             timers::Key::Audit => {
                 self.audit_scheduled = false;
                 self.last_audit = None;
@@ -604,6 +660,25 @@ impl Daemon {
         if self.children.contains_key(&pid) {
             // SAFETY: kill(2) on a group whose leader we have not reaped.
             unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
+    }
+
+    fn on_worker(&mut self) {
+        for (job, out) in self.worker.take() {
+            match out {
+                Outcome::Prepared { idx, result } => self.on_prepared(idx, job, *result),
+                Outcome::FileChecked {
+                    idx,
+                    slot,
+                    epoch,
+                    ok,
+                    message,
+                } => self.on_file_checked(idx, slot, epoch, ok, message),
+                Outcome::Tails { idx, text } => self.on_tails(idx, job, text),
+                Outcome::LogSpace { idx, warning } => self.on_log_space(idx, job, warning),
+                Outcome::LockBack { idx, lock } => self.on_lock_back(idx, lock),
+                Outcome::Released => {}
+            }
         }
     }
 

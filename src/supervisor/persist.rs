@@ -13,12 +13,12 @@
 //! starts a second copy and never kills a live one.
 
 use std::os::fd::{AsFd, AsRawFd};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::sys::epoll::EpollFlags;
 use serde::{Deserialize, Serialize};
 
-use super::fsm::{Event, Fsm, State};
+use super::fsm::{Event, Observed, State};
 use super::instance::{Proc, ProcRole};
 use super::{Daemon, tok};
 use crate::isolation::lock::Lock;
@@ -51,9 +51,12 @@ pub struct SavedProc {
     pub start_time: u64,
     pub script: bool,
     pub exit: Option<String>,
+    /// Found in the cgroup, not started by us: its exit alone fails nothing.
+    #[serde(default)]
+    pub member: bool,
 }
 
-pub const DIED_WHILE_DOWN: &str = "exited while the supervisor was down";
+pub use super::table::DIED_WHILE_DOWN;
 
 impl Daemon {
     /// Hands the state of every changed instance to the writer thread
@@ -142,6 +145,7 @@ impl Daemon {
                     start_time: p.start_time,
                     script: p.role == ProcRole::StartScript,
                     exit: p.exit.clone(),
+                    member: p.role == ProcRole::Member,
                 })
                 .collect(),
             members,
@@ -157,12 +161,10 @@ impl Daemon {
     /// Reads every state file and takes over what still runs.
     pub(super) fn adopt_all(&mut self) {
         let state = &self.rundir.state;
-        let Ok(names) = state.names() else {
-            return;
-        };
         let mut adopted = 0;
+        let mut seen = std::collections::BTreeSet::new();
         let mut found = Vec::new();
-        for name in names {
+        for name in state.names().unwrap_or_default() {
             let Some(name) = name.to_str().filter(|n| n.ends_with(".json")) else {
                 continue;
             };
@@ -180,7 +182,16 @@ impl Daemon {
             }
         }
         for saved in found {
+            seen.insert(saved.id.clone());
             if self.adopt(saved) {
+                adopted += 1;
+            }
+        }
+        // The cgroup is the truth: an instance whose state file is missing
+        // or unreadable, but whose cgroup holds processes, runs. Adopt it
+        // (exactly those processes), never start a second copy beside it.
+        for idx in 0..self.insts.len() {
+            if !seen.contains(self.insts[idx].id()) && self.adopt_from_cgroup(idx) {
                 adopted += 1;
             }
         }
@@ -189,7 +200,68 @@ impl Daemon {
         }
     }
 
-    /// Adopts one instance; true if something of it still runs.
+    /// Adopts what the instance's cgroup holds, with no state to go by
+    /// (lost, deleted or corrupt): every member, each verified by pidfd to
+    /// be in the cgroup, as a `Member` (which of them is the main process
+    /// is not known; the instance ends when its cgroup is empty). True if
+    /// something was adopted. Also used when a request finds a stopped
+    /// instance's cgroup populated.
+    pub(super) fn adopt_from_cgroup(&mut self, idx: usize) -> bool {
+        let Ok(root) = &self.cgroot else {
+            return false;
+        };
+        let id = self.insts[idx].id().to_string();
+        let cg = root.instance(&id);
+        if !cg.exists() || !cg.populated() {
+            return false;
+        }
+        let procs: Vec<SavedProc> = cg
+            .pids()
+            .into_iter()
+            .filter_map(|pid| {
+                let st = procfs::stat(pid)?;
+                Some(SavedProc {
+                    name: st.comm,
+                    pid,
+                    start_time: st.start_time,
+                    script: false,
+                    exit: None,
+                    member: true,
+                })
+            })
+            .collect();
+        tracing::warn!(
+            instance = %id,
+            pids = %procs.iter().map(|p| p.pid.to_string()).collect::<Vec<_>>().join(" "),
+            "no state for it but its cgroup {} holds processes: adopting them (the cgroup is the truth)",
+            cg.dir.display()
+        );
+        self.insts[idx].spare_cgroup = None;
+        self.unwatch_cgroup(idx);
+        self.insts[idx].cgroup = None;
+        let saved = Saved {
+            id,
+            state: State::Running.as_str().into(),
+            since: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            procs,
+            members: Vec::new(),
+            cgroup: Some(cg.dir.display().to_string()),
+            restarts: 0,
+            last_failure: None,
+            owned_address: false,
+            supervisor_pid: 0,
+            fingerprint: 0,
+        };
+        self.adopt(saved)
+    }
+
+    /// Adopts one instance; true if something of it still runs. This
+    /// gathers the facts (which recorded processes still live, the cgroup,
+    /// the lock) and hands them to the table as `Adopted`; the table
+    /// decides the state.
     fn adopt(&mut self, saved: Saved) -> bool {
         let Some(idx) = self.idx_of(&saved.id) else {
             let live: Vec<String> = saved
@@ -207,28 +279,13 @@ impl Daemon {
             }
             return false;
         };
-        let now = Instant::now();
         let was = State::parse(&saved.state).unwrap_or(State::Stopped);
-        let since = UNIX_EPOCH + Duration::from_secs(saved.since);
-        {
-            let inst = &mut self.insts[idx];
-            inst.fsm.last_failure = saved.last_failure.clone();
-            inst.fsm.restart_count = saved.restarts;
-            inst.since_wall = since;
-            inst.owned_address = saved.owned_address;
+        self.insts[idx].since_wall = UNIX_EPOCH + Duration::from_secs(saved.since);
+        self.insts[idx].owned_address = saved.owned_address;
+        if was == State::Stopped {
+            return false;
         }
-        match was {
-            State::Stopped => return false,
-            State::Failed => {
-                // Failed stays failed (monitor 1) until stopped or reset,
-                // across supervisor restarts too. (Any remnants are found
-                // through the cgroup below.)
-                self.insts[idx].fsm = Fsm::adopted(now, State::Failed);
-                self.insts[idx].fsm.last_failure = saved.last_failure.clone();
-            }
-            _ => {}
-        }
-        // The cgroup, if the instance had one and it still has members.
+        // The cgroup, if the instance had one.
         if let Ok(root) = &self.cgroot {
             let cg = root.instance(&saved.id);
             if cg.exists() {
@@ -240,163 +297,170 @@ impl Daemon {
             .cgroup
             .as_ref()
             .is_some_and(|c| c.populated());
-        let mut procs = Vec::new();
-        let mut any_alive = cg_live;
-        for sp in saved.procs {
-            // A zombie (dead, not yet reaped by its new parent) is dead:
-            // its pidfd is already readable.
-            let fd = Pidfd::open_verified(sp.pid, sp.start_time)
-                .ok()
-                .flatten()
-                .filter(|f| !f.exited());
-            let alive = sp.exit.is_none() && fd.is_some();
-            any_alive |= alive;
-            procs.push(Proc {
-                name: sp.name,
-                pid: sp.pid,
-                start_time: sp.start_time,
-                role: if sp.script {
-                    ProcRole::StartScript
-                } else {
-                    ProcRole::Main
-                },
-                child: false,
-                pidfd: if alive { fd } else { None },
-                exit: if alive {
-                    None
-                } else {
-                    Some(sp.exit.unwrap_or_else(|| DIED_WHILE_DOWN.into()))
-                },
-            });
-        }
-        // Without cgroups: the members recorded last time, if still them.
-        let extra: Vec<(i32, u64)> = saved
-            .members
-            .into_iter()
-            .filter(|(p, t)| {
-                procfs::start_time(*p) == Some(*t) && !procs.iter().any(|x| x.pid == *p)
-            })
-            .collect();
-        any_alive |= !extra.is_empty();
-        for (pid, t) in extra {
-            procs.push(Proc {
-                name: format!("member-{pid}"),
-                pid,
-                start_time: t,
-                role: ProcRole::Member,
-                child: false,
-                pidfd: Pidfd::open_verified(pid, t).ok().flatten(),
-                exit: None,
-            });
-        }
-        let id = saved.id.clone();
-        if !any_alive {
-            self.insts[idx].procs = procs;
+        let mut procs = adopted_procs(&saved);
+        let alive = cg_live || procs.iter().any(|p| p.alive());
+        if !alive {
             if let Some(cg) = self.insts[idx].cgroup.take() {
                 cg.remove();
             }
             self.unwatch_cgroup(idx);
-            self.dirty.insert(idx);
-            match was {
-                State::Failed => {}
-                // The stop it was doing has finished by itself.
-                State::Stopping => self.insts[idx].fsm = Fsm::adopted(now, State::Stopped),
-                // It should be running and nothing is: a failure, which the
-                // restart policy handles as any other (restart or failed).
-                _ => {
-                    tracing::warn!(instance = %id, "was {} but nothing of it runs: {DIED_WHILE_DOWN}", was.as_str());
-                    self.insts[idx].fsm = Fsm::adopted(now, State::Running);
-                    self.insts[idx].fsm.last_failure = saved.last_failure;
-                    self.insts[idx].fsm.restart_count = saved.restarts;
+        } else {
+            // Watch the adopted processes through their pidfds.
+            for p in &procs {
+                if let Some(fd) = &p.pidfd {
+                    let raw = fd.as_raw_fd();
+                    self.register(fd.as_fd(), tok::PIDFD | raw as u64, EpollFlags::EPOLLIN);
+                    self.pidfds.insert(raw, (idx, p.pid));
+                }
+            }
+            if was != State::Failed {
+                self.take_lock_back(idx, &procs);
+            }
+        }
+        let dead_main = (self.insts[idx].spec.kind == ServiceKind::Simple)
+            .then(|| {
+                procs
+                    .iter()
+                    .find(|p| p.role == ProcRole::Main && !p.alive())
+                    .map(|p| (p.name.clone(), p.exit.clone().unwrap_or_default()))
+            })
+            .flatten()
+            .or_else(|| {
+                (!alive).then(|| {
                     let name = self.insts[idx]
                         .spec
                         .processes
                         .first()
                         .map(|p| p.name.clone())
-                        .unwrap_or_else(|| id.clone());
-                    self.post(
-                        idx,
-                        Event::ProcessExited {
-                            name,
-                            status: DIED_WHILE_DOWN.into(),
-                            clean: false,
-                        },
-                    );
-                }
-            }
-            return false;
-        }
-        if was == State::Failed {
-            // Remnants of a failed instance: keep it failed, track them.
-            self.insts[idx].procs = procs;
-            return true;
-        }
-        // Watch the adopted processes through their pidfds.
-        for p in &procs {
-            if let Some(fd) = &p.pidfd {
-                let raw = fd.as_raw_fd();
-                self.register(fd.as_fd(), tok::PIDFD | raw as u64, EpollFlags::EPOLLIN);
-                self.pidfds.insert(raw, (idx, p.pid));
-            }
-        }
-        // Hold the lock again: the same open file description as the
-        // instance's processes (their fd 3), or a fresh lock if none holds it.
-        let spec = self.insts[idx].spec.clone();
-        if let Some(lp) = &spec.lock {
-            let from_proc = procs
-                .iter()
-                .filter_map(|p| p.pidfd.as_ref())
-                .find_map(|fd| Lock::adopt(lp, fd));
-            let lock = from_proc.or_else(|| {
-                let me = crate::isolation::lock::Holder {
-                    node: self.node.clone(),
-                    pid: std::process::id(),
-                    since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
-                    runtime_dir: self.opts.runtime_dir.display().to_string(),
-                    instance: id.clone(),
-                };
-                Lock::acquire(lp, &me).ok()
+                        .unwrap_or_else(|| saved.id.clone());
+                    (name, DIED_WHILE_DOWN.to_string())
+                })
             });
-            if lock.is_none() {
-                tracing::warn!(instance = %id, "could not take its lock back ({}): another holder?", lp.display());
-            }
-            self.insts[idx].lock = lock;
-        }
-        let dead_main: Vec<(String, String)> = procs
-            .iter()
-            .filter(|p| p.role == ProcRole::Main && !p.alive())
-            .map(|p| (p.name.clone(), p.exit.clone().unwrap_or_default()))
-            .collect();
         let pids: Vec<String> = procs
             .iter()
             .filter(|p| p.alive())
             .map(|p| p.pid.to_string())
             .collect();
-        let inst = &mut self.insts[idx];
-        inst.procs = procs;
-        inst.adopted = true;
-        inst.fsm = Fsm::adopted(now, State::Running);
-        inst.fsm.last_failure = saved.last_failure;
-        inst.fsm.restart_count = saved.restarts;
-        tracing::info!(instance = %id, was = was.as_str(), pids = %pids.join(" "), tracking = %self.tracking_desc(idx), "adopted");
-        self.schedule_health(idx, now);
-        self.dirty.insert(idx);
-        if spec.kind == ServiceKind::Simple
-            && let Some((name, status)) = dead_main.into_iter().next()
-        {
-            self.post(
-                idx,
-                Event::ProcessExited {
-                    name,
-                    status,
-                    clean: false,
-                },
-            );
-        } else if was == State::Stopping {
-            // The previous supervisor was stopping it: finish the job.
-            self.post(idx, Event::Stop { timeout: None });
+        if alive {
+            tracing::info!(instance = %saved.id, was = was.as_str(), pids = %pids.join(" "), tracking = %self.tracking_desc(idx), "found running");
         }
-        self.check_empty(idx);
-        true
+        let inst = &mut self.insts[idx];
+        std::mem::swap(&mut inst.procs, &mut procs);
+        inst.adopted = alive;
+        self.dirty.insert(idx);
+        self.post(
+            idx,
+            Event::Adopted(Observed {
+                was,
+                alive,
+                dead_main,
+                restarts: saved.restarts,
+                last_failure: saved.last_failure,
+            }),
+        );
+        if alive {
+            self.check_empty(idx);
+        }
+        alive
     }
+
+    /// Holds the lock again: the same open file description as the
+    /// instance's processes (their fd 3), or a fresh lock if none holds it.
+    /// The descriptors are duplicated here; comparing them with the lock
+    /// file, or taking it anew, asks the instance's storage, which may not
+    /// answer: that is done on the worker.
+    fn take_lock_back(&mut self, idx: usize, procs: &[Proc]) {
+        let spec = self.insts[idx].spec.clone();
+        let Some(lp) = spec.lock.clone() else {
+            return;
+        };
+        let dups: Vec<std::fs::File> = procs
+            .iter()
+            .filter_map(|p| p.pidfd.as_ref())
+            .filter_map(Lock::dup_from)
+            .collect();
+        let me = crate::isolation::lock::Holder {
+            node: self.node.clone(),
+            pid: std::process::id(),
+            since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            runtime_dir: self.opts.runtime_dir.display().to_string(),
+            instance: spec.id.clone(),
+        };
+        self.worker.submit(move |p| {
+            p.set(format!("the lock {}", lp.display()));
+            let lock = dups
+                .into_iter()
+                .find_map(|f| Lock::from_dup(&lp, f))
+                .or_else(|| Lock::acquire(&lp, &me).ok());
+            if lock.is_none() {
+                tracing::warn!(instance = %me.instance, "could not take its lock back ({}): another holder?", lp.display());
+            }
+            super::Outcome::LockBack {
+                idx,
+                lock: lock.map(Box::new),
+            }
+        });
+    }
+
+    /// The lock of an adopted instance came back from the worker.
+    pub(super) fn on_lock_back(&mut self, idx: usize, lock: Option<Box<Lock>>) {
+        let Some(lock) = lock else {
+            return;
+        };
+        let inst = &mut self.insts[idx];
+        if inst.lock.is_none() && inst.state().may_have_processes() {
+            inst.lock = Some(*lock);
+        } else {
+            self.release_later(lock);
+        }
+    }
+}
+
+/// The recorded processes, each verified (pid + start time, through a
+/// pidfd) or marked dead; without cgroups also the recorded members.
+fn adopted_procs(saved: &Saved) -> Vec<Proc> {
+    let mut procs = Vec::new();
+    for sp in &saved.procs {
+        // A zombie (dead, not yet reaped by its new parent) is dead: its
+        // pidfd is already readable.
+        let fd = Pidfd::open_verified(sp.pid, sp.start_time)
+            .ok()
+            .flatten()
+            .filter(|f| !f.exited());
+        let alive = sp.exit.is_none() && fd.is_some();
+        procs.push(Proc {
+            name: sp.name.clone(),
+            pid: sp.pid,
+            start_time: sp.start_time,
+            role: if sp.member {
+                ProcRole::Member
+            } else if sp.script {
+                ProcRole::StartScript
+            } else {
+                ProcRole::Main
+            },
+            child: false,
+            pidfd: if alive { fd } else { None },
+            exit: if alive {
+                None
+            } else {
+                Some(sp.exit.clone().unwrap_or_else(|| DIED_WHILE_DOWN.into()))
+            },
+        });
+    }
+    for (pid, t) in &saved.members {
+        if procfs::start_time(*pid) != Some(*t) || procs.iter().any(|x| x.pid == *pid) {
+            continue;
+        }
+        procs.push(Proc {
+            name: format!("member-{pid}"),
+            pid: *pid,
+            start_time: *t,
+            role: ProcRole::Member,
+            child: false,
+            pidfd: Pidfd::open_verified(*pid, *t).ok().flatten(),
+            exit: None,
+        });
+    }
+    procs
 }

@@ -16,7 +16,7 @@ use nix::sys::epoll::EpollFlags;
 use super::children::Role;
 use super::fsm::{Event, State};
 use super::instance::{Probe, ProbeResult, ProbeRole, Running, TcpStage, WaitFor};
-use super::{Daemon, timers, tok};
+use super::{Daemon, Outcome, timers, tok};
 use crate::model::Check;
 use crate::process::procfs;
 use crate::process::spawn::{ExecPlan, Output, Spawn};
@@ -92,7 +92,8 @@ impl Daemon {
                 // Reaped later; its result is then ignored.
                 self.children.insert(pid, Role::Discard);
             }
-            None => {}
+            // Its result, when it comes, carries an old epoch: ignored.
+            Some(Running::File) | None => {}
         }
     }
 
@@ -126,15 +127,19 @@ impl Daemon {
                 Err(e) => self.probe_done(idx, slot, false, format!("connect {addr}: {e}"), now),
             },
             Check::Command(argv) => {
-                let plan = ExecPlan::new(Spawn {
-                    argv: &argv,
-                    run: &spec.run,
-                    output: Output::Null,
-                    cgroups: Vec::new(),
-                    into_cgroup: None,
-                    inherit: None,
-                    setsid: true,
-                });
+                // No NSS on the loop: the user as the start looked it up.
+                let plan = ExecPlan::with_creds(
+                    Spawn {
+                        argv: &argv,
+                        run: &spec.run,
+                        output: Output::Null,
+                        cgroups: Vec::new(),
+                        into_cgroup: None,
+                        inherit: None,
+                        setsid: true,
+                    },
+                    self.insts[idx].creds.clone(),
+                );
                 match plan.and_then(|p| p.spawn()) {
                     Ok(child) => {
                         self.children.insert(child.pid, Role::Probe { idx, slot });
@@ -150,41 +155,8 @@ impl Daemon {
                     Err(e) => self.probe_done(idx, slot, false, e.to_string(), now),
                 }
             }
-            Check::File(path) => {
-                let ok = path.exists();
-                let msg = if ok {
-                    "exists".into()
-                } else {
-                    format!("{} does not exist", path.display())
-                };
-                self.probe_done(idx, slot, ok, msg, now);
-            }
-            Check::FileFresh { path, max_age } => {
-                let (ok, msg) = match std::fs::metadata(&path).and_then(|m| m.modified()) {
-                    Ok(t) => {
-                        let age = SystemTime::now().duration_since(t).unwrap_or_default();
-                        if age <= max_age {
-                            (
-                                true,
-                                format!(
-                                    "modified {} ago",
-                                    humantime::format_duration(round_s(age))
-                                ),
-                            )
-                        } else {
-                            (
-                                false,
-                                format!(
-                                    "{} not modified for {}",
-                                    path.display(),
-                                    humantime::format_duration(round_s(age))
-                                ),
-                            )
-                        }
-                    }
-                    Err(e) => (false, format!("{}: {e}", path.display())),
-                };
-                self.probe_done(idx, slot, ok, msg, now);
+            check @ (Check::File(_) | Check::FileFresh { .. }) => {
+                self.check_file_off_loop(idx, slot, epoch, check, deadline, now)
             }
             Check::Process { name, count } => {
                 let n = self.count_named(idx, &name);
@@ -196,6 +168,66 @@ impl Daemon {
                 };
                 self.probe_done(idx, slot, ok, msg, now);
             }
+        }
+    }
+
+    /// A file check runs on the worker: the file is often on the
+    /// instance's storage, which may not answer. The probe's own timeout
+    /// bounds the wait as for any probe.
+    fn check_file_off_loop(
+        &mut self,
+        idx: usize,
+        slot: usize,
+        epoch: u64,
+        check: Check,
+        deadline: Instant,
+        now: Instant,
+    ) {
+        let what = match &check {
+            Check::File(p) | Check::FileFresh { path: p, .. } => p.display().to_string(),
+            _ => return,
+        };
+        if let Some((_, since)) = self.probe_ref(idx, slot).and_then(|p| p.file_job) {
+            let msg = format!(
+                "{what} still does not answer (a check {}s ago has not returned)",
+                now.duration_since(since).as_secs()
+            );
+            self.probe_done(idx, slot, false, msg, now);
+            return;
+        }
+        let (job, _) = self.worker.submit(move |p| {
+            p.set(what);
+            let (ok, message) = file_check(&check, SystemTime::now());
+            Outcome::FileChecked {
+                idx,
+                slot,
+                epoch,
+                ok,
+                message,
+            }
+        });
+        if let Some(p) = self.probe_mut(idx, slot) {
+            p.running = Some(Running::File);
+            p.file_job = Some((job, now));
+        }
+        self.timers
+            .add(deadline, timers::Key::Probe { idx, slot, epoch });
+    }
+
+    pub(super) fn on_file_checked(
+        &mut self,
+        idx: usize,
+        slot: usize,
+        epoch: u64,
+        ok: bool,
+        message: String,
+    ) {
+        let Some(p) = self.probe_mut(idx, slot) else {
+            return;
+        };
+        p.file_job = None;
+        if p.epoch == epoch && matches!(p.running, Some(Running::File)) {
+            self.probe_done(idx, slot, ok, message, Instant::now());
         }
     }
 
@@ -622,5 +654,42 @@ fn read_until(fd: &OwnedFd, buf: &mut Vec<u8>, expect: &str) -> Option<(bool, St
             Err(nix::Error::EINTR) => {}
             Err(e) => return Some((false, format!("read: {e}"))),
         }
+    }
+}
+
+/// The file checks (`file = …`, `file_fresh = …`), on a worker thread.
+fn file_check(check: &Check, now: SystemTime) -> (bool, String) {
+    match check {
+        Check::File(path) => {
+            if path.exists() {
+                (true, "exists".into())
+            } else {
+                (false, format!("{} does not exist", path.display()))
+            }
+        }
+        Check::FileFresh { path, max_age } => {
+            match std::fs::metadata(path).and_then(|m| m.modified()) {
+                Ok(t) => {
+                    let age = now.duration_since(t).unwrap_or_default();
+                    if age <= *max_age {
+                        (
+                            true,
+                            format!("modified {} ago", humantime::format_duration(round_s(age))),
+                        )
+                    } else {
+                        (
+                            false,
+                            format!(
+                                "{} not modified for {}",
+                                path.display(),
+                                humantime::format_duration(round_s(age))
+                            ),
+                        )
+                    }
+                }
+                Err(e) => (false, format!("{}: {e}", path.display())),
+            }
+        }
+        _ => (false, "not a file check".into()),
     }
 }

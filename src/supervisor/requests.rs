@@ -117,6 +117,7 @@ impl Daemon {
             }
             Request::Status { id: Some(id) } => {
                 if let Some(idx) = self.lookup(conn, &id) {
+                    self.refresh_log_space(idx);
                     let st = self.status_of(idx, true);
                     let code = if self.insts[idx].state() == State::Running {
                         code::OK
@@ -226,6 +227,23 @@ impl Daemon {
             self.reply_done(conn, code::FAILED, msg, None);
             return;
         }
+        // Guarantee 7: a populated cgroup is a running copy, whatever the
+        // state says; it is adopted, never joined by a second copy.
+        if inst.state() == State::Stopped && self.adopt_from_cgroup(idx) {
+            let msg = format!(
+                "{id} is already running (processes found in its cgroup were adopted: {})",
+                self.members(idx)
+                    .iter()
+                    .map(|(p, _)| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            if !restart {
+                self.reply_done(conn, code::OK, msg, None);
+                return;
+            }
+        }
+        let inst = &self.insts[idx];
         if !restart && inst.state() == State::Running {
             let msg = format!("{id} is already running");
             self.reply_done(conn, code::OK, msg, None);
@@ -269,6 +287,11 @@ impl Daemon {
     }
 
     fn stop_one(&mut self, conn: u64, idx: usize, ev: Event) {
+        // Guarantee 7: whatever our state says, a stop or kill reaches
+        // every process in the instance's cgroup.
+        if self.insts[idx].state() == State::Stopped {
+            self.adopt_from_cgroup(idx);
+        }
         let inst = &self.insts[idx];
         if inst.state() == State::Stopped && !inst.procs.iter().any(|p| p.alive()) {
             let msg = format!("{} is stopped", inst.id());
@@ -314,9 +337,9 @@ impl Daemon {
         let mut warnings = inst.warnings.clone();
         warnings.extend(self.state_errors.get(&idx).cloned());
         if state == State::Running
-            && let Some(w) = log_space_warning(&self.log_dir(idx))
+            && let Some(w) = &inst.log_space.warning
         {
-            warnings.push(w);
+            warnings.push(w.clone());
         }
         InstanceStatus {
             id: inst.id().to_string(),
@@ -348,6 +371,8 @@ impl Daemon {
             removed: inst.removed,
             warnings,
             log_dir: self.log_dir(idx).display().to_string(),
+            timing: inst.obs.last.clone(),
+            usage: self.usage_of(idx),
         }
     }
 
@@ -470,6 +495,42 @@ fn in_group(peer: Peer, g: &str) -> bool {
                 .map(|gs| gs.split_whitespace().any(|x| x.parse() == Ok(gid)))
         })
         .unwrap_or(false)
+}
+
+impl Daemon {
+    /// The log file system's free space, asked for on the worker (the log
+    /// directory is often on the instance's storage: a statfs there hangs
+    /// with it). A status shows the last answer; it asks again when that
+    /// is over a second old and no question is out. Nothing asks unless a
+    /// status is requested.
+    fn refresh_log_space(&mut self, idx: usize) {
+        let ls = &self.insts[idx].log_space;
+        let fresh = ls
+            .asked
+            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
+        if ls.job.is_some() || fresh || self.insts[idx].state() != State::Running {
+            return;
+        }
+        let dir = self.log_dir(idx);
+        let (job, _) = self.worker.submit(move |p| {
+            p.set(format!("free space in {}", dir.display()));
+            super::Outcome::LogSpace {
+                idx,
+                warning: log_space_warning(&dir),
+            }
+        });
+        let ls = &mut self.insts[idx].log_space;
+        ls.job = Some(job);
+        ls.asked = Some(Instant::now());
+    }
+
+    pub(super) fn on_log_space(&mut self, idx: usize, job: u64, warning: Option<String>) {
+        let ls = &mut self.insts[idx].log_space;
+        if ls.job == Some(job) {
+            ls.job = None;
+            ls.warning = warning;
+        }
+    }
 }
 
 /// "log filesystem full" when the log directory has no space left.

@@ -18,6 +18,8 @@ pub enum Key {
     Hook { pid: i32 },
     /// The deferred bind audit of instances that became ready.
     Audit,
+    /// A start failure's answer stops waiting for its log tails.
+    Tails { idx: usize, job: u64 },
 }
 
 #[derive(Default)]

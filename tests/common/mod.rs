@@ -4,8 +4,9 @@
 //! files), pass or fail.
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -276,14 +277,26 @@ pub fn ask(addr: &str) -> std::io::Result<String> {
 }
 
 pub fn alive(pid: i32) -> bool {
-    // A zombie is not alive for our purposes.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
+    // A zombie is not alive for our purposes. But a killed multi-threaded
+    // process (the daemon has a state-writer thread) shows its leader as a
+    // zombie while its other threads still exit, holding its descriptors
+    // (the control socket) open: it is gone once every thread is.
+    let zombie = |stat: &str| {
+        stat.rsplit(')')
             .next()
             .unwrap_or("")
             .trim_start()
-            .starts_with('Z'),
+            .starts_with('Z')
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) if !zombie(&s) => true,
+        Ok(_) => std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|rd| {
+                rd.flatten().any(|t| {
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| !zombie(&s))
+                })
+            })
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -332,6 +345,7 @@ impl Drop for Harness {
             {
                 kill_cgroup_tree(&dir);
             }
+            remove_v1_trees(rt);
         }
         if std::thread::panicking() {
             let log = self.daemon_log();
@@ -405,6 +419,39 @@ pub fn kill_cgroup_tree(dir: &Path) {
         && parent.ends_with("cohost")
     {
         let _ = std::fs::remove_dir(parent);
+    }
+}
+
+/// Removes what a supervisor of runtime dir `rt` left in the cgroup v1
+/// hierarchies (limit and usage-accounting groups of instances whose
+/// processes are gone: a killed daemon cannot remove them itself).
+pub fn remove_v1_trees(rt: &Path) {
+    use cohost::isolation::cgroup::{own_paths, parse_mountinfo, tag_for};
+    let read = |f: &str| std::fs::read_to_string(f).unwrap_or_default();
+    let (_, own_v1) = own_paths(&read("/proc/self/cgroup"));
+    for m in parse_mountinfo(&read("/proc/self/mountinfo"))
+        .iter()
+        .filter(|m| !m.v2)
+    {
+        let own = own_v1
+            .iter()
+            .find(|(c, _)| c.iter().any(|x| m.controllers.contains(x)))
+            .map(|(_, p)| p.clone())
+            .unwrap_or_else(|| "/".into());
+        let root = m.root.trim_end_matches('/');
+        let rel = own
+            .strip_prefix(root)
+            .unwrap_or(&own)
+            .trim_start_matches('/');
+        let cohost = m.point.join(rel).join("cohost");
+        let base = cohost.join(tag_for(rt));
+        if let Ok(rd) = std::fs::read_dir(&base) {
+            for e in rd.flatten().filter(|e| e.path().is_dir()) {
+                let _ = std::fs::remove_dir(e.path());
+            }
+        }
+        let _ = std::fs::remove_dir(&base);
+        let _ = std::fs::remove_dir(&cohost);
     }
 }
 
@@ -551,5 +598,81 @@ impl Drop for KillOnDrop {
             // SAFETY: kill(2) of the process recorded at construction.
             unsafe { libc::kill(self.pid, libc::SIGKILL) };
         }
+    }
+}
+
+/// A shared disk that hangs on demand (tests/tools/hangfs.py, FUSE):
+/// unmounted, released and its process ended on drop, pass or fail.
+pub struct HangFs {
+    child: std::process::Child,
+    mnt: PathBuf,
+    ctl: PathBuf,
+}
+
+impl HangFs {
+    pub fn mount(backing: &Path, mnt: &Path) -> HangFs {
+        require_tools(&[("fusermount3", "fuse3")]);
+        assert!(
+            Path::new("/usr/lib/python3/dist-packages/fusepy.py").exists(),
+            "python3-fusepy is not installed: apt-get install python3-fusepy (tests/setup-host.sh installs every tool the tests need)"
+        );
+        std::fs::create_dir_all(backing).unwrap();
+        std::fs::create_dir_all(mnt).unwrap();
+        let ctl = backing.with_extension("ctl");
+        let tool = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/hangfs.py");
+        let mut child = Command::new(tool)
+            .arg(backing)
+            .arg(mnt)
+            .arg(&ctl)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("hangfs.py runs");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line.trim(), "ready", "hangfs mounted");
+        HangFs {
+            child,
+            mnt: mnt.to_path_buf(),
+            ctl,
+        }
+    }
+
+    pub fn say(&self, what: &str) -> String {
+        let mut s = UnixStream::connect(&self.ctl).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(format!("{what}\n").as_bytes()).unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).unwrap();
+        assert!(out.starts_with("ok"), "hangfs {what}: {out}");
+        out.trim().to_string()
+    }
+
+    pub fn hang(&self) {
+        self.say("hang");
+    }
+
+    pub fn go(&self) {
+        self.say("go");
+    }
+
+    /// Operations blocked in the file system right now.
+    pub fn blocked(&self) -> usize {
+        self.say("count")
+            .trim_start_matches("ok")
+            .trim()
+            .parse()
+            .unwrap()
+    }
+}
+
+impl Drop for HangFs {
+    fn drop(&mut self) {
+        let _ = UnixStream::connect(&self.ctl).and_then(|mut s| s.write_all(b"go\n"));
+        let _ = Command::new("umount").arg("-l").arg(&self.mnt).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

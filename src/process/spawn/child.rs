@@ -138,6 +138,12 @@ impl ExecPlan {
 
     /// The child side of `spawn`.
     pub(super) unsafe fn child_main(&self, errfd: RawFd) -> ! {
+        // First, before anything that can block: let go of every
+        // descriptor of the supervisor's (its control socket, its runtime
+        // lock, client connections, other instances' files). A child that
+        // then hangs (a chdir into a hung mount) holds nothing that keeps
+        // a dead supervisor's socket or lock alive, or a client waiting.
+        self.close_all_but_ours(errfd);
         // SAFETY: only raw syscalls happen in setup_and_exec.
         let (step, index, errno) = unsafe { self.setup_and_exec() };
         let mut buf = [0u8; 8];
@@ -154,6 +160,50 @@ impl ExecPlan {
             )
         };
         rawsys::exit(127)
+    }
+
+    /// close_range(2) over every gap between the descriptors this child
+    /// uses (its plan's and its report pipe; 0..2 where stdio is
+    /// inherited), lowest first: the supervisor's long-lived descriptors
+    /// are its lowest. No allocation: a fixed array on this stack.
+    fn close_all_but_ours(&self, errfd: RawFd) {
+        let mut keep = [-1 as RawFd; 24];
+        let mut n = 0;
+        let mut add = |fd: RawFd| {
+            if fd >= 0 && n < keep.len() && !keep[..n].contains(&fd) {
+                keep[n] = fd;
+                n += 1;
+            }
+        };
+        add(errfd);
+        for (fd, std) in [(self.stdin, 0), (self.stdout, 1), (self.stderr, 2)] {
+            add(fd.unwrap_or(std));
+        }
+        for &fd in &self.cgroups {
+            add(fd);
+        }
+        if let Some(fd) = self.cgroup_dir {
+            add(fd);
+        }
+        if let Some(fd) = self.inherit {
+            add(fd);
+        }
+        let keep = &mut keep[..n];
+        keep.sort_unstable();
+        let mut lo: usize = 0;
+        for &k in keep.iter() {
+            let k = k as usize;
+            if k > lo {
+                let _ = sys(Step::Dup, 0, libc::SYS_close_range, &[lo, k - 1, 0]);
+            }
+            lo = k + 1;
+        }
+        let _ = sys(
+            Step::Dup,
+            0,
+            libc::SYS_close_range,
+            &[lo, u32::MAX as usize, 0],
+        );
     }
 
     /// Sets the process up and execs; returns (step, index, errno) only if

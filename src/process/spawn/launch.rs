@@ -43,9 +43,10 @@ pub(super) struct InFlight {
 impl ExecPlan {
     /// fork + exec, suspended until the child has exec'd or died
     /// (`CLONE_VFORK`); the exec result arrives on `Child::errpipe` (see
-    /// [`decode_failure`]). For the occasional command (hooks, probes,
-    /// stop commands): the `Child` may be dropped at once.
-    pub fn spawn(mut self) -> Result<Child, SpawnError> {
+    /// [`decode_failure`]). Never on the supervisor's loop: a child that
+    /// hangs before its exec (a chdir into a hung mount) suspends the
+    /// caller with it. For the CLI; the supervisor uses [`Self::spawn`].
+    pub fn spawn_blocking(mut self) -> Result<Child, SpawnError> {
         self.join_by_write()?;
         let (r, w) = exec_pipe()?;
         let stack = child_stack().map_err(os("allocating the child's stack"))?;
@@ -71,8 +72,7 @@ impl ExecPlan {
                 (&arg as *const ChildArg).cast_mut().cast(),
             )
         };
-        drop(owned);
-        finish_clone(pid, r, w, self.binds.clone(), None)
+        finish_clone(pid, r, w, self.binds.clone(), None, owned)
     }
 
     /// fork + exec without waiting for the exec: the supervisor goes on
@@ -82,7 +82,8 @@ impl ExecPlan {
     /// own and reads this plan, both kept in the returned `Child`, which
     /// must live until its errpipe reports EOF (exec done: the child has
     /// left our memory) or the child is reaped.
-    pub fn spawn_async(mut self) -> Result<Child, SpawnError> {
+    pub fn spawn(mut self) -> Result<Child, SpawnError> {
+        sweep();
         let (r, w) = exec_pipe()?;
         let stack =
             crate::process::stack::Stack::take().map_err(os("allocating the child's stack"))?;
@@ -108,8 +109,7 @@ impl ExecPlan {
                 // SAFETY: as for clone below; the child is created in `dir`.
                 let pid = unsafe { clone_into_cgroup(dir, low, size, arg_ptr) };
                 if pid > 0 {
-                    drop(owned);
-                    return finish_clone(pid as i32, r, w, binds, Some(in_flight));
+                    return finish_clone(pid as i32, r, w, binds, Some(in_flight), owned);
                 }
             }
             // No child was made: the plan is ours to change. Join by write.
@@ -122,9 +122,9 @@ impl ExecPlan {
         // when the child no longer uses our memory); it makes raw
         // syscalls only (no errno, no locks, no allocation).
         let pid = unsafe { libc::clone(trampoline, top, libc::CLONE_VM | libc::SIGCHLD, arg_ptr) };
-        // The child's copies are made (its fd table is its own).
-        drop(owned);
-        finish_clone(pid, r, w, binds, Some(in_flight))
+        // The child's copies are made (its fd table is its own); ours go
+        // back to the caller to close (Child::parent_fds).
+        finish_clone(pid, r, w, binds, Some(in_flight), owned)
     }
 
     /// Adds the `cgroup.procs` of `cgroup_dir` to the files the child
@@ -156,6 +156,10 @@ impl ExecPlan {
         Ok(())
     }
 }
+
+// SAFETY: `arg.plan` points at `plan` inside the same box, which does not
+// move; the stack is a mapping owned by `_stack`. Nothing is thread-bound.
+unsafe impl Send for InFlight {}
 
 /// What the child's entry point gets: the plan and the report pipe.
 struct ChildArg {
@@ -279,6 +283,7 @@ fn finish_clone(
     w: OwnedFd,
     binds: Vec<(CString, CString)>,
     in_flight: Option<Box<InFlight>>,
+    parent_fds: Vec<OwnedFd>,
 ) -> Result<Child, SpawnError> {
     if pid < 0 {
         return Err(SpawnError::Os {
@@ -291,8 +296,35 @@ fn finish_clone(
         pid,
         errpipe: r,
         binds,
-        _in_flight: in_flight,
+        in_flight,
+        parent_fds,
     })
+}
+
+/// Plans and stacks of children dropped before their exec was known, with
+/// a duplicate of each one's exec pipe (see `Drop for Child`).
+static BURIED: std::sync::Mutex<Vec<(OwnedFd, Box<InFlight>)>> = std::sync::Mutex::new(Vec::new());
+
+pub(super) fn bury(pipe: OwnedFd, f: Box<InFlight>) {
+    let mut b = BURIED.lock().unwrap_or_else(|e| e.into_inner());
+    b.push((pipe, f));
+}
+
+/// Frees the buried plans whose child has exec'd or died (EOF on its
+/// non-blocking pipe; a report before the EOF is read and dropped).
+fn sweep() {
+    let mut b = BURIED.lock().unwrap_or_else(|e| e.into_inner());
+    b.retain(|(pipe, _)| {
+        let mut buf = [0u8; 64];
+        loop {
+            match nix::unistd::read(pipe, &mut buf) {
+                Ok(0) => return false,
+                Ok(_) => continue,
+                Err(nix::Error::EINTR) => continue,
+                Err(_) => return true,
+            }
+        }
+    });
 }
 
 /// Decodes a failure report, if `buf` holds one.

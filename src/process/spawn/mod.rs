@@ -275,7 +275,7 @@ pub struct Spawn<'a> {
     /// `cgroup.procs` files the child writes "0" into before exec.
     pub cgroups: Vec<OwnedFd>,
     /// A cgroup v2 directory the child goes into: created there by
-    /// `spawn_async` (clone3 `CLONE_INTO_CGROUP`), else it writes its
+    /// `spawn` (clone3 `CLONE_INTO_CGROUP`), else it writes its
     /// `cgroup.procs` like the files of `cgroups`.
     pub into_cgroup: Option<OwnedFd>,
     /// Inherited as fd 3 (the instance lock: it lives while any process does).
@@ -325,15 +325,74 @@ pub struct Child {
     pub errpipe: OwnedFd,
     /// Kept to explain a failure report.
     binds: Vec<(CString, CString)>,
-    /// What a child of [`ExecPlan::spawn_async`] reads until it execs or
-    /// dies: keep the `Child` until its errpipe reports EOF or it is reaped.
-    _in_flight: Option<Box<InFlight>>,
+    /// What the child reads until it execs or dies. Dropping the `Child`
+    /// before then does not free it: see `Drop for Child`.
+    in_flight: Option<Box<InFlight>>,
+    /// The parent's copies of the descriptors handed to the child (its
+    /// log, the lock): the caller closes them where a close may block (a
+    /// close on a hung FUSE or NFS mount waits for the flush), not on the
+    /// event loop. Closed on drop otherwise.
+    pub parent_fds: Vec<OwnedFd>,
 }
 
+impl Child {
+    /// Exec confirmed (EOF on the pipe with no report) or the child reaped:
+    /// its plan and stack are no longer in use.
+    pub fn release(&mut self) {
+        self.in_flight = None;
+    }
+}
+
+impl Drop for Child {
+    /// Sound by construction: the child shares our memory (CLONE_VM) and
+    /// runs on the plan and stack in `in_flight` until it execs or dies.
+    /// If that is not known yet they go to a list that each later spawn
+    /// sweeps, freeing those whose pipe has reached EOF (the write end
+    /// closes at exec or exit).
+    fn drop(&mut self) {
+        if let Some(f) = self.in_flight.take()
+            && let Ok(fd) = self.errpipe.try_clone()
+        {
+            launch::bury(fd, f);
+        }
+    }
+}
+
+// SAFETY: the raw pointers in `argv_ptrs`/`envp_ptrs` point into the heap
+// buffers of the `CString`s owned by the same plan, which do not move when
+// the plan does; nothing else in it is tied to a thread. A plan is built on
+// a worker thread (its look-ups may block) and spawned on the event loop.
+unsafe impl Send for ExecPlan {}
+
 impl ExecPlan {
+    /// A plan with every look-up on the host: the user and group (NSS),
+    /// the program (stat along PATH) and the bind paths. These can block
+    /// (a hung shared disk, a slow directory service): call it where a
+    /// hang stalls nothing else (the supervisor's worker, the CLI).
     pub fn new(s: Spawn<'_>) -> Result<ExecPlan, SpawnError> {
         let run = s.run;
         let creds = resolve_creds(run.user.as_deref(), run.group.as_deref())?;
+        for (inside, shown) in &run.isolate.bind {
+            if !shown.exists() {
+                return Err(SpawnError::BindSource(shown.clone()));
+            }
+            // Never through a symbolic link: mount(2) would follow it.
+            crate::isolation::paths::check_bind_target(inside)?;
+        }
+        Self::build(s, creds, true)
+    }
+
+    /// A plan from credentials resolved before (by [`ExecPlan::new`] at the
+    /// instance's start), for the supervisor's own loop: no NSS, no stat
+    /// of the instance's paths. An absolute program is taken as it is (a
+    /// missing one fails the exec, reported through the pipe), a bare name
+    /// is looked up along PATH.
+    pub fn with_creds(s: Spawn<'_>, creds: Option<Creds>) -> Result<ExecPlan, SpawnError> {
+        Self::build(s, creds, false)
+    }
+
+    fn build(s: Spawn<'_>, creds: Option<Creds>, check: bool) -> Result<ExecPlan, SpawnError> {
+        let run = s.run;
         let env = environment(run, creds.as_ref(), &run.pass_env);
         let path_var = env
             .iter()
@@ -344,14 +403,11 @@ impl ExecPlan {
             cmd: String::new(),
             path: String::new(),
         })?;
-        let program = find_program(argv0, path_var)?;
-        for (inside, shown) in &run.isolate.bind {
-            if !shown.exists() {
-                return Err(SpawnError::BindSource(shown.clone()));
-            }
-            // Never through a symbolic link: mount(2) would follow it.
-            crate::isolation::paths::check_bind_target(inside)?;
-        }
+        let program = if !check && argv0.contains('/') {
+            PathBuf::from(argv0)
+        } else {
+            find_program(argv0, path_var)?
+        };
         let argv: Vec<CString> = s.argv.iter().map(cstr).collect::<Result<_, _>>()?;
         let envp: Vec<CString> = env
             .iter()

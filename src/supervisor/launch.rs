@@ -1,0 +1,334 @@
+//! The `Launch` action: the instance's cgroup (on the loop: cgroupfs is
+//! local), then the storage and name-service part on a worker
+//! ([`super::prepare`]), then the forks (on the loop again, without
+//! waiting for any exec). The start deadline bounds the whole; a prepare
+//! that does not come back in time names its step in the failure.
+
+use std::os::fd::{AsFd, AsRawFd};
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime};
+
+use nix::sys::epoll::EpollFlags;
+
+use super::children::Role;
+use super::fsm::{Event, State};
+use super::instance::{Preparing, Proc, ProcRole};
+use super::prepare::{self, PrepareError, Prepared, Slot};
+use super::{Daemon, Outcome, tok};
+use crate::isolation::lock::Holder;
+use crate::model::ServiceKind;
+use crate::process::procfs;
+use crate::process::spawn::{ExecPlan, Output, Spawn};
+
+impl Daemon {
+    pub(super) fn launch(&mut self, idx: usize) {
+        self.waiting_address.remove(&idx);
+        self.timing_launch(idx);
+        if let Err(msg) = self.begin_prepare(idx) {
+            self.post(idx, Event::LaunchFailed(msg));
+        }
+    }
+
+    fn begin_prepare(&mut self, idx: usize) -> Result<(), String> {
+        if let Some(p) = &self.insts[idx].preparing {
+            // A check of the last start is still stuck on the storage: a
+            // second one would hang beside it. Fail now, say what hangs.
+            return Err(format!(
+                "{} still does not answer (checked {}s ago, no answer yet)",
+                p.progress.get(),
+                p.since.elapsed().as_secs()
+            ));
+        }
+        let spec = self.insts[idx].spec.clone();
+        self.reuse_or_make_cgroup(idx)?;
+        let mut slots = Vec::new();
+        for p in &spec.processes {
+            for k in 1..=p.count {
+                let name = if p.count == 1 {
+                    p.name.clone()
+                } else {
+                    format!("{}.{k}", p.name)
+                };
+                let (into_cgroup, v1) = self.cgroup_fds(idx)?;
+                slots.push(Slot {
+                    name,
+                    argv: p.argv.clone(),
+                    into_cgroup,
+                    v1,
+                });
+            }
+        }
+        let lock_as = (spec.lock.is_some() && self.insts[idx].lock.is_none()).then(|| Holder {
+            node: self.node.clone(),
+            pid: std::process::id(),
+            since: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            runtime_dir: self.opts.runtime_dir.display().to_string(),
+            instance: spec.id.clone(),
+        });
+        let req = prepare::Request {
+            spec: spec.clone(),
+            slots,
+            log_dir: self.log_dir(idx),
+            own_log_dir: spec.log_dir.is_none(),
+            lock_as,
+        };
+        let (job, progress) = self.worker.submit(move |p| Outcome::Prepared {
+            idx,
+            result: Box::new(prepare::prepare(req, p)),
+        });
+        let inst = &mut self.insts[idx];
+        inst.preparing = Some(Preparing {
+            job,
+            progress,
+            since: Instant::now(),
+        });
+        inst.procs.clear();
+        inst.warnings.clear();
+        inst.execs_pending = 0;
+        Ok(())
+    }
+
+    /// The empty cgroup of the last run if it was never killed and its
+    /// limits are still the ones wanted; else a new one.
+    fn reuse_or_make_cgroup(&mut self, idx: usize) -> Result<(), String> {
+        let spec = self.insts[idx].spec.clone();
+        match self.insts[idx].spare_cgroup.take() {
+            Some((cg, limits)) if limits == spec.limits && !cg.killed && !cg.populated() => {
+                self.insts[idx].cgroup = Some(cg);
+            }
+            Some((cg, _)) => {
+                self.unwatch_cgroup(idx);
+                cg.remove();
+            }
+            None => {}
+        }
+        match &self.cgroot {
+            Ok(_) if self.insts[idx].cgroup.is_some() => Ok(()),
+            Ok(_) => self.make_cgroup(idx),
+            Err(why) if !spec.limits.is_empty() => Err(format!(
+                "memory_max/pids_max/cpu_weight/cpu_max need cgroups, which cannot be used here: {why}"
+            )),
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Descriptors for one child to enter the instance's cgroup with.
+    #[allow(clippy::type_complexity)]
+    fn cgroup_fds(
+        &mut self,
+        idx: usize,
+    ) -> Result<(Option<std::os::fd::OwnedFd>, Vec<std::os::fd::OwnedFd>), String> {
+        let Some(cg) = &self.insts[idx].cgroup else {
+            return Ok((None, Vec::new()));
+        };
+        match cg.join_dir_and_v1_files() {
+            Ok((dir, v1)) => Ok((Some(dir), v1)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // The kept cgroup was removed since the last run.
+                self.unwatch_cgroup(idx);
+                self.insts[idx].cgroup = None;
+                self.make_cgroup(idx)?;
+                let cg = self.insts[idx].cgroup.as_ref().expect("just made");
+                let (dir, v1) = cg
+                    .join_dir_and_v1_files()
+                    .map_err(|e| format!("opening {}: {e}", cg.dir.display()))?;
+                Ok((Some(dir), v1))
+            }
+            Err(e) => Err(format!("opening {}: {e}", cg.dir.display())),
+        }
+    }
+
+    /// A prepare job came back: fork, or fail, or (a start given up on
+    /// meanwhile) let it go, closing what it opened on the worker.
+    pub(super) fn on_prepared(
+        &mut self,
+        idx: usize,
+        job: u64,
+        result: Result<Prepared, PrepareError>,
+    ) {
+        let inst = &mut self.insts[idx];
+        let current = inst.preparing.as_ref().is_some_and(|p| p.job == job);
+        if current {
+            inst.preparing = None;
+        }
+        if !current || inst.state() != State::Starting {
+            if current || inst.preparing.is_none() {
+                tracing::info!(instance = %inst.id(), "the storage answered again; a start may proceed");
+            }
+            self.release_later(result);
+            return;
+        }
+        match result {
+            Err(e) => self.post(idx, Event::LaunchFailed(e.to_string())),
+            Ok(prep) => {
+                if let Err(msg) = self.fork_prepared(idx, prep) {
+                    self.post(idx, Event::LaunchFailed(msg));
+                }
+            }
+        }
+    }
+
+    fn fork_prepared(&mut self, idx: usize, prep: Prepared) -> Result<(), String> {
+        let id = self.insts[idx].id().to_string();
+        self.timing_prepared(idx, prep.lock_time, prep.lock.as_ref());
+        if let Some(lock) = prep.lock {
+            if let Some(prev) = &lock.previous
+                && prev.node != self.node
+            {
+                let reason = format!("taken over from {}", prev.describe());
+                tracing::warn!(instance = %id, "{reason}");
+                self.run_hooks(idx, "taken-over", State::Starting, State::Starting, &reason);
+            }
+            self.insts[idx].lock = Some(lock);
+        }
+        self.insts[idx].creds = prep.creds;
+        let role = match self.insts[idx].spec.kind {
+            ServiceKind::Simple => ProcRole::Main,
+            ServiceKind::Forking => ProcRole::StartScript,
+        };
+        let mut plans = prep.plans.into_iter();
+        while let Some((name, plan)) = plans.next() {
+            if let Err(e) = self.spawn_plan(idx, &name, plan, role) {
+                // The plans not used hold logs on the storage: closed there.
+                self.release_later(plans.collect::<Vec<_>>());
+                return Err(e);
+            }
+        }
+        if self.insts[idx].execs_pending == 0 {
+            // Every exec was confirmed at once (see spawn_plan).
+            self.post_launched(idx);
+        }
+        self.dirty.insert(idx);
+        Ok(())
+    }
+
+    /// Forks one process of the instance (into its cgroup, with its lock).
+    fn spawn_plan(
+        &mut self,
+        idx: usize,
+        name: &str,
+        plan: ExecPlan,
+        role: ProcRole,
+    ) -> Result<i32, String> {
+        // Not waiting for the exec: the loop goes on to the next instance
+        // while this child execs; `self.errpipes` keeps what it reads.
+        let mut child = plan.spawn().map_err(|e| format!("{name}: {e}"))?;
+        self.release_later(std::mem::take(&mut child.parent_fds));
+        let pid = child.pid;
+        let start_time = procfs::start_time(pid).unwrap_or(0);
+        tracing::info!(instance = %self.insts[idx].id(), process = name, pid, "started");
+        // A child that has exec'd already (an idle node) is confirmed now,
+        // without a trip through epoll; otherwise (a report, or not yet)
+        // the loop reads the pipe.
+        let mut first = [0u8; 16];
+        let confirmed = match nix::unistd::read(&child.errpipe, &mut first) {
+            Ok(0) => {
+                child.release();
+                Ok(())
+            }
+            Ok(n) => Err(first[..n].to_vec()),
+            Err(_) => Err(Vec::new()),
+        };
+        self.children.insert(pid, Role::Proc { idx });
+        if let Err(buf) = confirmed {
+            let fd = child.errpipe.as_raw_fd();
+            self.register(
+                child.errpipe.as_fd(),
+                tok::ERRPIPE | fd as u64,
+                EpollFlags::EPOLLIN,
+            );
+            self.errpipes.insert(fd, super::ErrPipe { idx, child, buf });
+            self.insts[idx].execs_pending += 1;
+        }
+        self.insts[idx].procs.push(Proc {
+            name: name.to_string(),
+            pid,
+            start_time,
+            role,
+            child: true,
+            pidfd: None,
+            exit: None,
+        });
+        Ok(pid)
+    }
+
+    /// Drops `x` on a worker thread: closing a file on the instance's
+    /// storage waits for its flush, which a hung mount never finishes.
+    pub(super) fn release_later<T: Send + 'static>(&mut self, x: T) {
+        self.worker.submit(move |_| {
+            drop(x);
+            Outcome::Released
+        });
+    }
+
+    pub fn log_dir(&self, idx: usize) -> PathBuf {
+        let spec = &self.insts[idx].spec;
+        spec.log_dir
+            .clone()
+            .unwrap_or_else(|| self.runtime_path("logs").join(&spec.id))
+    }
+
+    /// The stop command runs inside the instance: the SIGKILL at the
+    /// deadline covers it too, and nothing it starts outlives the stop. Its
+    /// output goes to the runtime dir's log of the instance (never a file
+    /// on the storage, which may be what hangs); the user comes from the
+    /// start's look-up.
+    pub(super) fn run_stop_command(&mut self, idx: usize) {
+        let spec = self.insts[idx].spec.clone();
+        let Some(argv) = &spec.stop.command else {
+            return;
+        };
+        let output = match super::exec::open_log(&self.runtime_path("logs"), &spec.id, false) {
+            Ok(f) => Output::File(f),
+            Err(_) => Output::Null,
+        };
+        let cgroups = self.insts[idx]
+            .cgroup
+            .as_ref()
+            .and_then(|cg| cg.join_files().ok())
+            .unwrap_or_default();
+        let plan = ExecPlan::with_creds(
+            Spawn {
+                argv,
+                run: &spec.run,
+                output,
+                cgroups,
+                into_cgroup: None,
+                inherit: None,
+                setsid: true,
+            },
+            self.insts[idx].creds.clone(),
+        );
+        match plan.and_then(|p| p.spawn()) {
+            Ok(child) => {
+                tracing::info!(instance = %spec.id, pid = child.pid, "running the stop command");
+                self.children.insert(child.pid, Role::StopCmd { idx });
+                self.insts[idx].stop_cmd = Some(child.pid);
+            }
+            Err(e) => {
+                tracing::warn!(instance = %spec.id, "stop command: {e}; sending the stop signal instead");
+                self.post(idx, Event::StopCommandExited { ok: false });
+            }
+        }
+    }
+
+    /// Creates the instance's cgroup with its limits, and watches it.
+    fn make_cgroup(&mut self, idx: usize) -> Result<(), String> {
+        let root = self.cgroot.as_ref().map_err(Clone::clone)?;
+        let spec = &self.insts[idx].spec;
+        let cg = root
+            .create(&spec.id, &spec.limits)
+            .map_err(|e| format!("{e}"))?;
+        self.insts[idx].cgroup = Some(cg);
+        self.watch_cgroup(idx);
+        Ok(())
+    }
+
+    /// Removes the empty cgroup kept from the instance's last run.
+    pub(super) fn release_spare_cgroup(&mut self, idx: usize) {
+        if let Some((cg, _)) = self.insts[idx].spare_cgroup.take() {
+            self.unwatch_cgroup(idx);
+            cg.remove();
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! A fault stays in its instance (guarantees 6 and 7): each test injects
+//! the fault for real — SIGKILL, a start timeout, a shared file system that
+//! hangs (FUSE), lost or corrupt runtime state — and checks that the
+//! instance recovers at once and that no other instance notices.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn t() -> String {
+    example("testsvc").display().to_string()
+}
+
+/// One service `s` serving on its instance's address, and `ids` of it.
+fn serving_config(h: &Harness, ids: &[&str], extra_service: &str) {
+    let mut cfg = format!(
+        r#"
+[service.s]
+command = ["{t}", "serve", "${{address}}:${{port}}"]
+ready   = {{ tcp = "${{address}}:${{port}}", timeout = "20s" }}
+stop    = {{ timeout = "5s" }}
+{extra_service}
+"#,
+        t = t()
+    );
+    for (i, id) in ids.iter().enumerate() {
+        cfg.push_str(&format!(
+            r#"
+[instance.{id}]
+service = "s"
+address = "{addr}"
+port    = 9003
+"#,
+            addr = h.addr(i as u8 + 2)
+        ));
+    }
+    h.write_config("faults.toml", &cfg);
+}
+
+/// Start, check it answers, and return its members.
+fn start_and_answer(h: &Harness, id: &str, addr: &str) -> Vec<i32> {
+    h.run(&["start", id]).ok();
+    let got = ask(&format!("{addr}:9003")).unwrap_or_else(|e| panic!("{id} at {addr}: {e}"));
+    assert!(got.starts_with("ok"), "{id} answered {got:?}");
+    let m = h.members(id);
+    assert!(!m.is_empty(), "{id} has members");
+    assert!(m.iter().all(|p| alive(*p)), "{id}: {m:?} alive");
+    m
+}
+
+fn kill_then_start(clone3: bool) {
+    require_root_cgroups();
+    let mut h = Harness::new();
+    if !clone3 {
+        h.env("COHOST_NO_CLONE3", "1");
+    }
+    serving_config(&h, &["k1", "k2"], "");
+    let a1 = h.addr(2);
+    let other = start_and_answer(&h, "k2", &h.addr(3));
+    for round in 0..3 {
+        let before = start_and_answer(&h, "k1", &a1);
+        h.run(&["kill", "k1"]).ok();
+        h.wait_for("k1 empty after kill", || before.iter().all(|p| !alive(*p)));
+        let st = h.status_json("k1");
+        assert!(
+            st["state"] == "stopped" || st["state"] == "failed",
+            "round {round}: {st}"
+        );
+        let again = start_and_answer(&h, "k1", &a1);
+        assert_ne!(again, before, "round {round}: a new process");
+        h.run(&["stop", "k1"]).ok();
+    }
+    assert_eq!(h.members("k2"), other, "k2 never blinked");
+}
+
+#[test]
+fn killed_instance_starts_again_clone3() {
+    kill_then_start(true);
+}
+
+#[test]
+fn killed_instance_starts_again_without_clone3() {
+    kill_then_start(false);
+}
+
+#[test]
+fn stop_escalated_to_sigkill_then_start() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let cfg = format!(
+        r#"
+[service.deaf]
+command = ["{t}", "deaf"]
+stop    = {{ timeout = "1s" }}
+
+[instance.d1]
+service = "deaf"
+"#,
+        t = t()
+    );
+    h.write_config("deaf.toml", &cfg);
+    for round in 0..2 {
+        h.run(&["start", "d1"]).ok();
+        let before = h.members("d1");
+        assert_eq!(before.len(), 1, "round {round}");
+        let out = h.run(&["stop", "d1"]).ok();
+        assert!(before.iter().all(|p| !alive(*p)), "round {round}: {out}");
+        assert!(
+            h.daemon_log().contains("SIGKILL sent"),
+            "the stop escalated: {}",
+            h.daemon_log()
+        );
+        h.run(&["start", "d1"]).ok();
+        let again = h.members("d1");
+        assert_eq!(again.len(), 1, "round {round}: started again");
+        assert!(alive(again[0]) && again != before, "round {round}");
+        assert_eq!(h.state("d1"), "running");
+        h.run(&["stop", "d1"]).ok();
+    }
+}
+
+#[test]
+fn start_timeout_then_start() {
+    require_root_cgroups();
+    let h = Harness::new();
+    // The readiness file appears only when the test creates it.
+    let flag = h.path("ready-flag");
+    let cfg = format!(
+        r#"
+[service.slow]
+command = ["{t}", "sleep"]
+ready   = {{ file = "{flag}", timeout = "1s" }}
+
+[instance.t1]
+service = "slow"
+"#,
+        t = t(),
+        flag = flag.display()
+    );
+    h.write_config("slow.toml", &cfg);
+    let out = h.run(&["start", "t1"]).code(1);
+    assert!(out.all().contains("not ready after 1s"), "{out}");
+    assert!(h.members("t1").is_empty(), "a failed start leaves nothing");
+    std::fs::write(&flag, "").unwrap();
+    h.run(&["start", "t1"]).ok();
+    let m = h.members("t1");
+    assert_eq!(m.len(), 1);
+    assert!(alive(m[0]));
+    // --timeout overrides the service's and the message says which.
+    h.run(&["stop", "t1"]).ok();
+    std::fs::remove_file(&flag).unwrap();
+    let out = h.run(&["start", "t1", "--timeout", "2"]).code(1);
+    assert!(out.all().contains("not ready after 2s"), "{out}");
+    let out = h.run(&["start", "t1", "--timeout", "0"]).code(2);
+    assert!(out.all().contains("--timeout"), "{out}");
+    assert_eq!(h.state("t1"), "failed", "a refused request changes nothing");
+}
+
+#[test]
+fn sigkill_under_a_restart_policy_restarts_and_answers() {
+    require_root_cgroups();
+    let h = Harness::new();
+    serving_config(
+        &h,
+        &["r1"],
+        r#"restart = { policy = "on-failure", max = 5, window = "1m", backoff = "100ms" }"#,
+    );
+    let a = h.addr(2);
+    let mut before = start_and_answer(&h, "r1", &a);
+    for round in 0..3 {
+        // SAFETY: kill(2) of the instance's own process.
+        unsafe { libc::kill(before[0], libc::SIGKILL) };
+        h.wait_for("r1 restarted", || {
+            let st = h.status_json("r1");
+            st["state"] == "running" && st["restarts"].as_u64() == Some(round + 1)
+        });
+        let now = h.members("r1");
+        assert_ne!(now, before, "round {round}: a new process");
+        assert!(ask(&format!("{a}:9003")).unwrap().starts_with("ok"));
+        before = now;
+    }
+}
+
+#[test]
+fn start_without_readiness_check_reports_only_a_live_process() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let cfg = format!(
+        r#"
+[service.nocheck]
+command = ["{t}", "sleep"]
+
+[instance.n1]
+service = "nocheck"
+"#,
+        t = t()
+    );
+    h.write_config("n.toml", &cfg);
+    for _ in 0..3 {
+        let out = h.run(&["start", "n1"]).ok();
+        let m = h.members("n1");
+        assert_eq!(m.len(), 1, "{out}");
+        assert!(alive(m[0]), "start said running: {out}");
+        h.run(&["kill", "n1"]).ok();
+        h.wait_for("n1 empty", || !alive(m[0]));
+    }
+}
+
+/// Runs `cohost ARGS` and returns how long it took and its output.
+fn timed(h: &Harness, args: &[&str]) -> (Duration, Out) {
+    let t = Instant::now();
+    let out = h.run(args);
+    (t.elapsed(), out)
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+#[test]
+fn a_hung_shared_disk_stays_in_its_instance() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let fs = HangFs::mount(&h.path("san-backing"), &h.path("san"));
+    std::fs::create_dir_all(h.path("san/h1/data")).unwrap();
+    std::fs::create_dir_all(h.path("san/h1/log")).unwrap();
+    h.mkdirs(&["o1/data"]);
+    let cfg = format!(
+        r#"
+[service.s]
+command = ["{t}", "serve", "${{address}}:${{port}}"]
+ready   = {{ tcp = "${{address}}:${{port}}", timeout = "20s" }}
+
+[instance.h1]
+service = "s"
+address = "{a1}"
+port    = 9003
+paths   = {{ data = "{san}/h1/data", log = "{san}/h1/log" }}
+
+[instance.o1]
+service = "s"
+address = "{a2}"
+port    = 9003
+paths   = {{ data = "{o1}" }}
+"#,
+        t = t(),
+        a1 = h.addr(2),
+        a2 = h.addr(3),
+        san = h.path("san").display(),
+        o1 = h.path("o1/data").display(),
+    );
+    h.write_config("hung.toml", &cfg);
+    // Both work while the disk answers.
+    start_and_answer(&h, "h1", &h.addr(2));
+    h.run(&["stop", "h1"]).ok();
+    let o1 = start_and_answer(&h, "o1", &h.addr(3));
+
+    fs.hang();
+    let starter = {
+        let mut c = h.command(&["start", "h1", "--timeout", "4"]);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.spawn().unwrap()
+    };
+    h.wait_for("h1's start is stuck on the disk", || fs.blocked() > 0);
+    assert_eq!(h.state("h1"), "starting");
+    // Everything about o1 answers as fast as without the fault.
+    let mut times = Vec::new();
+    for _ in 0..10 {
+        for args in [
+            &["monitor", "o1"][..],
+            &["status", "o1", "--json"],
+            &["list"],
+            &["monitor", "h1", "--depth", "0"],
+        ] {
+            let (d, out) = timed(&h, args);
+            assert!(
+                out.code == 0 || args[1] == "h1",
+                "{args:?} during the hang: {out}"
+            );
+            assert!(d < Duration::from_secs(2), "{args:?} took {d:?}");
+            times.push(d);
+        }
+    }
+    let m = median(times);
+    assert!(m < Duration::from_millis(50), "median {m:?} while h1 hangs");
+    h.run(&["stop", "o1"]).ok();
+    assert!(o1.iter().all(|p| !alive(*p)));
+    let o1 = start_and_answer(&h, "o1", &h.addr(3));
+
+    // h1's start fails at its timeout, naming what does not answer.
+    let out = starter.wait_with_output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    // Which path blocks first depends on the kernel's attribute cache:
+    // any of h1's, named with its key.
+    let san = h.path("san").display().to_string();
+    assert!(
+        text.contains("paths.") && text.contains(&san) && text.contains("did not answer within 4s"),
+        "{text}"
+    );
+    // Nothing of h1 runs: stop succeeds at once (no fencing), kill too.
+    let (d, out) = timed(&h, &["stop", "h1"]);
+    assert_eq!(out.code, 0, "{out}");
+    assert!(d < Duration::from_secs(2), "stop took {d:?}");
+    h.run(&["kill", "h1"]).ok();
+    let (_, out) = timed(&h, &["monitor", "h1"]);
+    assert_eq!(out.code, 7, "nothing runs: {out}");
+    // A second start while the first check is still stuck fails at once.
+    let (d, out) = timed(&h, &["start", "h1", "--timeout", "4"]);
+    assert_eq!(out.code, 1, "{out}");
+    assert!(out.all().contains("still does not answer"), "{out}");
+    assert!(d < Duration::from_secs(2), "refused at once, took {d:?}");
+
+    // The disk returns: h1 starts without a daemon restart.
+    fs.go();
+    h.wait_for("the stuck check returned", || {
+        h.daemon_log().contains("the storage answered again")
+    });
+    start_and_answer(&h, "h1", &h.addr(2));
+    assert_eq!(h.members("o1"), o1, "o1 never blinked");
+}
+
+fn sigkill_daemon(h: &Harness) {
+    let pid = h.daemon_pid().expect("a daemon runs");
+    // SAFETY: kill(2) of the test's own daemon.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    h.wait_for("daemon gone", || !alive(pid));
+}
+
+#[test]
+fn a_daemon_that_adopted_always_exits_on_sigterm() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let mut cfg = format!("[service.s]\ncommand = [\"{}\", \"sleep\"]\n", t());
+    let ids: Vec<String> = (1..=10).map(|i| format!("q{i:02}")).collect();
+    for id in &ids {
+        cfg.push_str(&format!("\n[instance.{id}]\nservice = \"s\"\n"));
+    }
+    h.write_config("q.toml", &cfg);
+    for round in 0..8 {
+        h.run(&["up"]).ok();
+        let victim = h.members(&ids[round % ids.len()]);
+        sigkill_daemon(&h);
+        // One dies while no supervisor runs.
+        // SAFETY: kill(2) of that instance's process.
+        unsafe { libc::kill(victim[0], libc::SIGKILL) };
+        h.wait_for("victim gone", || !alive(victim[0]));
+        h.run(&["daemon"]).ok();
+        let pid = h.daemon_pid().unwrap();
+        for id in &ids {
+            h.run(&["stop", id]).ok();
+            let st = h.status_json(id);
+            let live: Vec<_> = st["processes"]
+                .as_array()
+                .map(|a| a.iter().filter(|p| p["alive"] == true).collect())
+                .unwrap_or_default();
+            assert!(live.is_empty(), "round {round}: {id} stopped, yet {st}");
+        }
+        // SAFETY: kill(2) of the test's own daemon.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        h.wait_for(
+            &format!("round {round}: the daemon exits on SIGTERM"),
+            || !alive(pid),
+        );
+        let list = h.run(&["list", "--json"]);
+        // No daemon: `list` reads the config; nothing is left in any cgroup.
+        assert!(
+            kill_free(&h.cgroup_dir()),
+            "round {round}: no process left: {list}"
+        );
+    }
+}
+
+/// True when no process is left in the subtree `dir`.
+fn kill_free(dir: &Path) -> bool {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return true;
+    };
+    rd.flatten().filter(|e| e.path().is_dir()).all(|e| {
+        std::fs::read_to_string(e.path().join("cgroup.procs")).is_ok_and(|t| t.trim().is_empty())
+    })
+}
+
+fn lost_state_never_gives_a_second_copy(mutate: fn(&Path)) {
+    require_root_cgroups();
+    let h = Harness::new();
+    serving_config(&h, &["c1", "c2"], "");
+    let a = h.addr(2);
+    let first = start_and_answer(&h, "c1", &a);
+    let other = start_and_answer(&h, "c2", &h.addr(3));
+    sigkill_daemon(&h);
+    mutate(&h.runtime.join("state/c1.json"));
+    // `start` launches a daemon, which finds c1's cgroup populated.
+    let out = h.run(&["start", "c1"]).ok();
+    assert!(out.all().contains("already running"), "{out}");
+    assert_eq!(h.members("c1"), first, "the same process, no second copy");
+    assert_eq!(h.state("c1"), "running");
+    assert!(h.daemon_log().contains("the cgroup is the truth"));
+    assert_eq!(h.members("c2"), other, "c2 adopted from its state file");
+    // Kill reaches every process of the cgroup.
+    h.run(&["kill", "c1"]).ok();
+    h.wait_for("c1 killed", || first.iter().all(|p| !alive(*p)));
+    assert_eq!(h.state("c1"), "stopped");
+    start_and_answer(&h, "c1", &a);
+    assert_eq!(h.members("c2"), other, "c2 never blinked");
+}
+
+#[test]
+fn deleted_state_file_never_gives_a_second_copy() {
+    lost_state_never_gives_a_second_copy(|p| std::fs::remove_file(p).unwrap());
+}
+
+#[test]
+fn corrupt_state_file_never_gives_a_second_copy() {
+    lost_state_never_gives_a_second_copy(|p| {
+        std::fs::write(p, b"{\"id\": \"c1\", garbage").unwrap()
+    });
+}
+
+/// A shell session of three processes outside cohost, killed on drop.
+struct Session {
+    shell: Child,
+    kids: Vec<i32>,
+}
+
+impl Session {
+    fn new() -> Session {
+        let cmd = format!("{t} sleep & {t} sleep & wait", t = t());
+        let shell = Command::new("setsid")
+            .args(["sh", "-c", &cmd])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = shell.id() as i32;
+        let children = format!("/proc/{pid}/task/{pid}/children");
+        let mut kids = Vec::new();
+        wait_for("the session's two children", || {
+            kids = std::fs::read_to_string(&children)
+                .unwrap_or_default()
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            kids.len() == 2
+        });
+        Session { shell, kids }
+    }
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        for k in &self.kids {
+            // SAFETY: kill(2) of the test's own grandchildren, checked alive
+            // by start time when they were found (still our shell's).
+            unsafe { libc::kill(*k, libc::SIGKILL) };
+        }
+        let _ = self.shell.kill();
+        let _ = self.shell.wait();
+    }
+}
+
+#[test]
+fn adoption_takes_the_recorded_pid_never_its_session() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let cfg = format!(
+        "[supervisor]\ncgroup = \"off\"\n\n[service.s]\ncommand = [\"{}\", \"sleep\"]\n\n[instance.w1]\nservice = \"s\"\n",
+        t()
+    );
+    h.write_config("w.toml", &cfg);
+    let sess = Session::new();
+    let (named, sibling) = (sess.kids[0], sess.kids[1]);
+    let shell = sess.shell.id() as i32;
+    // A state record naming one process of that session.
+    std::fs::create_dir_all(h.runtime.join("state")).unwrap();
+    let saved = serde_json::json!({
+        "id": "w1", "state": "running", "since": 0,
+        "procs": [{"name": "s", "pid": named, "start_time": start_time(named).unwrap(),
+                   "script": false, "exit": null}],
+        "members": [], "cgroup": null, "restarts": 0, "last_failure": null,
+        "owned_address": false, "supervisor_pid": 1, "fingerprint": 0
+    });
+    std::fs::write(h.runtime.join("state/w1.json"), saved.to_string()).unwrap();
+    h.run(&["daemon"]).ok();
+    assert_eq!(h.members("w1"), vec![named], "exactly the recorded pid");
+    h.run(&["stop", "w1"]).ok();
+    assert!(!alive(named));
+    assert!(
+        alive(sibling) && alive(shell),
+        "the rest of the session untouched"
+    );
+}
