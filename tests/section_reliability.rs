@@ -158,9 +158,9 @@ impl TestUsers {
 impl Drop for TestUsers {
     fn drop(&mut self) {
         for u in &self.users {
-            let _ = Command::new("userdel").arg(u).output();
+            remove_account("userdel", u);
         }
-        let _ = Command::new("groupdel").arg(&self.group).output();
+        remove_account("groupdel", &self.group);
     }
 }
 

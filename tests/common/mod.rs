@@ -572,8 +572,31 @@ impl TestUser {
 
 impl Drop for TestUser {
     fn drop(&mut self) {
-        let _ = Command::new("userdel").arg(&self.name).output();
+        remove_account("userdel", &self.name);
     }
+}
+
+/// `userdel NAME` / `groupdel NAME`, retried while another test holds the
+/// lock on /etc/passwd or /etc/group (tests add and remove accounts in
+/// parallel; a lost race must not leave the account behind).
+pub fn remove_account(tool: &str, name: &str) {
+    let db = if tool == "groupdel" {
+        "group"
+    } else {
+        "passwd"
+    };
+    for _ in 0..100 {
+        let _ = Command::new(tool).arg(name).output();
+        let gone = Command::new("getent")
+            .args([db, name])
+            .output()
+            .is_ok_and(|o| !o.status.success());
+        if gone {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("warning: could not remove the test account {name}");
 }
 
 /// A process the test must not leave behind (a daemon it cut off from
