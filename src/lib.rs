@@ -14,12 +14,19 @@ pub mod isolation;
 pub mod model;
 pub mod plan;
 pub mod process;
+pub mod rundir;
 pub mod supervisor;
+pub mod trusted;
 pub mod util;
 
 /// The last lines of the daemon's log, indented, for error messages.
 pub fn supervisor_log_tail(path: &std::path::Path) -> String {
-    util::tail(path, 15)
+    indent_lines(util::tail(path, 15))
+}
+
+/// Lines indented for an error message.
+pub fn indent_lines(lines: Vec<String>) -> String {
+    lines
         .iter()
         .map(|l| format!("  {l}"))
         .collect::<Vec<_>>()

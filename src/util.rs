@@ -5,9 +5,14 @@ use std::path::Path;
 
 /// The last `n` lines of a file (at most the last 64 KiB are read).
 pub fn tail(path: &Path, n: usize) -> Vec<String> {
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return Vec::new();
-    };
+    match std::fs::File::open(path) {
+        Ok(f) => tail_of(f, n),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// The last `n` lines of an open file (at most the last 64 KiB are read).
+pub fn tail_of(mut f: std::fs::File, n: usize) -> Vec<String> {
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
     let start = len.saturating_sub(64 * 1024);
     let _ = f.seek(SeekFrom::Start(start));

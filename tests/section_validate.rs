@@ -261,3 +261,293 @@ fn private_tmp_over_the_instances_own_paths_is_refused() {
         "private_tmp hides /tmp, where paths.data live",
     );
 }
+
+fn svc_instance(id: &str, extra: &str) -> String {
+    format!("\n[instance.{id}]\nservice = \"counter\"\n{extra}\n")
+}
+
+#[test]
+fn a_data_path_that_is_a_file_says_so() {
+    let h = Harness::new();
+    let file = h.path("data-file");
+    std::fs::write(&file, "").unwrap();
+    h.write_config(
+        "a.toml",
+        &format!(
+            "{SERVICE}{}",
+            svc_instance("a", &format!("paths = {{ data = \"{}\" }}", file.display()))
+        ),
+    );
+    // [instance.a] is on line 5.
+    expect_problem(
+        &h,
+        "a.toml",
+        5,
+        &format!(
+            "paths.data of `a` ({}) is a regular file, not a directory",
+            file.display()
+        ),
+    );
+}
+
+#[test]
+fn a_start_on_a_data_path_that_is_a_file_says_so() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let file = h.path("data-file");
+    std::fs::write(&file, "").unwrap();
+    h.write_config(
+        "a.toml",
+        &format!(
+            "[service.s]\ncommand = [\"{}\", \"sleep\"]\n\n[instance.a]\nservice = \"s\"\npaths = {{ data = \"{}\" }}\n",
+            example("testsvc").display(),
+            file.display()
+        ),
+    );
+    let out = h.run(&["start", "a"]).code(1);
+    assert!(
+        out.stderr.contains("not a directory") && !out.stderr.contains("does not exist"),
+        "{out}"
+    );
+}
+
+#[test]
+fn a_bind_target_through_a_symlink_is_refused_and_never_covers_the_root() {
+    require_root_cgroups();
+    let h = Harness::new();
+    h.mkdirs(&["a/data"]);
+    let link = h.path("to-root");
+    std::os::unix::fs::symlink("/", &link).unwrap();
+    h.write_config(
+        "b.toml",
+        &format!(
+            r#"
+[service.s]
+command = ["{t}", "sleep"]
+
+[instance.b1]
+service = "s"
+paths = {{ data = "{data}" }}
+bind = {{ "{link}" = "${{data}}" }}
+"#,
+            t = example("testsvc").display(),
+            data = h.path("a/data").display(),
+            link = link.display(),
+        ),
+    );
+    let out = expect_problem(&h, "b.toml", 5, "is a symbolic link (to /)");
+    assert!(out.stderr.contains(&link.display().to_string()), "{out}");
+    // And a start (which does not run validate) refuses before any mount.
+    let out = h.run(&["start", "b1"]).code(1);
+    assert!(out.stderr.contains("is a symbolic link (to /)"), "{out}");
+    assert!(h.members("b1").is_empty(), "nothing ran");
+}
+
+#[test]
+fn a_bind_over_the_kernels_trees_is_refused() {
+    let h = Harness::new();
+    h.write_config(
+        "k.toml",
+        &format!(
+            r#"{SERVICE}
+[instance.k]
+service = "counter"
+paths = {{ data = "/u01/k" }}
+bind = {{ "/proc" = "${{data}}" }}
+
+[instance.k2]
+service = "counter"
+paths = {{ data = "/u01/k2" }}
+bind = {{ "/sys/fs/cgroup" = "${{data}}" }}
+
+[instance.k3]
+service = "counter"
+paths = {{ data = "/u01/k3" }}
+bind = {{ "/dev" = "${{data}}" }}
+"#
+        ),
+    );
+    let out = expect_problem(&h, "k.toml", 8, "cannot bind over /proc");
+    for (line, what) in [(13, "/sys/fs/cgroup"), (18, "/dev")] {
+        let want = format!("{}:{line}: ", h.config.join("k.toml").display());
+        assert!(
+            out.stderr
+                .lines()
+                .any(|l| l.starts_with(&want) && l.contains(&format!("cannot bind over {what}"))),
+            "{want} {what}\n{out}"
+        );
+    }
+}
+
+#[test]
+fn one_storage_under_two_names_overlaps() {
+    let h = Harness::new();
+    h.mkdirs(&["disk/a"]);
+    let alias = h.path("alias");
+    std::os::unix::fs::symlink(h.path("disk"), &alias).unwrap();
+    h.write_config(
+        "o.toml",
+        &format!(
+            "{SERVICE}{}{}",
+            svc_instance(
+                "a",
+                &format!("paths = {{ data = \"{}\" }}", h.path("disk/a").display())
+            ),
+            svc_instance(
+                "b",
+                &format!("paths = {{ data = \"{}\" }}", alias.join("a").display())
+            ),
+        ),
+    );
+    expect_problem(&h, "o.toml", 9, "the same storage under two names");
+}
+
+#[test]
+fn an_instances_dir_another_user_could_write_is_refused_naming_the_fix() {
+    require_root_cgroups();
+    use std::os::unix::fs::PermissionsExt;
+    let user = TestUser::new("cohtv");
+    let h = Harness::new();
+    let f = h.write_config(
+        "a.toml",
+        &format!("{SERVICE}\n[instance.a]\nservice = \"counter\"\n"),
+    );
+    let cfg = h.config.display().to_string();
+    // World-writable directory.
+    std::fs::set_permissions(&h.config, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = h.run(&["validate"]).code(2);
+    assert!(
+        out.stderr.contains(&format!("{cfg}: writable by everyone"))
+            && out.stderr.contains(&format!("chmod go-w {cfg}")),
+        "{out}"
+    );
+    // Owned by another user.
+    std::fs::set_permissions(&h.config, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::os::unix::fs::chown(&h.config, Some(user.uid), None).unwrap();
+    let out = h.run(&["validate"]).code(2);
+    assert!(
+        out.stderr
+            .contains(&format!("{cfg}: owned by uid {}", user.uid))
+            && out.stderr.contains(&format!("chown root {cfg}")),
+        "{out}"
+    );
+    let out = h.run(&["start", "a"]).code(2);
+    assert!(out.stderr.contains("chown root"), "{out}");
+    std::os::unix::fs::chown(&h.config, Some(0), None).unwrap();
+    // A directory above it that another user may write (not sticky).
+    let top = h.dir.path().display().to_string();
+    std::fs::set_permissions(h.dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = h.run(&["validate"]).code(2);
+    assert!(
+        out.stderr.contains(&format!("{top}: writable by everyone"))
+            && out.stderr.contains(&format!("chmod go-w {top}")),
+        "{out}"
+    );
+    std::fs::set_permissions(h.dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // A file that is a symbolic link is never followed as root.
+    let elsewhere = h.path("elsewhere.toml");
+    std::fs::rename(&f, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &f).unwrap();
+    let out = h.run(&["validate"]).code(2);
+    assert!(
+        out.stderr.contains(&format!(
+            "{}: a symbolic link, which is never followed",
+            f.display()
+        )),
+        "{out}"
+    );
+    std::fs::remove_file(&f).unwrap();
+    std::fs::rename(&elsewhere, &f).unwrap();
+    h.run(&["validate"]).ok();
+}
+
+/// tests/tools/hangfs.py mounted under the test's dir: a shared disk that
+/// hangs on demand. Released, killed and unmounted on drop.
+struct HangFs {
+    child: std::process::Child,
+    mnt: std::path::PathBuf,
+    ctl: std::path::PathBuf,
+}
+
+impl HangFs {
+    fn mount(h: &Harness, name: &str) -> HangFs {
+        use std::io::BufRead;
+        require_tools(&[("/usr/bin/python3", "python3"), ("fusermount3", "fuse3")]);
+        let backing = h.path(&format!("{name}-backing"));
+        let mnt = h.path(name);
+        let ctl = h.path(&format!("{name}.ctl"));
+        std::fs::create_dir_all(backing.join("data")).unwrap();
+        std::fs::create_dir_all(&mnt).unwrap();
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/tools/hangfs.py");
+        let mut child = std::process::Command::new("/usr/bin/python3")
+            .arg(script)
+            .args([&backing, &mnt, &ctl])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let fs = HangFs { child, mnt, ctl };
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "hangfs did not come up (python3-fusepy installed?)"
+        );
+        fs
+    }
+
+    fn send(&self, cmd: &str) -> std::io::Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&self.ctl)?;
+        s.write_all(format!("{cmd}\n").as_bytes())?;
+        s.shutdown(std::net::Shutdown::Write)?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    }
+}
+
+impl Drop for HangFs {
+    fn drop(&mut self) {
+        let _ = self.send("go");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.mnt)
+            .output();
+    }
+}
+
+#[test]
+fn a_hung_shared_path_does_not_hang_validate() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let fs = HangFs::mount(&h, "san");
+    h.write_config(
+        "h.toml",
+        &format!(
+            "{SERVICE}{}",
+            svc_instance(
+                "h",
+                &format!("paths = {{ data = \"{}\" }}", fs.mnt.join("data").display())
+            )
+        ),
+    );
+    // Hung before anything looked (FUSE caches what it answered).
+    assert!(fs.send("hang").unwrap().starts_with("ok"));
+    let t0 = std::time::Instant::now();
+    let out = h.run(&["validate"]).ok();
+    let took = t0.elapsed();
+    assert!(
+        out.stderr.contains("did not answer within 3s: not checked"),
+        "{out}"
+    );
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "validate took {took:?}"
+    );
+    assert!(fs.send("go").unwrap().starts_with("ok"));
+}

@@ -1,19 +1,11 @@
 //! Commands answered by the daemon, and starting the daemon when needed.
 
-use std::io::Read;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
-use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::Duration;
 
-use super::{Ctx, output};
+use super::exit::Exit;
+use super::{Ctx, offline, output};
 use crate::control::client::{self, ClientError, Done};
 use crate::control::proto::{Envelope, InstanceStatus, Request};
-
-/// How long `cohost start` waits for a daemon it launched to listen.
-const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// When a command may launch the daemon.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -34,7 +26,7 @@ fn envelope(ctx: &Ctx, req: Request) -> Envelope {
     }
 }
 
-fn ms(s: Option<f64>) -> Option<u64> {
+pub(super) fn ms(s: Option<f64>) -> Option<u64> {
     s.map(|s| (s.max(0.0) * 1000.0) as u64)
 }
 
@@ -48,169 +40,19 @@ fn connect(
     match client::connect(&ctx.runtime_dir) {
         Ok(s) => return Ok(Some(s)),
         Err(ClientError::NoDaemon(_)) => {}
-        Err(e) => return Err((1, e.to_string())),
+        Err(e) => return Err(client_failure(e)),
     }
-    if launch == Launch::IfState && !state_says_live(&ctx.runtime_dir, id) {
+    if launch == Launch::IfState && !super::launch::state_says_live(&ctx.runtime_dir, id) {
         return Ok(None);
     }
-    launch_daemon(ctx)?;
+    super::launch::launch_daemon(ctx)?;
     client::connect(&ctx.runtime_dir)
         .map(Some)
         .map_err(|e| (1, e.to_string()))
 }
 
-/// Does a state file (of `id`, or of any instance) say something may run?
-fn state_says_live(rt: &Path, id: Option<&str>) -> bool {
-    let dir = rt.join("state");
-    let files: Vec<std::path::PathBuf> = match id {
-        Some(id) => vec![dir.join(format!("{id}.json"))],
-        None => std::fs::read_dir(&dir)
-            .map(|rd| rd.flatten().map(|e| e.path()).collect())
-            .unwrap_or_default(),
-    };
-    files.iter().any(|f| {
-        std::fs::read_to_string(f)
-            .ok()
-            .and_then(|t| serde_json::from_str::<serde_json::Value>(&t).ok())
-            .and_then(|v| {
-                v.get("state")
-                    .and_then(|s| s.as_str())
-                    .map(|s| s != "stopped")
-            })
-            .unwrap_or(false)
-    })
-}
-
-/// Starts `cohost daemon --foreground` detached (own session, log in the
-/// runtime dir) and waits until it listens. Launches are serialized with a
-/// lock file, so concurrent `cohost start`s start one daemon.
-pub fn launch_daemon(ctx: &Ctx) -> Result<u32, (i32, String)> {
-    launch_daemon_with(ctx, &[])
-}
-
-/// As [`launch_daemon`], with extra `daemon` options (log format, level).
-fn launch_daemon_with(ctx: &Ctx, extra: &[&str]) -> Result<u32, (i32, String)> {
-    use std::os::unix::fs::DirBuilderExt;
-    let rt = &ctx.runtime_dir;
-    if !rt.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(rt)
-            .map_err(|e| {
-                (
-                    1,
-                    format!(
-                        "cannot create runtime dir {}: {e}; pass --runtime-dir DIR",
-                        rt.display()
-                    ),
-                )
-            })?;
-    }
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(rt.join("launch.lock"))
-        .map_err(|e| (1, format!("runtime dir {}: {e}", rt.display())))?;
-    // SAFETY: flock on a valid fd; blocks while another client launches.
-    unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) };
-    if client::connect(rt).is_ok() {
-        return Ok(0);
-    }
-    // Inside a systemd service, a child of ours would live and die in that
-    // unit's cgroup: let systemd start the daemon as a unit (super::systemd).
-    if let Some(unit) = super::systemd::own_service_unit() {
-        super::systemd::launch_as_unit(ctx, extra, &unit, DAEMON_START_TIMEOUT, || {
-            client::connect(rt).is_ok()
-        })?;
-        return Ok(0);
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(rt.join("daemon.log"))
-        .map_err(|e| (1, format!("{}: {e}", rt.join("daemon.log").display())))?;
-    let (r, w) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| (1, format!("pipe: {e}")))?;
-    let wfd = w.as_raw_fd();
-    let exe =
-        std::env::current_exe().map_err(|e| (1, format!("finding the cohost binary: {e}")))?;
-    let mut cmd = Command::new(exe);
-    cmd.arg("--config")
-        .arg(&ctx.config)
-        .arg("--runtime-dir")
-        .arg(rt)
-        .args(["daemon", "--foreground"])
-        .args(extra)
-        .env("COHOST_NOTIFY_FD", wfd.to_string())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| (1, e.to_string()))?)
-        .stderr(log);
-    // SAFETY: only async-signal-safe calls (setsid, fcntl) in the child.
-    unsafe {
-        cmd.pre_exec(move || {
-            // Its own session: not killed with the caller's process group
-            // (a cluster agent timing out, an init script's shell).
-            libc::setsid();
-            libc::fcntl(wfd, libc::F_SETFD, 0);
-            Ok(())
-        });
-    }
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| (1, format!("starting the daemon: {e}")))?;
-    drop(w);
-    let got = read_with_timeout(r, DAEMON_START_TIMEOUT);
-    if got.as_deref().is_some_and(|g| g.starts_with("ready")) {
-        return Ok(child.id());
-    }
-    // It did not come up: say why (its log), and do not leave it behind.
-    let status = match got {
-        // EOF without "ready": it is exiting (its fds close before it can
-        // be reaped): wait for its status.
-        Some(_) => child.wait().ok().and_then(|s| s.code()),
-        // Silent for the whole timeout: stop it.
-        None => {
-            let _ = child.kill();
-            let _ = child.wait();
-            None
-        }
-    };
-    let tail = crate::supervisor_log_tail(&rt.join("daemon.log"));
-    let code = if status == Some(2) { 2 } else { 1 };
-    Err((
-        code,
-        format!(
-            "the cohost daemon did not start (log {}):\n{tail}",
-            rt.join("daemon.log").display()
-        ),
-    ))
-}
-
-/// What the daemon wrote on the notify pipe before closing it (`Some`),
-/// or `None` if it stayed silent for `timeout`.
-fn read_with_timeout(r: OwnedFd, timeout: Duration) -> Option<String> {
-    let mut fds = [nix::poll::PollFd::new(
-        std::os::fd::AsFd::as_fd(&r),
-        nix::poll::PollFlags::POLLIN,
-    )];
-    let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
-    match nix::poll::poll(
-        &mut fds,
-        nix::poll::PollTimeout::try_from(ms).unwrap_or(nix::poll::PollTimeout::MAX),
-    ) {
-        Ok(n) if n > 0 => {
-            let mut s = String::new();
-            let _ = std::fs::File::from(r).take(64).read_to_string(&mut s);
-            Some(s)
-        }
-        _ => None,
-    }
-}
-
 /// Sends a request; prints progress; returns the daemon's answer.
-fn call(ctx: &Ctx, stream: UnixStream, req: Request) -> Result<Done, (i32, String)> {
+pub(super) fn call(ctx: &Ctx, stream: UnixStream, req: Request) -> Result<Done, (i32, String)> {
     client::call(stream, &envelope(ctx, req), |id, _state, msg| {
         let _ = id;
         println!("{msg}");
@@ -219,7 +61,7 @@ fn call(ctx: &Ctx, stream: UnixStream, req: Request) -> Result<Done, (i32, Strin
 }
 
 /// Prints a final answer the usual way and returns its code.
-fn finish(res: Result<Done, (i32, String)>) -> i32 {
+pub(super) fn finish(res: Result<Done, (i32, String)>) -> i32 {
     match res {
         Ok(d) => {
             if !d.message.is_empty() {
@@ -247,7 +89,10 @@ pub fn daemon(ctx: &Ctx, foreground: bool, format: &str, level: &str) -> i32 {
             );
             return 1;
         }
-        return match launch_daemon_with(ctx, &["--log-format", format, "--log-level", level]) {
+        return match super::launch::launch_daemon_with(
+            ctx,
+            &["--log-format", format, "--log-level", level],
+        ) {
             Ok(pid) => {
                 println!(
                     "cohost daemon started (pid {pid}) for {}",
@@ -284,7 +129,7 @@ pub fn daemon(ctx: &Ctx, foreground: bool, format: &str, level: &str) -> i32 {
 }
 
 /// Turns a result into (exit code, message).
-fn quiet(res: Result<Done, (i32, String)>) -> (i32, String) {
+pub(super) fn quiet(res: Result<Done, (i32, String)>) -> (i32, String) {
     match res {
         Ok(d) => (d.code, d.message),
         Err(e) => e,
@@ -331,9 +176,9 @@ pub fn restart(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {
     finish(res)
 }
 
-/// stop/kill/reset: with no daemon and nothing recorded as running, the
-/// instance is stopped already (exit 0), provided it exists.
-fn stopish(ctx: &Ctx, id: &str, req: Request) -> (i32, String) {
+/// reset: with no daemon and nothing recorded as running, the instance
+/// is stopped already (exit 0), provided it exists.
+fn reset_request(ctx: &Ctx, id: &str, req: Request) -> (i32, String) {
     match connect(ctx, Launch::IfState, Some(id)) {
         Ok(Some(s)) => quiet(call(ctx, s, req)),
         Ok(None) => match super::local::known_instance(ctx, id) {
@@ -344,7 +189,17 @@ fn stopish(ctx: &Ctx, id: &str, req: Request) -> (i32, String) {
     }
 }
 
-fn print_quiet((code, msg): (i32, String)) -> i32 {
+/// The exit and message of a client error: a permission problem is
+/// `Denied` (4), never "failed".
+pub(super) fn client_failure(e: ClientError) -> (i32, String) {
+    let exit = match e {
+        ClientError::Denied { .. } => Exit::Denied,
+        _ => Exit::Failed,
+    };
+    (exit.code(), e.to_string())
+}
+
+pub(super) fn print_quiet((code, msg): (i32, String)) -> i32 {
     if !msg.is_empty() {
         if code == 0 {
             println!("{msg}");
@@ -355,27 +210,8 @@ fn print_quiet((code, msg): (i32, String)) -> i32 {
     code
 }
 
-pub fn stop_quiet(ctx: &Ctx, id: &str, timeout: Option<f64>) -> (i32, String) {
-    stopish(
-        ctx,
-        id,
-        Request::Stop {
-            id: id.into(),
-            timeout_ms: ms(timeout),
-        },
-    )
-}
-
-pub fn stop(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {
-    print_quiet(stop_quiet(ctx, id, timeout))
-}
-
-pub fn kill(ctx: &Ctx, id: &str) -> i32 {
-    print_quiet(stopish(ctx, id, Request::Kill { id: id.into() }))
-}
-
 pub fn reset(ctx: &Ctx, id: &str) -> i32 {
-    print_quiet(stopish(ctx, id, Request::Reset { id: id.into() }))
+    print_quiet(reset_request(ctx, id, Request::Reset { id: id.into() }))
 }
 
 /// `monitor`: (exit code, message). With no daemon and no live state, the
@@ -404,9 +240,17 @@ pub fn monitor_quiet(ctx: &Ctx, id: &str, depth: u8) -> (i32, String) {
             Ok(d) => (d.code, d.message),
             Err((c, m)) => (c, m),
         },
+        Ok(None) if offline::remains(&ctx.runtime_dir, id) != offline::Remains::Nothing => (
+            Exit::Failed.code(),
+            format!(
+                "{id}: processes {} run but no cohost daemon supervises them (none runs for {}): run `cohost stop {id}`, or `cohost start {id}` to adopt them",
+                offline::join_pids(&offline::remains(&ctx.runtime_dir, id).pids()),
+                ctx.runtime_dir.display()
+            ),
+        ),
         Ok(None) => match super::local::known_instance(ctx, id) {
             Ok(()) => (
-                7,
+                Exit::Stopped.code(),
                 format!(
                     "{id} is stopped (no cohost daemon runs for {})",
                     ctx.runtime_dir.display()

@@ -58,8 +58,23 @@ fn fail((code, msg): (i32, String)) -> i32 {
     code
 }
 
+/// How long `validate` waits for the host to answer about paths (a hung
+/// shared disk must not hang it).
+const HOST_CHECK_LIMIT: std::time::Duration = std::time::Duration::from_secs(3);
+
 pub fn validate(ctx: &Ctx) -> i32 {
-    match config::load(&ctx.config, Trust::for_current_user()) {
+    let loaded = config::load(&ctx.config, Trust::for_current_user()).and_then(|cfg| {
+        let (diags, notes) = config::hostcheck::check(&cfg, HOST_CHECK_LIMIT);
+        for n in notes {
+            eprintln!("note: {n}");
+        }
+        if diags.is_empty() {
+            Ok(cfg)
+        } else {
+            Err(diags)
+        }
+    });
+    match loaded {
         Ok(cfg) => {
             let services: std::collections::BTreeSet<&str> =
                 cfg.instances.values().map(|i| i.service.as_str()).collect();

@@ -7,12 +7,16 @@
 //! instances file directly.
 
 mod daemonctl;
+pub mod exit;
 pub mod fast;
+mod launch;
 mod local;
 mod metrics;
 mod observe;
+mod offline;
 mod output;
 mod plan;
+mod stopctl;
 mod systemd;
 mod top;
 
@@ -211,9 +215,9 @@ pub fn run(cli: Cli) -> i32 {
             timeout,
             with_deps,
         } => daemonctl::start(&ctx, &id, timeout, with_deps),
-        Cmd::Stop { id, timeout } => daemonctl::stop(&ctx, &id, timeout),
+        Cmd::Stop { id, timeout } => stopctl::stop(&ctx, &id, timeout),
         Cmd::Restart { id, timeout } => daemonctl::restart(&ctx, &id, timeout),
-        Cmd::Kill { id } => daemonctl::kill(&ctx, &id),
+        Cmd::Kill { id } => stopctl::kill(&ctx, &id),
         Cmd::Status { id, json } => daemonctl::status(&ctx, id.as_deref(), json),
         Cmd::Monitor { id, depth } => daemonctl::monitor(&ctx, &id, depth).0,
         Cmd::List { json } => daemonctl::status(&ctx, None, json),
@@ -246,7 +250,24 @@ pub fn run(cli: Cli) -> i32 {
     }
 }
 
-pub use daemonctl::{monitor_quiet, reload_quiet, start_quiet, status_code, stop_quiet};
+pub use daemonctl::status_code;
+use exit::Outcome;
+pub use stopctl::stop_quiet;
+
+/// `start` for integration code.
+pub fn start_quiet(ctx: &Ctx, id: &str, timeout: Option<f64>) -> Outcome {
+    daemonctl::start_quiet(ctx, id, timeout).into()
+}
+
+/// `monitor` for integration code.
+pub fn monitor_quiet(ctx: &Ctx, id: &str, depth: u8) -> Outcome {
+    daemonctl::monitor_quiet(ctx, id, depth).into()
+}
+
+/// `reload` for integration code.
+pub fn reload_quiet(ctx: &Ctx) -> Outcome {
+    daemonctl::reload_quiet(ctx).into()
+}
 
 /// `--timeout S`: a number of seconds above zero. Zero would fail every
 /// start at once (and "no limit" is not offered: cluster software always

@@ -4,13 +4,14 @@
 //! It returns every problem at once as `FILE:LINE: message`.
 
 pub mod checks;
+pub mod hostcheck;
 pub mod import;
 pub mod parse;
 pub mod reader;
 pub mod resolve;
 pub mod subst;
+mod trusted_read;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -43,39 +44,15 @@ impl Trust {
 
 /// Reads, parses and validates the directory.
 pub fn load(dir: &Path, trust: Trust) -> Result<Config, Vec<Diag>> {
+    let texts = match trust {
+        Trust::Strict => trusted_read::read_checked(dir)?,
+        Trust::Relaxed => read_plain(dir)?,
+    };
     let diags = reader::Diags::default();
-    let whole = |msg: String| Diag {
-        file: Arc::from(dir),
-        line: 0,
-        message: msg,
-    };
-    let files = match list_files(dir) {
-        Ok(f) => f,
-        Err(e) => {
-            return Err(vec![whole(format!(
-                "cannot read the instances directory: {e}; create it or pass --config DIR"
-            ))]);
-        }
-    };
-    if files.is_empty() {
-        return Err(vec![whole(
-            "no *.toml file in the instances directory; see instances.d/ in the cohost sources for a commented example".into(),
-        )]);
-    }
-    if trust == Trust::Strict {
-        let mut bad = Vec::new();
-        check_trust(dir, &mut bad);
-        for f in &files {
-            check_trust(f, &mut bad);
-        }
-        if !bad.is_empty() {
-            return Err(bad);
-        }
-    }
-    let mut texts = Vec::with_capacity(files.len());
-    for f in &files {
-        match std::fs::read_to_string(f) {
-            Ok(text) => texts.push((f.clone(), text)),
+    let mut good = Vec::with_capacity(texts.len());
+    for (f, text) in texts {
+        match text {
+            Ok(t) => good.push((f, t)),
             Err(e) => diags.push(
                 &Origin {
                     file: Arc::from(f.as_path()),
@@ -85,7 +62,53 @@ pub fn load(dir: &Path, trust: Trust) -> Result<Config, Vec<Diag>> {
             ),
         }
     }
-    parse_files(dir, texts, diags)
+    parse_files(dir, good, diags)
+}
+
+/// One file of the directory and its text (or why it could not be read).
+type FileText = (PathBuf, std::io::Result<String>);
+
+fn whole(dir: &Path, message: String) -> Diag {
+    Diag {
+        file: Arc::from(dir),
+        line: 0,
+        message,
+    }
+}
+
+fn no_dir(dir: &Path, e: impl std::fmt::Display) -> Vec<Diag> {
+    vec![whole(
+        dir,
+        format!("cannot read the instances directory: {e}; create it or pass --config DIR"),
+    )]
+}
+
+fn no_files(dir: &Path) -> Vec<Diag> {
+    vec![whole(
+        dir,
+        "no *.toml file in the instances directory; see instances.d/ in the cohost sources for a commented example".into(),
+    )]
+}
+
+/// Not root: read by path (the commands run as the caller anyway).
+fn read_plain(dir: &Path) -> Result<Vec<FileText>, Vec<Diag>> {
+    let files = list_files(dir).map_err(|e| no_dir(dir, e))?;
+    if files.is_empty() {
+        return Err(no_files(dir));
+    }
+    Ok(files
+        .into_iter()
+        .map(|f| {
+            let t = std::fs::read_to_string(&f);
+            (f, t)
+        })
+        .collect())
+}
+
+/// Is this directory entry an instances file (not an editor's leftover:
+/// `.#x.toml`, `x.toml~`)?
+fn is_toml_name(name: &str) -> bool {
+    name.ends_with(".toml") && !name.starts_with('.')
 }
 
 /// Parses and validates instances-file texts (name, content), in order:
@@ -117,47 +140,10 @@ fn list_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
         let path = entry.path();
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        // Editors leave `.#x.toml` and `x.toml~`; only real *.toml count.
-        if name.ends_with(".toml") && !name.starts_with('.') && path.is_file() {
+        if is_toml_name(&entry.file_name().to_string_lossy()) && path.is_file() {
             files.push(path);
         }
     }
     files.sort();
     Ok(files)
-}
-
-/// Refuses what a user other than root (or us) could have written.
-fn check_trust(path: &Path, out: &mut Vec<Diag>) {
-    let Ok(md) = std::fs::metadata(path) else {
-        return;
-    };
-    let me = nix::unistd::geteuid().as_raw();
-    let at = |message: String| Diag {
-        file: Arc::from(path),
-        line: 0,
-        message,
-    };
-    if md.uid() != 0 && md.uid() != me {
-        out.push(at(format!(
-            "owned by uid {}, not root: its commands would run as root; run `chown root {}`",
-            md.uid(),
-            path.display()
-        )));
-    }
-    let mode = md.mode() & 0o7777;
-    // A sticky world-writable directory (like /tmp) still lets others add files.
-    if mode & 0o022 != 0 {
-        out.push(at(format!(
-            "writable by {} (mode {:04o}): its commands would run as root; run `chmod go-w {}`",
-            if mode & 0o002 != 0 {
-                "everyone"
-            } else {
-                "its group"
-            },
-            mode,
-            path.display()
-        )));
-    }
 }

@@ -69,6 +69,16 @@ fn clean_absolute(p: &str) -> Option<PathBuf> {
     Some(out)
 }
 
+/// The kernel's own trees a bind may not cover: /proc and /sys and
+/// anything in them, and /dev itself (a device node below it, like
+/// /dev/shm, may be an instance's own).
+fn kernel_tree(inside: &Path) -> Option<&'static str> {
+    ["/proc", "/sys"]
+        .into_iter()
+        .find(|k| inside.starts_with(k))
+        .or_else(|| (inside == Path::new("/dev")).then_some("/dev"))
+}
+
 /// One path lies inside the other (or they are the same).
 pub fn paths_overlap(a: &Path, b: &Path) -> bool {
     a.starts_with(b) || b.starts_with(a)
@@ -679,6 +689,16 @@ impl<'a> Resolver<'a> {
             };
             if inside == Path::new("/") {
                 self.err(&dst.at, "bind: cannot bind over /");
+                continue;
+            }
+            if let Some(k) = kernel_tree(&inside) {
+                self.err(
+                    &dst.at,
+                    format!(
+                        "bind: cannot bind over {} ({k} belongs to the kernel: the instance's processes and cohost's own checks need the real one); bind somewhere else",
+                        inside.display()
+                    ),
+                );
                 continue;
             }
             if let Some(shown) = self.sub_path(src, &format!("bind.\"{}\"", dst.v)) {

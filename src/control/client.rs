@@ -5,8 +5,12 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
 use crate::control::proto::{Envelope, Reply};
+use crate::rundir::{RunDirError, RuntimeDir};
+use crate::trusted::TrustError;
 
 pub const SOCKET_NAME: &str = "cohost.sock";
+/// The status group's socket (a queue of its own: see supervisor/setup.rs).
+pub const READERS_SOCKET_NAME: &str = "cohost.ro.sock";
 
 pub fn socket_path(runtime_dir: &Path) -> PathBuf {
     runtime_dir.join(SOCKET_NAME)
@@ -22,6 +26,12 @@ pub enum ClientError {
         #[source]
         source: io::Error,
     },
+    #[error(
+        "connecting to {path}: Permission denied: only root, the daemon's user and members of its status_group may talk to it"
+    )]
+    Denied { path: PathBuf },
+    #[error(transparent)]
+    Untrusted(RunDirError),
     #[error("talking to the daemon: {0}")]
     Io(#[from] io::Error),
     #[error(
@@ -33,9 +43,20 @@ pub enum ClientError {
 }
 
 /// Connects; `NoDaemon` when nothing listens (no socket, or a stale one).
+/// The runtime dir is checked first (guarantee 8: a socket in a directory
+/// another user could write may be anyone's) and the socket reached
+/// through the checked descriptor.
 pub fn connect(runtime_dir: &Path) -> Result<UnixStream, ClientError> {
     let path = socket_path(runtime_dir);
-    match UnixStream::connect(&path) {
+    let dir = match RuntimeDir::open_existing(runtime_dir) {
+        Ok(Some(d)) => d,
+        Ok(None) => return Err(ClientError::NoDaemon(runtime_dir.to_path_buf())),
+        Err(RunDirError::Untrusted { source }) if is_denied(&source) => {
+            return Err(ClientError::Denied { path });
+        }
+        Err(e) => return Err(ClientError::Untrusted(e)),
+    };
+    match UnixStream::connect(dir.fd_path(SOCKET_NAME)) {
         Ok(s) => Ok(s),
         Err(e)
             if matches!(
@@ -45,8 +66,17 @@ pub fn connect(runtime_dir: &Path) -> Result<UnixStream, ClientError> {
         {
             Err(ClientError::NoDaemon(runtime_dir.to_path_buf()))
         }
+        // Not root or the daemon's user: the status group's socket.
+        Err(e) if e.raw_os_error() == Some(libc::EACCES) => {
+            UnixStream::connect(dir.fd_path(READERS_SOCKET_NAME))
+                .map_err(|_| ClientError::Denied { path })
+        }
         Err(source) => Err(ClientError::Connect { path, source }),
     }
+}
+
+fn is_denied(e: &TrustError) -> bool {
+    e.open_errno() == Some(libc::EACCES)
 }
 
 /// The final answer of a request.

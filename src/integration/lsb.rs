@@ -3,116 +3,144 @@
 //! call this; Pacemaker's `lsb:` class reads the same codes.
 
 use crate::cli::Ctx;
+use crate::cli::exit::{Exit, Outcome};
 
-/// LSB `status` codes.
-pub mod status {
-    pub const RUNNING: i32 = 0;
+/// LSB `status` codes (LSB core, "Init Script Actions").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Running,
     /// Dead, with state left behind (the instance failed).
-    pub const DEAD_STATE_LEFT: i32 = 1;
-    pub const NOT_RUNNING: i32 = 3;
-    pub const UNKNOWN: i32 = 4;
+    DeadStateLeft,
+    NotRunning,
+    Unknown,
 }
 
 /// LSB codes for the other actions.
-pub mod action {
-    pub const SUCCESS: i32 = 0;
-    pub const GENERIC: i32 = 1;
-    pub const INVALID_ARGS: i32 = 2;
-    pub const UNIMPLEMENTED: i32 = 3;
-    pub const PRIVILEGE: i32 = 4;
-    pub const NOT_CONFIGURED: i32 = 6;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Success,
+    Generic,
+    InvalidArgs,
+    Unimplemented,
+    Privilege,
+    NotConfigured,
 }
 
-/// `status` from the instance's state ("running", "failed", …).
-pub fn status_code(state: Option<&str>) -> i32 {
-    match state {
-        Some("running") => status::RUNNING,
-        Some("failed") | Some("restarting") => status::DEAD_STATE_LEFT,
-        Some("stopped") | None => status::NOT_RUNNING,
-        Some(_) => status::UNKNOWN,
+impl Status {
+    pub fn code(self) -> i32 {
+        match self {
+            Status::Running => 0,
+            Status::DeadStateLeft => 1,
+            Status::NotRunning => 3,
+            Status::Unknown => 4,
+        }
     }
 }
 
-/// A cohost exit code for start/stop as an LSB action code.
-pub fn action_code(code: i32) -> i32 {
-    match code {
-        0 => action::SUCCESS,
-        2 => action::NOT_CONFIGURED,
-        4 => action::PRIVILEGE,
-        _ => action::GENERIC,
+impl Action {
+    pub fn code(self) -> i32 {
+        match self {
+            Action::Success => 0,
+            Action::Generic => 1,
+            Action::InvalidArgs => 2,
+            Action::Unimplemented => 3,
+            Action::Privilege => 4,
+            Action::NotConfigured => 6,
+        }
+    }
+}
+
+/// The one table for `status`, from the instance's state.
+pub fn status_of(state: Option<&str>) -> Status {
+    match state {
+        Some("running") => Status::Running,
+        Some("failed") | Some("restarting") => Status::DeadStateLeft,
+        Some("stopped") | None => Status::NotRunning,
+        Some(_) => Status::Unknown,
+    }
+}
+
+/// The one table for start/stop/restart, from a cohost command's exit.
+pub fn action_of(exit: Exit) -> Action {
+    match exit {
+        Exit::Ok => Action::Success,
+        Exit::Invalid => Action::NotConfigured,
+        Exit::Denied => Action::Privilege,
+        Exit::Failed | Exit::NotRunning | Exit::Stopped => Action::Generic,
     }
 }
 
 const USAGE: &str = "usage: cohost lsb ID {start|stop|restart|force-reload|try-restart|status}";
 
-fn say(code: i32, msg: &str) -> i32 {
-    if code == 0 {
+fn say(code: Action, msg: &str) -> i32 {
+    if code == Action::Success {
         println!("{msg}");
     } else {
         eprintln!("cohost: {msg}");
     }
-    code
+    code.code()
+}
+
+fn said(o: Outcome) -> i32 {
+    say(action_of(o.exit), &o.message)
 }
 
 pub fn run(ctx: &Ctx, id: &str, act: &str) -> i32 {
     match act {
-        "start" => {
-            let (c, m) = crate::cli::start_quiet(ctx, id, None);
-            say(action_code(c), &m)
-        }
-        "stop" => {
-            let (c, m) = crate::cli::stop_quiet(ctx, id, None);
-            say(action_code(c), &m)
-        }
+        "start" => said(crate::cli::start_quiet(ctx, id, None)),
+        "stop" => said(crate::cli::stop_quiet(ctx, id, None)),
         "restart" | "force-reload" => restart(ctx, id),
         "try-restart" | "condrestart" => match crate::cli::status_code(ctx, id) {
             Ok((Some(s), _)) if s.state == "running" => restart(ctx, id),
             Ok(_) => say(
-                action::SUCCESS,
+                Action::Success,
                 &format!("{id} is not running: nothing to restart"),
             ),
-            Err((c, m)) => say(action_code(c), &m),
+            Err(e) => said(e.into()),
         },
-        "status" => match crate::cli::status_code(ctx, id) {
-            Ok((st, _)) => {
-                let state = st.as_ref().map(|s| s.state.as_str());
-                let code = status_code(state);
-                let mut msg = format!("{id} is {}", state.unwrap_or("stopped"));
-                if let Some(f) = st
-                    .as_ref()
-                    .and_then(|s| s.last_failure.as_ref())
-                    .filter(|_| code == status::DEAD_STATE_LEFT)
-                {
-                    msg.push_str(&format!(": {f}"));
-                }
-                println!("{msg}");
-                code
-            }
-            Err((_, m)) => {
-                eprintln!("cohost: {m}");
-                status::UNKNOWN
-            }
-        },
+        "status" => status(ctx, id),
         "reload" => {
             eprintln!(
                 "cohost: reload is not supported by an instance; use restart or force-reload"
             );
-            action::UNIMPLEMENTED
+            Action::Unimplemented.code()
         }
         _ => {
             eprintln!("{USAGE}");
-            action::INVALID_ARGS
+            Action::InvalidArgs.code()
+        }
+    }
+}
+
+fn status(ctx: &Ctx, id: &str) -> i32 {
+    match crate::cli::status_code(ctx, id) {
+        Ok((st, _)) => {
+            let state = st.as_ref().map(|s| s.state.as_str());
+            let code = status_of(state);
+            let mut msg = format!("{id} is {}", state.unwrap_or("stopped"));
+            if let Some(f) = st
+                .as_ref()
+                .and_then(|s| s.last_failure.as_ref())
+                .filter(|_| code == Status::DeadStateLeft)
+            {
+                msg.push_str(&format!(": {f}"));
+            }
+            println!("{msg}");
+            code.code()
+        }
+        Err((_, m)) => {
+            eprintln!("cohost: {m}");
+            Status::Unknown.code()
         }
     }
 }
 
 fn restart(ctx: &Ctx, id: &str) -> i32 {
-    let (c, m) = crate::cli::stop_quiet(ctx, id, None);
-    if c != 0 {
-        return say(action_code(c), &m);
+    let o = crate::cli::stop_quiet(ctx, id, None);
+    if o.exit != Exit::Ok {
+        return said(o);
     }
-    let (c, m) = crate::cli::start_quiet(ctx, id, None);
-    say(action_code(c), &m)
+    said(crate::cli::start_quiet(ctx, id, None))
 }
 
 #[cfg(test)]
@@ -129,9 +157,10 @@ mod tests {
             (None, 3),
             (Some("starting"), 4),
         ] {
-            assert_eq!(status_code(state), want, "{state:?}");
+            assert_eq!(status_of(state).code(), want, "{state:?}");
         }
-        assert_eq!(action_code(2), action::NOT_CONFIGURED);
-        assert_eq!(action_code(1), action::GENERIC);
+        assert_eq!(action_of(Exit::Invalid).code(), 6);
+        assert_eq!(action_of(Exit::Failed).code(), 1);
+        assert_eq!(action_of(Exit::Denied).code(), 4);
     }
 }

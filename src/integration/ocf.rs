@@ -10,16 +10,60 @@
 use std::time::Duration;
 
 use crate::cli::Ctx;
+use crate::cli::exit::{Exit, Outcome};
 use crate::config::{self, Trust};
 
-pub const SUCCESS: i32 = 0;
-pub const ERR_GENERIC: i32 = 1;
-pub const ERR_ARGS: i32 = 2;
-pub const ERR_UNIMPLEMENTED: i32 = 3;
-pub const ERR_PERM: i32 = 4;
-pub const ERR_INSTALLED: i32 = 5;
-pub const ERR_CONFIGURED: i32 = 6;
-pub const NOT_RUNNING: i32 = 7;
+/// OCF exit codes (OCF resource agent API, "Return codes").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ocf {
+    Success,
+    ErrGeneric,
+    ErrArgs,
+    ErrUnimplemented,
+    ErrPerm,
+    ErrInstalled,
+    ErrConfigured,
+    NotRunning,
+}
+
+impl Ocf {
+    pub fn code(self) -> i32 {
+        match self {
+            Ocf::Success => 0,
+            Ocf::ErrGeneric => 1,
+            Ocf::ErrArgs => 2,
+            Ocf::ErrUnimplemented => 3,
+            Ocf::ErrPerm => 4,
+            Ocf::ErrInstalled => 5,
+            Ocf::ErrConfigured => 6,
+            Ocf::NotRunning => 7,
+        }
+    }
+}
+
+/// The actions whose answer comes from a cohost command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Start,
+    Stop,
+    Monitor,
+    Reload,
+}
+
+/// The one table from a cohost command's exit to the OCF code of an
+/// action. `stop` never reaches `Invalid` for an instance nothing of which
+/// runs (the CLI answers `Ok` then, whatever the configuration says:
+/// guarantee 9), and nothing but `monitor` ever answers 7.
+pub fn map(action: Action, exit: Exit) -> Ocf {
+    match (action, exit) {
+        (_, Exit::Ok) => Ocf::Success,
+        // Unknown instance or invalid instances file: misconfigured.
+        (_, Exit::Invalid) => Ocf::ErrConfigured,
+        (_, Exit::Denied) => Ocf::ErrPerm,
+        (Action::Monitor, Exit::Stopped) => Ocf::NotRunning,
+        (_, Exit::Failed | Exit::NotRunning | Exit::Stopped) => Ocf::ErrGeneric,
+    }
+}
 
 /// The agent's meta-data (ra-api-1.dtd, OCF 1.1).
 pub fn meta_data() -> String {
@@ -84,42 +128,47 @@ fn reason(msg: &str) {
     }
 }
 
-/// Maps the answer of a cohost command (CLI exit code) for an action.
-pub fn map_code(action: &str, code: i32) -> i32 {
-    match (action, code) {
-        (_, 0) => SUCCESS,
-        // Unknown instance or invalid instances file: misconfigured.
-        (_, 2) => ERR_CONFIGURED,
-        (_, 4) => ERR_PERM,
-        ("monitor", 7) => NOT_RUNNING,
-        // Never 7 from anything but monitor.
-        _ => ERR_GENERIC,
-    }
-}
-
 fn env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
 pub fn run(action: &str) -> i32 {
+    run_action(action).code()
+}
+
+/// Says why (when it failed) and maps the outcome.
+fn answer(action: Action, o: Outcome) -> Ocf {
+    let code = map(action, o.exit);
+    if code != Ocf::Success && code != Ocf::NotRunning {
+        reason(&o.message);
+    }
+    code
+}
+
+fn run_action(action: &str) -> Ocf {
     match action {
         "meta-data" => {
             print!("{}", meta_data());
-            return SUCCESS;
+            return Ocf::Success;
         }
         "usage" | "help" => {
             println!("{USAGE}");
-            return SUCCESS;
+            return Ocf::Success;
         }
         "start" | "stop" | "monitor" | "status" | "reload" | "validate-all" => {}
         _ => {
             eprintln!("{USAGE}");
-            return ERR_UNIMPLEMENTED;
+            return Ocf::ErrUnimplemented;
         }
     }
     let Some(id) = env("OCF_RESKEY_instance") else {
         reason("the parameter `instance` (OCF_RESKEY_instance) is required");
-        return ERR_CONFIGURED;
+        // A stop of nothing named cannot fail (guarantee 9).
+        return if action == "stop" {
+            Ocf::Success
+        } else {
+            Ocf::ErrConfigured
+        };
     };
     let ctx = Ctx::new(
         env("OCF_RESKEY_config")
@@ -133,40 +182,23 @@ pub fn run(action: &str) -> i32 {
         "validate-all" => validate(&ctx, &id),
         "start" => {
             let v = validate(&ctx, &id);
-            if v != SUCCESS {
+            if v != Ocf::Success {
                 return v;
             }
-            let (code, msg) = crate::cli::start_quiet(&ctx, &id, start_timeout());
-            if code != 0 {
-                reason(&msg);
-            }
-            map_code("start", code)
+            answer(
+                Action::Start,
+                crate::cli::start_quiet(&ctx, &id, start_timeout()),
+            )
         }
-        "stop" => {
-            let (code, msg) = crate::cli::stop_quiet(&ctx, &id, None);
-            if code != 0 {
-                reason(&msg);
-            }
-            map_code("stop", code)
-        }
+        "stop" => answer(Action::Stop, crate::cli::stop_quiet(&ctx, &id, None)),
         "monitor" | "status" => {
             let depth = env("OCF_CHECK_LEVEL")
                 .and_then(|l| l.parse::<u8>().ok())
                 .unwrap_or(0);
-            let (code, msg) = crate::cli::monitor_quiet(&ctx, &id, depth);
-            if code != 0 && code != 7 {
-                reason(&msg);
-            }
-            map_code("monitor", code)
+            answer(Action::Monitor, crate::cli::monitor_quiet(&ctx, &id, depth))
         }
-        "reload" => {
-            let (code, msg) = crate::cli::reload_quiet(&ctx);
-            if code != 0 {
-                reason(&msg);
-            }
-            map_code("reload", code)
-        }
-        _ => ERR_UNIMPLEMENTED,
+        "reload" => answer(Action::Reload, crate::cli::reload_quiet(&ctx)),
+        _ => Ocf::ErrUnimplemented,
     }
 }
 
@@ -181,7 +213,7 @@ fn start_timeout() -> Option<f64> {
 /// validate-all: the instances file parses, the instance exists (else 6);
 /// its programs and user exist on this node (else 5). Node state (a shared
 /// disk not mounted here) is not a configuration error: 0.
-fn validate(ctx: &Ctx, id: &str) -> i32 {
+fn validate(ctx: &Ctx, id: &str) -> Ocf {
     let cfg = match config::load(&ctx.config, Trust::for_current_user()) {
         Ok(c) => c,
         Err(diags) => {
@@ -191,18 +223,18 @@ fn validate(ctx: &Ctx, id: &str) -> i32 {
                 ctx.config.display(),
                 text.join("; ")
             ));
-            return ERR_CONFIGURED;
+            return Ocf::ErrConfigured;
         }
     };
     let Some(spec) = cfg.get(id) else {
         reason(&format!("no instance `{id}` in {}", ctx.config.display()));
-        return ERR_CONFIGURED;
+        return Ocf::ErrConfigured;
     };
     if let Err(e) =
         crate::process::spawn::resolve_creds(spec.run.user.as_deref(), spec.run.group.as_deref())
     {
         reason(&format!("{id}: {e}"));
-        return ERR_INSTALLED;
+        return Ocf::ErrInstalled;
     }
     let path = spec
         .run
@@ -225,10 +257,10 @@ fn validate(ctx: &Ctx, id: &str) -> i32 {
                 continue;
             }
             reason(&format!("{id}: {e}"));
-            return ERR_INSTALLED;
+            return Ocf::ErrInstalled;
         }
     }
-    SUCCESS
+    Ocf::Success
 }
 
 #[cfg(test)]
@@ -237,22 +269,25 @@ mod tests {
 
     #[test]
     fn code_table() {
-        // (action, cohost exit code, OCF code)
+        use Action::*;
+        // (action, cohost exit, OCF code)
         let table = [
-            ("start", 0, SUCCESS),
-            ("start", 1, ERR_GENERIC),
-            ("start", 2, ERR_CONFIGURED),
-            ("stop", 0, SUCCESS),
-            ("stop", 1, ERR_GENERIC),
-            ("stop", 7, ERR_GENERIC),
-            ("monitor", 0, SUCCESS),
-            ("monitor", 7, NOT_RUNNING),
-            ("monitor", 1, ERR_GENERIC),
-            ("monitor", 2, ERR_CONFIGURED),
-            ("monitor", 4, ERR_PERM),
+            (Start, Exit::Ok, 0),
+            (Start, Exit::Failed, 1),
+            (Start, Exit::Invalid, 6),
+            (Stop, Exit::Ok, 0),
+            (Stop, Exit::Failed, 1),
+            (Stop, Exit::Stopped, 1),
+            (Stop, Exit::Denied, 4),
+            (Monitor, Exit::Ok, 0),
+            (Monitor, Exit::Stopped, 7),
+            (Monitor, Exit::Failed, 1),
+            (Monitor, Exit::Invalid, 6),
+            (Monitor, Exit::Denied, 4),
+            (Reload, Exit::Invalid, 6),
         ];
-        for (action, code, want) in table {
-            assert_eq!(map_code(action, code), want, "{action} {code}");
+        for (action, exit, want) in table {
+            assert_eq!(map(action, exit).code(), want, "{action:?} {exit:?}");
         }
     }
 

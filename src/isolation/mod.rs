@@ -7,5 +7,6 @@ pub mod audit;
 pub mod bpf;
 pub mod cgroup;
 pub mod lock;
+pub mod paths;
 pub mod sockets;
 pub mod usage;

@@ -3,6 +3,7 @@
 //! `REQUEST_TIMEOUT` is answered with an error and closed; it never holds
 //! up the loop or another client.
 
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
@@ -14,6 +15,98 @@ use super::{Daemon, timers, tok};
 use crate::control::proto::{MAX_REQUEST, Reply};
 
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Open connections one user other than root and the daemon's own may
+/// hold (guarantee 5: a reader of the status group hammering the socket
+/// never starves root). Cluster software runs a handful of monitors at a
+/// time; 16 is plenty for a person.
+pub const MAX_CONNS_PER_USER: usize = 16;
+/// Requests such a user may have in flight at once (a `monitor` running
+/// health checks holds its connection busy).
+pub const MAX_BUSY_PER_USER: usize = 4;
+/// Connections of all such users together, at most: the rest of the fds
+/// stay for root, the daemon's user and supervision (pidfds, probes, logs).
+pub const MAX_CONNS_UNPRIVILEGED: usize = 256;
+/// Connections accepted per wake-up: the loop gets back to the other
+/// events (root's pending answers, children, timers) however fast
+/// someone connects; epoll is level-triggered, the rest waits its turn.
+const MAX_ACCEPTS_PER_WAKE: usize = 64;
+
+/// Per-user accounting of connections and busy requests.
+#[derive(Debug, Default)]
+pub struct Fairness {
+    conns: HashMap<u32, usize>,
+    busy: HashMap<u32, usize>,
+    unprivileged: usize,
+}
+
+/// Root and the daemon's own user are always served.
+fn privileged(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+impl Fairness {
+    /// Why a new connection of `uid` is refused, if it is.
+    fn admit(&mut self, uid: u32) -> Result<(), String> {
+        if privileged(uid) {
+            return Ok(());
+        }
+        let n = self.conns.get(&uid).copied().unwrap_or(0);
+        if n >= MAX_CONNS_PER_USER {
+            return Err(format!(
+                "too many connections from uid {uid} ({n} open, at most {MAX_CONNS_PER_USER} per user): close some and retry"
+            ));
+        }
+        if self.unprivileged >= MAX_CONNS_UNPRIVILEGED {
+            return Err(format!(
+                "too many connections from users other than root ({MAX_CONNS_UNPRIVILEGED}): retry later"
+            ));
+        }
+        *self.conns.entry(uid).or_default() += 1;
+        self.unprivileged += 1;
+        Ok(())
+    }
+
+    fn release(&mut self, uid: u32, was_busy: bool) {
+        if privileged(uid) {
+            return;
+        }
+        if let Some(n) = self.conns.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.conns.remove(&uid);
+            }
+            self.unprivileged -= 1;
+        }
+        if was_busy {
+            self.done(uid);
+        }
+    }
+
+    /// A request of `uid` begins; `Err` if that user has too many going.
+    fn start(&mut self, uid: u32) -> Result<(), String> {
+        if privileged(uid) {
+            return Ok(());
+        }
+        let n = self.busy.entry(uid).or_default();
+        if *n >= MAX_BUSY_PER_USER {
+            return Err(format!(
+                "too many requests in flight from uid {uid} (at most {MAX_BUSY_PER_USER}): wait for their answers"
+            ));
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    fn done(&mut self, uid: u32) {
+        if let Some(n) = self.busy.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.busy.remove(&uid);
+            }
+        }
+    }
+}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
@@ -54,13 +147,32 @@ impl Conn {
     }
 }
 
+/// Answers a connection that will not be served with the reason, without
+/// waiting for it (a full socket buffer loses the answer, not our time).
+fn refuse(mut s: UnixStream, why: &str) {
+    let reply = Reply::Done {
+        code: super::requests::code::FAILED,
+        message: why.to_string(),
+        data: None,
+    };
+    if let Ok(mut line) = serde_json::to_vec(&reply) {
+        line.push(b'\n');
+        let _ = s.write(&line);
+    }
+}
+
 impl Daemon {
-    pub(super) fn accept_all(&mut self) {
-        loop {
+    /// Accepts on the main socket, or on the status group's (`readers`).
+    pub(super) fn accept_all(&mut self, readers: bool) {
+        let listener = match (&self.readers_listener, readers) {
+            (Some(r), true) => r.as_raw_fd(),
+            _ => self.listener.as_raw_fd(),
+        };
+        for _ in 0..MAX_ACCEPTS_PER_WAKE {
             // SAFETY: accept4 on our listening socket; a new fd we own.
             let fd = unsafe {
                 libc::accept4(
-                    self.listener.as_raw_fd(),
+                    listener,
                     std::ptr::null_mut(),
                     std::ptr::null_mut(),
                     libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
@@ -76,7 +188,7 @@ impl Daemon {
                         // would spin), so give the reserve fd up, accept,
                         // answer with the error, close, take the reserve back
                         // (the nginx/libev way). Supervision goes on.
-                        self.refuse_one_for_lack_of_fds();
+                        self.refuse_one_for_lack_of_fds(listener);
                         return;
                     }
                     _ => {
@@ -87,46 +199,56 @@ impl Daemon {
             }
             // SAFETY: fd is a fresh connected socket.
             let stream = UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) });
-            let peer = match nix::sys::socket::getsockopt(
-                &stream,
-                nix::sys::socket::sockopt::PeerCredentials,
-            ) {
+            self.admit(stream);
+        }
+    }
+
+    /// A new connection: served, or refused if its user is over a cap.
+    fn admit(&mut self, stream: UnixStream) {
+        let peer =
+            match nix::sys::socket::getsockopt(&stream, nix::sys::socket::sockopt::PeerCredentials)
+            {
                 Ok(c) => Peer {
                     uid: c.uid(),
                     gid: c.gid(),
                     pid: c.pid(),
                 },
-                Err(_) => continue,
+                Err(_) => return,
             };
-            let id = self.next_conn;
-            self.next_conn += 1;
-            self.register(
-                stream.as_fd(),
-                tok::CONN | id,
-                EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP,
-            );
-            self.timers
-                .add(Instant::now() + REQUEST_TIMEOUT, timers::Key::Conn { id });
-            self.conns.insert(
-                id,
-                Conn {
-                    stream,
-                    peer,
-                    inbuf: Vec::new(),
-                    outbuf: Vec::new(),
-                    phase: Phase::Reading,
-                    writing: false,
-                },
-            );
+        if let Err(why) = self.fair.admit(peer.uid) {
+            // The newest connection of a user over its cap goes: its older
+            // ones, and everyone else's, are served on.
+            refuse(stream, &why);
+            return;
         }
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.register(
+            stream.as_fd(),
+            tok::CONN | id,
+            EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP,
+        );
+        self.timers
+            .add(Instant::now() + REQUEST_TIMEOUT, timers::Key::Conn { id });
+        self.conns.insert(
+            id,
+            Conn {
+                stream,
+                peer,
+                inbuf: Vec::new(),
+                outbuf: Vec::new(),
+                phase: Phase::Reading,
+                writing: false,
+            },
+        );
     }
 
-    fn refuse_one_for_lack_of_fds(&mut self) {
+    fn refuse_one_for_lack_of_fds(&mut self, listener: std::os::fd::RawFd) {
         self.reserve_fd = None;
         // SAFETY: accept4 on our listening socket; a new fd we own.
         let fd = unsafe {
             libc::accept4(
-                self.listener.as_raw_fd(),
+                listener,
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
                 libc::SOCK_CLOEXEC,
@@ -199,6 +321,11 @@ impl Daemon {
         if c.phase == Phase::Reading {
             if let Some(nl) = c.inbuf.iter().position(|b| *b == b'\n') {
                 let line: Vec<u8> = c.inbuf.drain(..=nl).collect();
+                let uid = c.peer.uid;
+                if let Err(why) = self.fair.start(uid) {
+                    self.reply_done(id, super::requests::code::FAILED, why, None);
+                    return;
+                }
                 c.phase = Phase::Busy;
                 self.handle_request(id, &line);
                 return;
@@ -248,6 +375,9 @@ impl Daemon {
             Err(e) => tracing::error!("encoding a reply: {e}"),
         }
         if matches!(r, Reply::Done { .. }) {
+            if c.phase == Phase::Busy {
+                self.fair.done(c.peer.uid);
+            }
             c.phase = Phase::Done;
         }
         // Written at the end of the loop iteration: the progress lines of
@@ -335,6 +465,7 @@ impl Daemon {
         // instance next answers (a reply to a closed connection is a no-op):
         // closing stays O(1) whatever the number of instances.
         if let Some(c) = self.conns.remove(&id) {
+            self.fair.release(c.peer.uid, c.phase == Phase::Busy);
             self.deregister(c.stream.as_fd());
         }
     }

@@ -23,6 +23,7 @@ mod prepare;
 mod probe;
 mod requests;
 mod setup;
+mod statefile;
 mod timers;
 mod timing;
 pub mod worker;
@@ -44,9 +45,7 @@ use crate::isolation::cgroup::{self, CgroupRoot};
 use crate::model::Config;
 use fsm::Event;
 use instance::Inst;
-use setup::{
-    bind_socket, prepare_runtime_dir, raise_nofile, sd_notify, take_runtime_lock, weigh_session,
-};
+use setup::{bind_sockets, prepare_runtime, raise_nofile, sd_notify, weigh_session};
 
 /// Epoll tokens: the kind in the top byte, a value below.
 mod tok {
@@ -88,11 +87,8 @@ pub enum DaemonError {
         #[source]
         source: io::Error,
     },
-    #[error("another cohost daemon{} already runs for {runtime_dir}", pid.map(|p| format!(" (pid {p})")).unwrap_or_default())]
-    AlreadyRunning {
-        runtime_dir: PathBuf,
-        pid: Option<u32>,
-    },
+    #[error(transparent)]
+    RunDir(#[from] crate::rundir::RunDirError),
     #[error("the instances file is invalid:\n{}", .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
     Config(Vec<Diag>),
     #[error("control socket {path}: {source}")]
@@ -169,6 +165,8 @@ pub(crate) struct Daemon {
     epoll: Epoll,
     sigfd: SignalFd,
     listener: OwnedFd,
+    /// The status group's socket, if one is configured (see setup.rs).
+    readers_listener: Option<OwnedFd>,
     inotify: Inotify,
     pub cg_watches: HashMap<nix::sys::inotify::WatchDescriptor, usize>,
     netlink: Option<OwnedFd>,
@@ -176,6 +174,8 @@ pub(crate) struct Daemon {
     pub waiting_address: BTreeSet<usize>,
     pub cgroot: Result<CgroupRoot, String>,
     pub conns: HashMap<u64, conn::Conn>,
+    /// Per-user caps on connections and busy requests (guarantee 5).
+    pub fair: conn::Fairness,
     next_conn: u64,
     pub children: HashMap<i32, children::Role>,
     pub timers: timers::Timers,
@@ -189,8 +189,11 @@ pub(crate) struct Daemon {
     pub probe_fds: HashMap<RawFd, (usize, usize)>,
     /// pidfds of adopted processes: fd -> (instance, pid).
     pub pidfds: HashMap<RawFd, (usize, i32)>,
-    /// Held while we run: a second daemon for this runtime dir is refused.
-    _runtime_lock: OwnedFd,
+    /// The checked runtime dir, held while we run: a second daemon for it
+    /// is refused (also after it was deleted).
+    pub(crate) rundir: setup::Runtime,
+    /// Instances whose last state write failed, and why (shown in status).
+    pub state_errors: HashMap<usize, String>,
     /// An fd kept in reserve to answer a client when all others are used.
     pub reserve_fd: Option<OwnedFd>,
     /// Instances that became ready and wait for their bind audit.
@@ -230,8 +233,7 @@ impl Daemon {
             path: rt.clone(),
             source,
         };
-        prepare_runtime_dir(&rt).map_err(rt_err)?;
-        let runtime_lock = take_runtime_lock(&rt)?;
+        let rundir = prepare_runtime(&rt)?;
 
         let config = config::load(&opts.config_dir, Trust::for_current_user())
             .map_err(DaemonError::Config)?;
@@ -277,7 +279,10 @@ impl Daemon {
             }
         }
 
-        let listener = bind_socket(&rt, config.supervisor.status_group.as_deref())?;
+        let setup::Listeners {
+            main: listener,
+            readers: readers_listener,
+        } = bind_sockets(&rundir.dir, config.supervisor.status_group.as_deref())?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create"))?;
         // After the signal mask: its threads inherit it (signals stay ours).
         let worker = worker::Worker::new().map_err(|source| DaemonError::Os {
@@ -304,6 +309,14 @@ impl Daemon {
                 EpollEvent::new(EpollFlags::EPOLLIN, tok::LISTEN),
             )
             .map_err(os("epoll_ctl"))?;
+        if let Some(r) = &readers_listener {
+            epoll
+                .add(
+                    r.as_fd(),
+                    EpollEvent::new(EpollFlags::EPOLLIN, tok::LISTEN | 1),
+                )
+                .map_err(os("epoll_ctl"))?;
+        }
         epoll
             .add(
                 inotify.as_fd(),
@@ -318,8 +331,10 @@ impl Daemon {
             index.insert(id.clone(), insts.len());
             insts.push(Inst::new(spec.clone(), now));
         }
-        std::fs::write(rt.join("daemon.pid"), format!("{}\n", std::process::id()))
-            .map_err(rt_err)?;
+        rundir
+            .dir
+            .write_atomic("daemon.pid", format!("{}\n", std::process::id()).as_bytes())
+            .map_err(|e| rt_err(io::Error::other(e)))?;
         let mut d = Daemon {
             opts,
             config: Arc::new(config),
@@ -329,12 +344,14 @@ impl Daemon {
             epoll,
             sigfd,
             listener,
+            readers_listener,
             inotify,
             cg_watches: HashMap::new(),
             netlink: None,
             waiting_address: BTreeSet::new(),
             cgroot,
             conns: HashMap::new(),
+            fair: conn::Fairness::default(),
             next_conn: 1,
             children: HashMap::new(),
             timers: timers::Timers::default(),
@@ -345,7 +362,8 @@ impl Daemon {
             errpipes: HashMap::new(),
             probe_fds: HashMap::new(),
             pidfds: HashMap::new(),
-            _runtime_lock: runtime_lock,
+            rundir,
+            state_errors: HashMap::new(),
             reserve_fd: std::fs::File::open("/dev/null").ok().map(OwnedFd::from),
             ready_queue: Vec::new(),
             last_audit: None,
@@ -459,7 +477,7 @@ impl Daemon {
     fn dispatch(&mut self, token: u64, flags: EpollFlags) {
         match token & tok::KIND {
             tok::SIGNAL => self.on_signals(),
-            tok::LISTEN => self.accept_all(),
+            tok::LISTEN => self.accept_all(token & !tok::KIND == 1),
             tok::INOTIFY => self.on_inotify(),
             tok::NETLINK => self.on_address_change(),
             tok::CONN => self.on_conn(token & !tok::KIND, flags),
@@ -530,15 +548,19 @@ impl Daemon {
 
     fn shutdown_cleanup(&mut self) {
         self.flush_state();
+        self.finish_state();
         for idx in 0..self.insts.len() {
             self.release_spare_cgroup(idx);
         }
         if let Ok(root) = &self.cgroot {
             root.remove_base();
         }
-        let rt = &self.opts.runtime_dir;
-        let _ = std::fs::remove_file(crate::control::client::socket_path(rt));
-        let _ = std::fs::remove_file(rt.join("daemon.pid"));
+        let _ = self.rundir.dir.remove(crate::control::client::SOCKET_NAME);
+        let _ = self
+            .rundir
+            .dir
+            .remove(crate::control::client::READERS_SOCKET_NAME);
+        let _ = self.rundir.dir.remove("daemon.pid");
         // Last: a waiting `cohost shutdown` learns that all of the above is done.
         for c in self.conns.values_mut() {
             c.flush_blocking();

@@ -1,10 +1,11 @@
 //! Runtime state on disk, and adoption after a supervisor crash.
 //!
 //! One JSON file per instance in `RUNTIME/state/`, replaced atomically
-//! (write a temporary file, rename over) after every loop iteration that
-//! changed it. No fsync: the file must survive a crash of the daemon, which
-//! the page cache does; after a crash of the machine every process it
-//! describes is gone anyway (and a default runtime dir is on tmpfs).
+//! and durably after every loop iteration that changed it (write, fsync,
+//! rename, fsync of the directory), by a writer thread so that the disk
+//! never holds up the loop (`supervisor::statefile`), always through the
+//! checked descriptor of state/, never through a link. A write that fails
+//! is kept (`Daemon::state_errors`) and shown in `status`.
 //!
 //! A daemon started after a SIGKILL of the previous one reads these files
 //! and adopts what still runs: each recorded process is verified by pid
@@ -58,24 +59,61 @@ pub struct SavedProc {
 pub use super::table::DIED_WHILE_DOWN;
 
 impl Daemon {
-    fn state_path(&self, id: &str) -> std::path::PathBuf {
-        self.runtime_path("state").join(format!("{id}.json"))
-    }
-
+    /// Hands the state of every changed instance to the writer thread
+    /// (write, fsync, rename, fsync of state/: `supervisor::statefile`),
+    /// and takes in what it reported.
     pub(super) fn flush_state(&mut self) {
+        self.collect_state_outcomes();
         let dirty = std::mem::take(&mut self.dirty);
         for idx in dirty {
             let saved = self.saved(idx);
-            let path = self.state_path(&saved.id);
-            let tmp = path.with_extension("json.tmp");
             // One write(2): serde_json on an unbuffered File would issue
             // one per token.
             let mut bytes = serde_json::to_vec(&saved).unwrap_or_default();
             bytes.push(b'\n');
-            let res = std::fs::write(&tmp, &bytes);
-            match res.and_then(|()| std::fs::rename(&tmp, &path)) {
-                Ok(()) => {}
-                Err(e) => tracing::error!(instance = %saved.id, "writing {}: {e}", path.display()),
+            let name = format!("{}.json", saved.id);
+            if let Some((name, bytes)) = self.rundir.queue_state(name, bytes) {
+                let r = self.rundir.state.write_atomic(&name, &bytes);
+                self.note_state_outcome((name, r.map_err(|e| e.to_string())));
+            }
+        }
+    }
+
+    /// Takes in the writer's reports: a failure is logged and kept for
+    /// `status` until a later write of that instance succeeds.
+    pub(super) fn collect_state_outcomes(&mut self) {
+        for o in self.rundir.state_outcomes() {
+            self.note_state_outcome(o);
+        }
+    }
+
+    /// At exit: every pending state written before the daemon ends.
+    pub(super) fn finish_state(&mut self) {
+        for o in self.rundir.finish_state_writes() {
+            self.note_state_outcome(o);
+        }
+    }
+
+    fn note_state_outcome(&mut self, (name, r): crate::supervisor::statefile::Outcome) {
+        let Some(id) = name.strip_suffix(".json") else {
+            return;
+        };
+        let Some(idx) = self.idx_of(id) else {
+            return;
+        };
+        match r {
+            Ok(()) => {
+                if self.state_errors.remove(&idx).is_some() {
+                    tracing::info!(instance = %id, "state file written again");
+                }
+            }
+            Err(e) => {
+                let msg = format!(
+                    "state file {}/{name} not written ({e}): a restarted daemon would not know this instance's state",
+                    self.rundir.state.path().display(),
+                );
+                tracing::error!(instance = %id, "{msg}");
+                self.state_errors.insert(idx, msg);
             }
         }
     }
@@ -122,27 +160,28 @@ impl Daemon {
 
     /// Reads every state file and takes over what still runs.
     pub(super) fn adopt_all(&mut self) {
-        let dir = self.runtime_path("state");
+        let state = &self.rundir.state;
         let mut adopted = 0;
         let mut seen = std::collections::BTreeSet::new();
-        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            let path = e.path();
-            if path.extension().and_then(|x| x.to_str()) != Some("json") {
+        let mut found = Vec::new();
+        for name in state.names().unwrap_or_default() {
+            let Some(name) = name.to_str().filter(|n| n.ends_with(".json")) else {
                 continue;
-            }
-            let saved: Saved = match std::fs::read(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-            {
-                Ok(s) => s,
-                Err(err) => {
-                    tracing::error!(
-                        "state file {} unreadable ({err}); its instance is treated as stopped",
-                        path.display()
-                    );
-                    continue;
-                }
             };
+            // Opened through the checked dir, never through a link.
+            match state
+                .read(name)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<Saved>(&b).map_err(|e| e.to_string()))
+            {
+                Ok(s) => found.push(s),
+                Err(err) => tracing::error!(
+                    "state file {}/{name} unreadable ({err}); its instance is treated as stopped",
+                    state.path().display()
+                ),
+            }
+        }
+        for saved in found {
             seen.insert(saved.id.clone());
             if self.adopt(saved) {
                 adopted += 1;

@@ -26,6 +26,8 @@ pub mod code {
 
 impl Daemon {
     pub(super) fn handle_request(&mut self, conn: u64, line: &[u8]) {
+        // What the state writer reported: a failed write shows at once.
+        self.collect_state_outcomes();
         let env: Envelope = match serde_json::from_slice(line) {
             Ok(e) => e,
             Err(e) => {
@@ -206,7 +208,10 @@ impl Daemon {
             "unknown instance `{id}` in {}{hint}",
             self.opts.config_dir.display()
         );
-        self.reply_done(conn, code::INVALID, msg, None);
+        // Marked, so that a stop of an instance this daemon does not know
+        // can still answer from the node's cgroups (guarantee 9).
+        let data = serde_json::json!({ "unknown_instance": id });
+        self.reply_done(conn, code::INVALID, msg, Some(data));
         None
     }
 
@@ -330,6 +335,7 @@ impl Daemon {
             });
         }
         let mut warnings = inst.warnings.clone();
+        warnings.extend(self.state_errors.get(&idx).cloned());
         if state == State::Running
             && let Some(w) = &inst.log_space.warning
         {

@@ -2,11 +2,14 @@
 //! makes it the only daemon of that dir, the control socket, the fd limit,
 //! and telling systemd (Type=notify) that it is ready.
 
+use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use super::DaemonError;
+use super::statefile::{Outcome as StateOutcome, StateWriter};
+use crate::rundir::{Guard, RunDirError, RuntimeDir};
 
 /// Tells systemd (Type=notify) about readiness and shutdown, if it asked:
 /// sd_notify(3), a datagram to $NOTIFY_SOCKET ("@" = abstract namespace).
@@ -25,71 +28,187 @@ pub(super) fn sd_notify(msg: &str) {
     }
 }
 
-/// Creates the runtime dir (0700: it holds the control socket) if missing.
-pub(super) fn prepare_runtime_dir(rt: &Path) -> io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    if !rt.exists() {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(rt)?;
-    }
-    let md = std::fs::metadata(rt)?;
-    if !md.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            "not a directory",
-        ));
-    }
-    // Writable? Probe with a file of our own rather than trusting modes.
-    let probe = rt.join(".write-test");
-    std::fs::write(&probe, b"")?;
-    std::fs::remove_file(&probe)?;
-    for sub in ["state", "logs"] {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(rt.join(sub))?;
-    }
-    Ok(())
+/// The runtime dir as the daemon holds it: the checked directory, its
+/// state/ subdirectory, and what makes this the only daemon of it.
+pub(crate) struct Runtime {
+    pub dir: RuntimeDir,
+    pub state: RuntimeDir,
+    /// flock(2) on daemon.lock, and the abstract-socket guard that survives
+    /// a deletion of the directory (see `crate::rundir`).
+    _lock: File,
+    _guard: Guard,
+    /// Writes state/ off the loop; started on first use (after the daemon
+    /// blocked its signals: the thread inherits the mask).
+    writer: Option<StateWriter>,
 }
 
-pub(super) fn take_runtime_lock(rt: &Path) -> Result<OwnedFd, DaemonError> {
-    let path = rt.join("daemon.lock");
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(|source| DaemonError::RuntimeDir {
-            path: path.clone(),
+impl Runtime {
+    /// Queues a state file; gives it back if no writer thread can take it
+    /// (then the caller writes it itself).
+    pub fn queue_state(&mut self, name: String, bytes: Vec<u8>) -> Option<(String, Vec<u8>)> {
+        if self.writer.is_none() {
+            match self.state.try_clone().and_then(StateWriter::start) {
+                Ok(w) => self.writer = Some(w),
+                Err(e) => {
+                    tracing::warn!("no state writer thread ({e}): writing state in the loop");
+                    return Some((name, bytes));
+                }
+            }
+        }
+        let w = self.writer.as_ref().expect("just made");
+        if w.write(name.clone(), bytes.clone()) {
+            None
+        } else {
+            Some((name, bytes))
+        }
+    }
+
+    /// Outcomes of queued writes since the last call.
+    pub fn state_outcomes(&self) -> Vec<StateOutcome> {
+        self.writer
+            .as_ref()
+            .map(|w| w.outcomes())
+            .unwrap_or_default()
+    }
+
+    /// Waits for every queued write (at exit).
+    pub fn finish_state_writes(&mut self) -> Vec<StateOutcome> {
+        self.writer
+            .take()
+            .map(|mut w| w.finish())
+            .unwrap_or_default()
+    }
+}
+
+/// Creates (0700) or checks the runtime dir, makes state/ and logs/, and
+/// takes both locks. Refused when another user could write the directory
+/// or any above it (guarantee 8).
+pub(super) fn prepare_runtime(rt: &Path) -> Result<Runtime, DaemonError> {
+    let dir = RuntimeDir::create(rt)?;
+    // The guard first: it holds even when daemon.lock was deleted with the
+    // directory, and it names the holder.
+    let guard = Guard::take(dir.path()).map_err(|e| match e {
+        RunDirError::AlreadyRunning { path, pid, .. } => {
+            // Its socket gone from the directory: no client can reach it.
+            let orphaned = !reachable(&dir);
+            RunDirError::AlreadyRunning {
+                path,
+                pid,
+                orphaned,
+            }
+        }
+        e => e,
+    })?;
+    let lock = take_runtime_lock(&dir)?;
+    // Writable? Probe with a file of our own rather than trusting modes.
+    let file_err = |name: &str| {
+        let path = dir.path().to_path_buf();
+        let name = name.to_string();
+        move |source| RunDirError::File { path, name, source }
+    };
+    dir.append(".write-test").map_err(file_err(".write-test"))?;
+    dir.remove(".write-test").map_err(file_err(".write-test"))?;
+    let state = dir.subdir("state")?;
+    dir.subdir("logs")?;
+    Ok(Runtime {
+        dir,
+        state,
+        _lock: lock,
+        _guard: guard,
+        writer: None,
+    })
+}
+
+fn reachable(dir: &RuntimeDir) -> bool {
+    std::os::unix::net::UnixStream::connect(dir.fd_path(crate::control::client::SOCKET_NAME))
+        .is_ok()
+}
+
+fn take_runtime_lock(dir: &RuntimeDir) -> Result<File, DaemonError> {
+    let f = dir
+        .open("daemon.lock", libc::O_RDWR | libc::O_CREAT)
+        .map_err(|source| RunDirError::File {
+            path: dir.path().to_path_buf(),
+            name: "daemon.lock".into(),
             source,
         })?;
     // SAFETY: flock on a valid fd.
     if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } < 0 {
-        let pid = std::fs::read_to_string(rt.join("daemon.pid"))
+        let pid = dir
+            .read("daemon.pid")
             .ok()
+            .and_then(|b| String::from_utf8(b).ok())
             .and_then(|s| s.trim().parse().ok());
-        return Err(DaemonError::AlreadyRunning {
-            runtime_dir: rt.to_path_buf(),
+        return Err(RunDirError::AlreadyRunning {
+            path: dir.path().to_path_buf(),
             pid,
-        });
+            orphaned: false,
+        }
+        .into());
     }
-    Ok(OwnedFd::from(f))
+    Ok(f)
 }
 
-pub(super) fn bind_socket(rt: &Path, status_group: Option<&str>) -> Result<OwnedFd, DaemonError> {
+/// The control sockets: `cohost.sock` (0600) for root and the daemon's
+/// user, and with a status group `cohost.ro.sock` (0660, the group's) for
+/// its readers. Two listening sockets, two accept queues: however fast a
+/// reader connects, root's connection never waits behind its backlog
+/// (guarantee 5). Every request is still checked against the peer's
+/// credentials.
+pub(super) struct Listeners {
+    pub main: OwnedFd,
+    pub readers: Option<OwnedFd>,
+}
+
+pub(super) fn bind_sockets(
+    rt: &RuntimeDir,
+    status_group: Option<&str>,
+) -> Result<Listeners, DaemonError> {
+    use crate::control::client::{READERS_SOCKET_NAME, SOCKET_NAME};
+    let group = status_group.and_then(|g| match nix::unistd::Group::from_name(g) {
+        Ok(Some(gr)) => Some(gr.gid.as_raw()),
+        _ => {
+            tracing::warn!(
+                "status_group {g:?} does not exist; only root and the daemon's user may connect"
+            );
+            None
+        }
+    });
+    let main = bind_socket(rt, SOCKET_NAME, 0o177)?;
+    // A readers' socket left from a run with a status group: gone.
+    let _ = rt.remove(READERS_SOCKET_NAME);
+    let readers = match group {
+        Some(gid) => {
+            let fd = bind_socket(rt, READERS_SOCKET_NAME, 0o117)?;
+            let sock_err = |source| DaemonError::Socket {
+                path: rt.path().join(READERS_SOCKET_NAME),
+                source,
+            };
+            // Members may reach the sockets and list nothing.
+            rt.chgrp(READERS_SOCKET_NAME, gid).map_err(sock_err)?;
+            rt.set_group_mode(gid, 0o710).map_err(sock_err)?;
+            Some(fd)
+        }
+        None => None,
+    };
+    Ok(Listeners { main, readers })
+}
+
+/// One listening socket, bound through the directory's descriptor (bind(2)
+/// has no bindat: /proc/self/fd/N/NAME reaches the same inode), so a
+/// renamed or replaced runtime dir cannot redirect it; created with the
+/// mode `umask` leaves, atomically (no window where others could connect).
+fn bind_socket(rt: &RuntimeDir, name: &str, umask: u32) -> Result<OwnedFd, DaemonError> {
     use nix::sys::socket::{
         AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
     };
-    let path = crate::control::client::socket_path(rt);
+    let path = rt.path().join(name);
     let sock_err = |source: io::Error| DaemonError::Socket {
         path: path.clone(),
         source,
     };
     // We hold daemon.lock, so a socket file left here is stale.
-    let _ = std::fs::remove_file(&path);
+    rt.remove(name).map_err(sock_err)?;
     let fd = socket(
         AddressFamily::Unix,
         SockType::Stream,
@@ -97,33 +216,11 @@ pub(super) fn bind_socket(rt: &Path, status_group: Option<&str>) -> Result<Owned
         None,
     )
     .map_err(|e| sock_err(e.into()))?;
-    let addr = UnixAddr::new(&path).map_err(|e| sock_err(e.into()))?;
-    // Created 0600 atomically: no window where others could connect.
-    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(0o177));
+    let addr = UnixAddr::new(&rt.fd_path(name)).map_err(|e| sock_err(e.into()))?;
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
     let bound = bind(fd.as_raw_fd(), &addr);
     nix::sys::stat::umask(old);
     bound.map_err(|e| sock_err(e.into()))?;
-    if let Some(g) = status_group {
-        // The read-only group: socket 0660 and group-owned; every request
-        // is still checked against the peer's credentials.
-        match nix::unistd::Group::from_name(g) {
-            Ok(Some(gr)) => {
-                let _ = nix::unistd::chown(&path, None, Some(gr.gid));
-                let _ = std::fs::set_permissions(
-                    &path,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o660),
-                );
-                let _ = nix::unistd::chown(rt, None, Some(gr.gid));
-                let _ = std::fs::set_permissions(
-                    rt,
-                    std::os::unix::fs::PermissionsExt::from_mode(0o710),
-                );
-            }
-            _ => tracing::warn!(
-                "status_group {g:?} does not exist; only root and the daemon's user may connect"
-            ),
-        }
-    }
     listen(&fd, Backlog::new(4096).unwrap_or(Backlog::MAXCONN)).map_err(|e| sock_err(e.into()))?;
     Ok(fd)
 }

@@ -277,14 +277,26 @@ pub fn ask(addr: &str) -> std::io::Result<String> {
 }
 
 pub fn alive(pid: i32) -> bool {
-    // A zombie is not alive for our purposes.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s
-            .rsplit(')')
+    // A zombie is not alive for our purposes. But a killed multi-threaded
+    // process (the daemon has a state-writer thread) shows its leader as a
+    // zombie while its other threads still exit, holding its descriptors
+    // (the control socket) open: it is gone once every thread is.
+    let zombie = |stat: &str| {
+        stat.rsplit(')')
             .next()
             .unwrap_or("")
             .trim_start()
-            .starts_with('Z'),
+            .starts_with('Z')
+    };
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) if !zombie(&s) => true,
+        Ok(_) => std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|rd| {
+                rd.flatten().any(|t| {
+                    std::fs::read_to_string(t.path().join("stat")).is_ok_and(|s| !zombie(&s))
+                })
+            })
+            .unwrap_or(false),
         Err(_) => false,
     }
 }
@@ -513,6 +525,102 @@ impl Drop for Netns {
         let _ = std::process::Command::new("ip")
             .args(["netns", "del", &self.0])
             .output();
+    }
+}
+
+/// A throw-away user (no home, no login), removed on drop.
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+}
+
+impl TestUser {
+    /// `prefix` plus this test binary's pid: unique across parallel tests
+    /// when each test uses its own prefix.
+    pub fn new(prefix: &str) -> TestUser {
+        require_tools(&[("useradd", "passwd"), ("setpriv", "util-linux")]);
+        let name = format!("{prefix}{}", std::process::id() % 100_000);
+        let _ = Command::new("userdel").arg(&name).output();
+        let mut c = Command::new("useradd");
+        c.args(["-M", "-N", "-g", "nogroup", "-s", "/usr/sbin/nologin"])
+            .arg(&name);
+        run_cmd(c).ok();
+        let mut c = Command::new("id");
+        c.args(["-u", &name]);
+        let uid = run_cmd(c).ok().stdout.trim().parse().unwrap();
+        TestUser { name, uid }
+    }
+
+    /// `cohost ARGS…` as this user (binary and dirs must be reachable).
+    pub fn cohost(&self, bin: &Path, args: &[&std::ffi::OsStr]) -> Out {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid",
+            &self.name,
+            "--regid",
+            "nogroup",
+            "--init-groups",
+            "--",
+        ])
+        .arg(bin)
+        .args(args);
+        c.env_remove("COHOST_CONFIG")
+            .env_remove("COHOST_RUNTIME_DIR");
+        run_cmd(c)
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        remove_account("userdel", &self.name);
+    }
+}
+
+/// `userdel NAME` / `groupdel NAME`, retried while another test holds the
+/// lock on /etc/passwd or /etc/group (tests add and remove accounts in
+/// parallel; a lost race must not leave the account behind).
+pub fn remove_account(tool: &str, name: &str) {
+    let db = if tool == "groupdel" {
+        "group"
+    } else {
+        "passwd"
+    };
+    for _ in 0..100 {
+        let _ = Command::new(tool).arg(name).output();
+        let gone = Command::new("getent")
+            .args([db, name])
+            .output()
+            .is_ok_and(|o| !o.status.success());
+        if gone {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("warning: could not remove the test account {name}");
+}
+
+/// A process the test must not leave behind (a daemon it cut off from
+/// its runtime dir): SIGKILLed on drop if it is still that very process.
+pub struct KillOnDrop {
+    pub pid: i32,
+    start: Option<u64>,
+}
+
+impl KillOnDrop {
+    pub fn new(pid: i32) -> KillOnDrop {
+        KillOnDrop {
+            pid,
+            start: start_time(pid),
+        }
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.start.is_some() && start_time(self.pid) == self.start {
+            // SAFETY: kill(2) of the process recorded at construction.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        }
     }
 }
 

@@ -66,10 +66,8 @@ pub enum SpawnError {
     },
     #[error("{0:?} contains a NUL byte")]
     Nul(String),
-    #[error(
-        "bind target {0} does not exist on this node: create it (an empty directory or file) so it can be mapped"
-    )]
-    BindTarget(PathBuf),
+    #[error(transparent)]
+    BindTarget(#[from] crate::isolation::paths::BindTargetError),
     #[error("bind source {0} does not exist: is the instance's storage mounted here?")]
     BindSource(PathBuf),
     #[error("{step}: {source}")]
@@ -378,9 +376,8 @@ impl ExecPlan {
             if !shown.exists() {
                 return Err(SpawnError::BindSource(shown.clone()));
             }
-            if !inside.exists() {
-                return Err(SpawnError::BindTarget(inside.clone()));
-            }
+            // Never through a symbolic link: mount(2) would follow it.
+            crate::isolation::paths::check_bind_target(inside)?;
         }
         Self::build(s, creds, true)
     }
