@@ -5,7 +5,7 @@
 
 mod common;
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -492,4 +492,68 @@ fn adoption_takes_the_recorded_pid_never_its_session() {
         alive(sibling) && alive(shell),
         "the rest of the session untouched"
     );
+}
+
+/// A cgroup of the test's own, killed once before use; every process in
+/// it (and its subtree) is killed and the tree removed on drop.
+struct KilledCgroup(PathBuf);
+
+impl KilledCgroup {
+    fn new() -> KilledCgroup {
+        let root = cohost::isolation::cgroup::CgroupRoot::base_for(&Default::default(), "x")
+            .unwrap()
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_path_buf();
+        let dir = root.join(format!("cohost-test-killseq-{}", std::process::id()));
+        let _ = std::fs::create_dir(&dir);
+        // Killed while empty: what a fence agent or a node's restart does.
+        std::fs::write(dir.join("cgroup.kill"), "1").unwrap();
+        KilledCgroup(dir)
+    }
+}
+
+impl Drop for KilledCgroup {
+    fn drop(&mut self) {
+        kill_cgroup_tree(&self.0);
+        let _ = std::fs::remove_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_supervisor_in_a_once_killed_cgroup_still_starts_its_instances() {
+    require_root_cgroups();
+    let h = Harness::new();
+    serving_config(&h, &["z1"], "");
+    let cg = KilledCgroup::new();
+    // The daemon is born in that cgroup, as on a node whose cgroup a fence
+    // agent once killed.
+    let mut daemon = Command::new("sh");
+    daemon
+        .args([
+            "-c",
+            "echo $$ > \"$1\"/cgroup.procs && exec \"$2\" --config \"$3\" --runtime-dir \"$4\" daemon",
+            "sh",
+        ])
+        .arg(&cg.0)
+        .arg(cohost_bin())
+        .arg(&h.config)
+        .arg(&h.runtime);
+    let out = run_cmd(daemon).ok();
+    let dpid = h.daemon_pid().unwrap_or_else(|| panic!("a daemon: {out}"));
+    let own = std::fs::read_to_string(format!("/proc/{dpid}/cgroup")).unwrap();
+    assert!(own.contains("cohost-test-killseq-"), "{own}");
+    for _ in 0..2 {
+        start_and_answer(&h, "z1", &h.addr(2));
+        h.run(&["stop", "z1"]).ok();
+    }
+    assert!(
+        h.daemon_log().contains("killed at birth"),
+        "the probe said why children join by writing: {}",
+        h.daemon_log()
+    );
+    h.run(&["shutdown"]).ok();
+    h.wait_for("daemon gone", || !alive(dpid));
 }

@@ -273,7 +273,10 @@ impl Daemon {
 
         let cgroot = CgroupRoot::discover(&config.supervisor.cgroup, &cgroup::tag_for(&rt));
         match &cgroot {
-            Ok(c) => tracing::info!(cgroup = %c.base.display(), "tracking instances with cgroups"),
+            Ok(c) => {
+                tracing::info!(cgroup = %c.base.display(), "tracking instances with cgroups");
+                probe_clone3(&c.base);
+            }
             Err(why) => {
                 tracing::warn!("cgroups unavailable ({why}): tracking by process group and session")
             }
@@ -789,6 +792,29 @@ impl Daemon {
             );
         }
     }
+}
+
+/// Children are born in their cgroup (clone3) unless the kernel kills
+/// them there: see [`crate::process::spawn::probe_clone3`].
+fn probe_clone3(base: &Path) {
+    let dir = base.join(".clone3-probe");
+    let _ = std::fs::remove_dir(&dir);
+    if let Err(e) = std::fs::create_dir(&dir) {
+        tracing::warn!(
+            "creating {}: {e}; children join their cgroup by writing",
+            dir.display()
+        );
+        crate::process::spawn::probe_clone3_failed();
+        return;
+    }
+    match crate::process::spawn::probe_clone3(&dir) {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "a child born in a cgroup (clone3) was killed at birth: this supervisor's own cgroup was once killed (cgroup.kill); children join their cgroup by writing instead"
+        ),
+        Err(e) => tracing::warn!("probing clone3 into a cgroup: {e}"),
+    }
+    let _ = std::fs::remove_dir(&dir);
 }
 
 /// Duration since `t` in whole seconds, for status.

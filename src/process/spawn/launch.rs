@@ -4,6 +4,7 @@
 
 use super::child::Step;
 use super::*;
+use std::os::unix::fs::OpenOptionsExt;
 
 /// The stack a spawned child runs on until it execs: one mapping for the
 /// whole process, reused (CLONE_VFORK: one child at a time uses it).
@@ -181,7 +182,73 @@ extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
 /// the tests of that path.
 fn clone3_allowed() -> bool {
     static ALLOWED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ALLOWED.get_or_init(|| std::env::var_os("COHOST_NO_CLONE3").is_none_or(|v| v != "1"))
+    !CLONE3_KILLS.load(std::sync::atomic::Ordering::Relaxed)
+        && *ALLOWED.get_or_init(|| std::env::var_os("COHOST_NO_CLONE3").is_none_or(|v| v != "1"))
+}
+
+/// Children join their cgroup by writing from now on (the probe could not
+/// be run).
+pub fn probe_clone3_failed() {
+    CLONE3_KILLS.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Set by [`probe_clone3`] when children born in a cgroup die at birth.
+static CLONE3_KILLS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Whether a child created with clone3(CLONE_INTO_CGROUP) in the fresh,
+/// empty cgroup directory `dir` survives its birth; if not, every later
+/// child joins its cgroup by writing instead. On Linux 6.18 such a child
+/// is SIGKILLed at birth when the kill sequence of the creating process's
+/// own cgroup differs from the new one's: after a `cgroup.kill` of the
+/// supervisor's cgroup (a cluster's fence agent, a test harness, a
+/// restarted node in a container). Run once, at the supervisor's start:
+/// `/bin/true` lives for a millisecond. Returns false when it died so.
+pub fn probe_clone3(dir: &Path) -> Result<bool, SpawnError> {
+    let fd = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(dir)
+        .map_err(os("opening the probe cgroup"))?;
+    let run = crate::model::RunContext {
+        env: Vec::new(),
+        pass_env: Vec::new(),
+        cwd: "/".into(),
+        user: None,
+        group: None,
+        umask: None,
+        rlimits: Vec::new(),
+        isolate: Default::default(),
+        hostname: None,
+        shell: false,
+    };
+    let argv = ["/bin/true".to_string()];
+    let plan = ExecPlan::with_creds(
+        Spawn {
+            argv: &argv,
+            run: &run,
+            output: Output::Null,
+            cgroups: Vec::new(),
+            into_cgroup: Some(OwnedFd::from(fd)),
+            inherit: None,
+            setsid: true,
+        },
+        None,
+    )?;
+    let mut child = plan.spawn()?;
+    let ws = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child.pid), None);
+    child.release();
+    let killed = matches!(
+        ws,
+        Ok(nix::sys::wait::WaitStatus::Signaled(
+            _,
+            nix::sys::signal::Signal::SIGKILL,
+            _
+        ))
+    );
+    if killed {
+        CLONE3_KILLS.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+    Ok(!killed)
 }
 
 /// clone3(CLONE_VM | CLONE_INTO_CGROUP) with the child starting in

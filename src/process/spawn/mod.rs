@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 mod child;
 mod launch;
 
-pub use launch::decode_failure;
+pub use launch::{decode_failure, probe_clone3, probe_clone3_failed};
 
 use super::rawsys;
 use crate::model::RunContext;
