@@ -442,7 +442,11 @@ impl CgroupRoot {
                 continue;
             };
             let dir = base.join(id);
-            if std::fs::create_dir_all(&dir).is_ok() && !cg.v1_dirs.contains(&dir) {
+            // Accounting is best effort: a v1 hierarchy we may not join
+            // (read-only in a container, as systemd-nspawn mounts them) is
+            // left out rather than failing the start.
+            let joinable = std::fs::create_dir_all(&dir).is_ok() && open_procs(&dir).is_ok();
+            if joinable && !cg.v1_dirs.contains(&dir) {
                 if v1 == "blkio" {
                     count_v1_io(&dir);
                 }
