@@ -442,6 +442,14 @@ impl Drop for Cluster {
             let out = run_cmd(Command::new(harness("down.sh")));
             eprintln!("cleanup: {}", out.stdout.trim());
         }
+        if std::thread::panicking() {
+            // The next test's up.sh wipes the logs: keep this one's.
+            let keep = format!("{ROOT}-failed-{}", epoch() as u64);
+            let mut c = Command::new("cp");
+            c.args(["-a", ROOT, &keep]);
+            let _ = run_cmd(c);
+            eprintln!("--- the failed cluster's logs are kept in {keep}");
+        }
     }
 }
 

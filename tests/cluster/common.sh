@@ -75,6 +75,18 @@ plug() {
 	ip -n "$1" addr add "$2/24" dev eth0
 }
 
+# run_dirs N: node N's /run, empty as after a boot (on a real node /run is
+# a tmpfs: Pacemaker's sockets, IPaddr2's pid files, cohost's runtime dir
+# all start from nothing).
+run_dirs() {
+	_d=$(node_dir "$1")
+	rm -rf "$_d/run"
+	mkdir -p "$_d/run/crm" "$_d/run/resource-agents" "$_d/run/lock"
+	ln -s /dev/shm "$_d/run/shm"
+	chmod 1755 "$_d/run/resource-agents"; chmod 1777 "$_d/run/lock"
+	chown hacluster:haclient "$_d/run/crm"; chmod 750 "$_d/run/crm"
+}
+
 # start_node N: the node's namespaces (node-init.sh), corosync, pacemakerd.
 start_node() {
 	_n=$1 _d=$(node_dir "$1")

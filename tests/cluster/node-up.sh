@@ -12,6 +12,7 @@ NODES=$(cat "$STATE/nodes")
 ! grep -q '^populated 1' "$(node_cg "$N")/cgroup.events" || die "node$N still has processes"
 ip netns del "$(node_ns "$N")" 2>/dev/null || true
 plug "$(node_ns "$N")" "$NET.$N"
+run_dirs "$N"   # a reboot empties /run (a tmpfs): see README "Use with Pacemaker"
 start_node "$N"
 all=$(seq 1 "$NODES" | tr '\n' ' ')
 # shellcheck disable=SC2086

@@ -96,14 +96,12 @@ done
 n=1
 while [ $n -le "$NODES" ]; do
 	D=$(node_dir $n)
-	mkdir -p "$D/run/crm" "$D/run/resource-agents" "$D/run/lock" \
-		"$D/lib/pacemaker/cib" "$D/lib/pacemaker/pengine" "$D/lib/pacemaker/blackbox" \
+	run_dirs $n
+	mkdir -p "$D/lib/pacemaker/cib" "$D/lib/pacemaker/pengine" "$D/lib/pacemaker/blackbox" \
 		"$D/lib/pacemaker/cores" "$D/lib/corosync" "$D/log/pacemaker/bundles" "$D/log/corosync" \
 		"$D/log/crmsh" "$D/etc/corosync" "$D/sbin" "$D/srv/san" "$D/ocf/cohost"
-	ln -s /dev/shm "$D/run/shm"
-	chmod 1755 "$D/run/resource-agents"; chmod 1777 "$D/run/lock"
-	chown -R hacluster:haclient "$D/lib/pacemaker" "$D/log/pacemaker" "$D/run/crm"
-	chmod 750 "$D/lib/pacemaker"/* "$D/run/crm"; chmod 770 "$D/log/pacemaker"
+	chown -R hacluster:haclient "$D/lib/pacemaker" "$D/log/pacemaker"
+	chmod 750 "$D/lib/pacemaker"/*; chmod 770 "$D/log/pacemaker"
 	install -m 755 "$ROOT/bin/cohost" "$D/sbin/cohost"
 	install -m 755 "$PROJECT/examples/ocf/cohost" "$D/ocf/cohost/instance"
 	install -m 600 -o hacluster -g haclient "$CIBSEED" "$D/lib/pacemaker/cib/cib.xml"
@@ -176,7 +174,7 @@ else
 fi
 in_node 1 crm_resource --wait --timeout 120s || die "resources did not settle; crm_mon -1 says: $(in_node 1 crm_mon -1)"
 # --wait returns once nothing is pending, also when nothing could start.
-started=$(in_node 1 crm_mon -1 -r | grep -c "	 Started node" || true)
+started=$(in_node 1 crm_mon -1 -r | grep "(ocf:" | grep -c "	 Started node" || true)
 [ "$started" = $((3 * INSTANCES)) ] || die "only $started of $((3 * INSTANCES)) resources started; crm_mon -1 says: $(in_node 1 crm_mon -1 -r)"
 i=1
 while [ $i -le "$INSTANCES" ]; do
