@@ -621,38 +621,14 @@ fn print_breakdown(cl: &Cluster, what: &str, on: u8, t0: f64, t_back: f64) {
     let coro = std::fs::read_to_string(format!("{ROOT}/node{on}/log/corosync/corosync.log"))
         .unwrap_or_default();
     let pcmk = cl.pacemaker_log(on);
-    let cohost = std::fs::read_to_string(format!("{ROOT}/node{on}/run/cohost/daemon.log"))
-        .unwrap_or_default();
     let membership = first_after(&coro, t0, &["A new membership"]);
     let fenced = first_after(&pcmk, t0, &["Operation 'reboot' targeting node1", "OK"]);
     let first_start = first_after(&pcmk, t0, &["Initiating start operation demo01-fs_start_0"]);
-    let fs_start = first_after(
-        &pcmk,
-        t0,
-        &["Requesting local execution of start operation for demo01-fs "],
-    );
-    let fs_done = first_after(&pcmk, t0, &["Result of start operation for demo01-fs "]);
-    let ip_start = first_after(
-        &pcmk,
-        t0,
-        &["Requesting local execution of start operation for demo01-ip "],
-    );
-    let ip_done = first_after(&pcmk, t0, &["Result of start operation for demo01-ip "]);
-    let agent_exec = first_after(&pcmk, t0, &["executing - rsc:demo01 action:start"]);
-    let agent_done = first_after(&pcmk, t0, &["Result of start operation for demo01 "]);
-    let requested = first_after(&cohost, t0, &["start requested instance=demo01"]);
-    let address = first_after(&cohost, t0, &["address configured instance=demo01"]);
-    let exec = first_after(&cohost, t0, &["started instance=demo01"]);
-    let ready = first_after(&cohost, t0, &["ready instance=demo01"]);
-    let ms = |a: Option<f64>, b: Option<f64>| match (a, b) {
-        (Some(a), Some(b)) => format!("{:8.1} ms", (b - a) * 1000.0),
-        _ => "       ? (no log line)".to_string(),
-    };
     println!(
         "takeover of demo01 to node{on} ({what}): {:.2} s from the failure to the client's first answer from node{on}",
         t_back - t0
     );
-    let rows = [
+    print_rows(&[
         (
             "failure -> corosync's new membership (detection)",
             Some(d0),
@@ -668,6 +644,47 @@ fn print_breakdown(cl: &Cluster, what: &str, on: u8, t0: f64, t_back: f64) {
             membership,
             fenced,
         ),
+    ]);
+    print_start(cl, on, t0, t_back);
+}
+
+fn ms(a: Option<f64>, b: Option<f64>) -> String {
+    match (a, b) {
+        (Some(a), Some(b)) => format!("{:8.1} ms", (b - a) * 1000.0),
+        _ => "       ? (no log line)".to_string(),
+    }
+}
+
+fn print_rows(rows: &[(&str, Option<f64>, Option<f64>)]) {
+    for (label, a, b) in rows {
+        println!("  {label:<68} {}", ms(*a, *b));
+    }
+}
+
+/// The start of demo01 on node ON after T0, part by part, from
+/// Pacemaker's and cohost's logs there, until the client's answer.
+fn print_start(cl: &Cluster, on: u8, t0: f64, t_back: f64) {
+    let pcmk = cl.pacemaker_log(on);
+    let cohost = std::fs::read_to_string(format!("{ROOT}/node{on}/run/cohost/daemon.log"))
+        .unwrap_or_default();
+    let after = |text: &str, what: &str| first_after(text, t0, &[what]);
+    let fs_start = after(
+        &pcmk,
+        "Requesting local execution of start operation for demo01-fs ",
+    );
+    let fs_done = after(&pcmk, "Result of start operation for demo01-fs ");
+    let ip_start = after(
+        &pcmk,
+        "Requesting local execution of start operation for demo01-ip ",
+    );
+    let ip_done = after(&pcmk, "Result of start operation for demo01-ip ");
+    let agent_exec = after(&pcmk, "executing - rsc:demo01 action:start");
+    let agent_done = after(&pcmk, "Result of start operation for demo01 ");
+    let requested = after(&cohost, "start requested instance=demo01");
+    let address = after(&cohost, "address configured instance=demo01");
+    let exec = after(&cohost, "started instance=demo01");
+    let ready = after(&cohost, "ready instance=demo01");
+    print_rows(&[
         ("Filesystem start (request -> result)", fs_start, fs_done),
         ("IPaddr2 start (request -> result)", ip_start, ip_done),
         (
@@ -692,16 +709,15 @@ fn print_breakdown(cl: &Cluster, what: &str, on: u8, t0: f64, t_back: f64) {
             agent_done,
             Some(day_secs(t_back)),
         ),
-    ];
-    for (label, a, b) in rows {
-        println!("  {label:<68} {}", ms(a, b));
-    }
+    ]);
     if let (Some(ae), Some(rq), Some(ad), Some(ex), Some(rd), Some(dn)) =
         (agent_exec, requested, address, exec, ready, agent_done)
     {
-        let own = (rq - ae) + (ex - ad) + (dn - rd);
+        // Pacemaker's log has ms resolution and cohost's "ready" line may
+        // be written just after its answer: a negative last part counts 0.
+        let own = (rq - ae) + (ex - ad) + (dn - rd).max(0.0);
         println!(
-            "  cohost's own share (agent exec -> service exec, minus the address wait, plus ready -> agent exit): {:.1} ms (goal: under 20 ms; a debug build, and Pacemaker's log has ms resolution)",
+            "  cohost's own share (agent exec -> service exec, minus the address wait, plus ready -> agent exit): {:.1} ms (goal: under 20 ms; this is the debug build)",
             own * 1000.0
         );
     }
@@ -1012,47 +1028,83 @@ fn hung_storage_of_demo01_on_node1_moves_it_and_demo02_never_blinks() {
     // its data file, and block in it) until node2 answers.
     let (a, t_back) = wait_answer_from(VIP1, "node2", Duration::from_secs(400));
     cl.settle(2);
-    print_breakdown(&cl, "demo01's storage hung on node1", 2, t0, t_back);
-    let log = cl.pacemaker_log(2);
-    let interesting: Vec<&str> = log
+    let n1 = cl.pacemaker_log(1);
+    let n2 = cl.pacemaker_log(2);
+    let d1 =
+        std::fs::read_to_string(format!("{ROOT}/node1/run/cohost/daemon.log")).unwrap_or_default();
+    let unhealthy = first_after(&d1, t0, &["unhealthy", "instance=demo01"]);
+    let monitor_failed = first_after(
+        &n1,
+        t0,
+        &["Result of monitor operation for demo01 on node1: error"],
+    );
+    let stop_failed = first_after(
+        &n1,
+        t0,
+        &["Result of stop operation for demo01 on node1: error"],
+    );
+    let fenced = first_after(&n2, t0, &["Operation 'reboot' targeting node1", "OK"]);
+    println!(
+        "takeover of demo01 to node2 (its storage hung on node1): {:.2} s from the hang to the client's first answer from node2",
+        t_back - t0
+    );
+    print_rows(&[
+        (
+            "hang -> cohost's health check of demo01 fails on node1",
+            Some(day_secs(t0)),
+            unhealthy,
+        ),
+        (
+            "health check -> Pacemaker's monitor of demo01 fails (10 s interval)",
+            unhealthy,
+            monitor_failed,
+        ),
+        (
+            "monitor failed -> stop of demo01 on node1 fails (SIGTERM, SIGKILL)",
+            monitor_failed,
+            stop_failed,
+        ),
+        ("stop failed -> node2 has fenced node1", stop_failed, fenced),
+    ]);
+    print_start(&cl, 2, t0, t_back);
+    let interesting: Vec<&str> = n1
         .lines()
+        .chain(n2.lines())
         .filter(|l| line_time(l).is_some_and(|t| t >= day_secs(t0)))
         .filter(|l| {
-            (l.contains("demo01") && (l.contains("Result of") || l.contains("Timed Out")))
+            (l.contains("demo01") && l.contains("Result of") && !l.contains(": ok"))
                 || l.contains("will be fenced")
-                || l.contains("targeting node1")
+                || (l.contains("targeting node1") && l.contains("OK"))
         })
         .collect();
     println!(
-        "node2's Pacemaker log about it:\n  {}",
+        "the nodes' Pacemaker logs about it:\n  {}",
         interesting.join("\n  ")
     );
-    let fenced = cl.fence_log().contains("port=node1: done: node is off");
-    if fenced {
-        // Fencing is right only when the stop could not finish: a stop of
-        // demo01 (or of its file system) on node1 failed or timed out first.
-        let stop_failed = log.lines().any(|l| {
-            line_time(l).is_some_and(|t| t >= day_secs(t0))
-                && (l.contains("stop operation for demo01 on node1")
-                    || l.contains("stop operation for demo01-fs on node1"))
-                && !l.contains(": ok")
-                && l.contains("Result of")
-        }) || log.lines().any(|l| {
-            line_time(l).is_some_and(|t| t >= day_secs(t0))
-                && l.contains("will be fenced")
-                && l.contains("failed")
-        });
-        println!(
-            "node1 was fenced: its stop of demo01 could not finish (processes in uninterruptible sleep on the hung path)"
-        );
+    assert!(
+        monitor_failed.is_some(),
+        "node1's monitor of demo01 failed\n{}",
+        interesting.join("\n")
+    );
+    if cl.fence_log().contains("port=node1: done: node is off") {
+        // Fencing is right only when the stop could not finish: cohost's
+        // stop of demo01 on node1 failed first, naming processes that a
+        // SIGKILL cannot end (uninterruptible sleep on the hung path).
+        let why = n1
+            .lines()
+            .find(|l| l.contains("Result of stop operation for demo01 on node1: error"))
+            .unwrap_or("");
+        println!("node1 was fenced after its stop of demo01 could not finish: {why}");
         assert!(
-            stop_failed,
-            "node1 was fenced without a failed stop first\n{}",
+            stop_failed.is_some() && fenced.is_some_and(|f| f > stop_failed.unwrap()),
+            "node1 was fenced only after a failed stop\n{}",
             interesting.join("\n")
         );
+        assert!(why.contains("did not exit after SIGKILL"), "{why}");
         node1_gone(&cl);
     } else {
         println!("node1 was not fenced: its stop of demo01 succeeded");
+        assert!(stop_failed.is_none(), "a failed stop is fenced");
         assert!(cl.crm_mon(2).contains("Online: [ node1 node2 ]"));
         hangfs("go");
     }

@@ -143,13 +143,18 @@ log "all $NODES nodes online: $(in_node 1 crm_mon -1 | grep 'Current DC')"
 if [ "$HANG" = 1 ]; then
 	# In node1's view only, demo01's SAN directory goes through hangfs,
 	# which blocks every operation on demand (tests/tools/hangfs.py).
+	# FUSE wants an empty mount point: hangfs goes on node1's own
+	# /srv/hang-demo01, which is then bound over /srv/san/demo01.
+	mkdir -p "$(node_dir 1)/srv/hang-demo01"
 	in_node_bg 1 "$STATE/hangfs.pid" "$STATE/hangfs.out" \
-		"$PYTHON" "$PROJECT/tests/tools/hangfs.py" "$SHARED/demo01" /srv/san/demo01 "$STATE/hang.sock"
+		"$PYTHON" "$PROJECT/tests/tools/hangfs.py" "$SHARED/demo01" /srv/hang-demo01 "$STATE/hang.sock"
 	i=0
 	until grep -q ready "$STATE/hangfs.out" 2>/dev/null; do
 		i=$((i + 1)); [ $i -le 200 ] || die "hangfs did not mount: $(cat "$STATE/hangfs.out")"
 		sleep 0.05
 	done
+	in_node 1 mount --bind /srv/hang-demo01 /srv/san/demo01
+	in_node 1 ls /srv/san/demo01/data >/dev/null || die "node1 does not see demo01's data through hangfs"
 	log "node1: /srv/san/demo01 is a hangfs mount (control $STATE/hang.sock)"
 fi
 
