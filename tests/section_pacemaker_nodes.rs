@@ -136,10 +136,16 @@ fn ask_client(addr: &str, timeout: Duration) -> Result<Answer, String> {
     .unwrap()
 }
 
+/// A probe: when (epoch seconds) and what the client got.
+type Probe = (f64, Result<Answer, String>);
+/// A sample of the split-brain watch: when, the nodes running the
+/// instance, the locks on its lock file.
+type Sample = (f64, Vec<u8>, usize);
+
 /// A client that asks ADDR every `period`, recording each result.
 struct Prober {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<(f64, Result<Answer, String>)>>>,
+    thread: Option<std::thread::JoinHandle<Vec<Probe>>>,
 }
 
 impl Prober {
@@ -161,7 +167,7 @@ impl Prober {
             thread: Some(thread),
         }
     }
-    fn finish(mut self) -> Vec<(f64, Result<Answer, String>)> {
+    fn finish(mut self) -> Vec<Probe> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap()
     }
@@ -180,7 +186,7 @@ impl Drop for Prober {
 /// cgroup) and how many locks its lock file has, until stopped.
 struct Watch {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<Vec<(f64, Vec<u8>, usize)>>>,
+    thread: Option<std::thread::JoinHandle<Vec<Sample>>>,
 }
 
 impl Watch {
@@ -204,7 +210,7 @@ impl Watch {
             thread: Some(thread),
         }
     }
-    fn finish(mut self) -> Vec<(f64, Vec<u8>, usize)> {
+    fn finish(mut self) -> Vec<Sample> {
         self.stop.store(true, Ordering::SeqCst);
         self.thread.take().unwrap().join().unwrap()
     }
