@@ -29,6 +29,16 @@ use std::time::{Duration, Instant, SystemTime};
 
 static SUITE: Mutex<()> = Mutex::new(());
 
+/// Prints a figure to the real stderr, past the test harness's capture:
+/// the measured times belong in every `cargo test` log (CI's included),
+/// not only in those of failing tests.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        let _ = writeln!(std::io::stderr().lock(), "{line}");
+    }};
+}
+
 const ROOT: &str = "/tmp/chn-cluster";
 const CGROOT: &str = "/sys/fs/cgroup/unified";
 const VIP1: &str = "10.213.0.101:9003";
@@ -346,7 +356,7 @@ impl Cluster {
         };
         cluster.t_online = field("t_online=");
         cluster.t_up = field("t_up=");
-        println!(
+        say!(
             "cluster up: {} nodes online with one DC after {:.2} s; resources started, client reaches every VIP after {:.2} s (fencing {}, configuration examples/pacemaker/ as {})",
             cluster.opts.nodes,
             cluster.t_online,
@@ -516,7 +526,7 @@ fn after(cl: &Cluster, b: Before, on: &str, answer: &Answer) {
         .iter()
         .filter_map(|(_, r)| r.as_ref().ok().map(|a| a.count))
         .collect();
-    println!(
+    say!(
         "demo02 during the scenario: {} probes, {} answered, {} failed",
         probes.len(),
         counts.len(),
@@ -630,7 +640,7 @@ fn print_breakdown(cl: &Cluster, what: &str, on: u8, t0: f64, t_back: f64) {
     let membership = first_after(&coro, t0, &["A new membership"]);
     let fenced = first_after(&pcmk, t0, &["Operation 'reboot' targeting node1", "OK"]);
     let first_start = first_after(&pcmk, t0, &["Initiating start operation demo01-fs_start_0"]);
-    println!(
+    say!(
         "takeover of demo01 to node{on} ({what}): {:.2} s from the failure to the client's first answer from node{on}",
         t_back - t0
     );
@@ -663,7 +673,7 @@ fn ms(a: Option<f64>, b: Option<f64>) -> String {
 
 fn print_rows(rows: &[(&str, Option<f64>, Option<f64>)]) {
     for (label, a, b) in rows {
-        println!("  {label:<68} {}", ms(*a, *b));
+        say!("  {label:<68} {}", ms(*a, *b));
     }
 }
 
@@ -722,7 +732,7 @@ fn print_start(cl: &Cluster, on: u8, t0: f64, t_back: f64) {
         // Pacemaker's log has ms resolution and cohost's "ready" line may
         // be written just after its answer: a negative last part counts 0.
         let own = (rq - ae) + (ex - ad) + (dn - rd).max(0.0);
-        println!(
+        say!(
             "  cohost's own share (agent exec -> service exec, minus the address wait, plus ready -> agent exit): {:.1} ms (goal: under 20 ms; this is the debug build)",
             own * 1000.0
         );
@@ -741,7 +751,7 @@ fn kill_node1() -> f64 {
     wait_until("node1's processes to be gone", DEADLINE, || {
         !populated(&node_cg(1))
     });
-    println!(
+    say!(
         "node1 killed: {n} processes SIGKILLed through its cgroup.kill, its switch port down; all gone {:.0} ms later",
         (epoch() - t0) * 1000.0
     );
@@ -801,7 +811,7 @@ fn node1_partitioned_but_alive_is_fenced_and_demo01_never_runs_twice() {
     let t0 = epoch();
     // node1 stays alive, its link goes down: a split brain, unless fenced.
     ip(&["-n", "chn-sw", "link", "set", "chn-n1-port", "down"]);
-    println!("node1 partitioned: switch port down, its {n1} processes keep running");
+    say!("node1 partitioned: switch port down, its {n1} processes keep running");
     let (a, t_back) = wait_answer_from(VIP1, "node2", DEADLINE);
     cl.settle(2);
     let samples = watch.finish();
@@ -809,7 +819,7 @@ fn node1_partitioned_but_alive_is_fenced_and_demo01_never_runs_twice() {
     let twice: Vec<_> = samples.iter().filter(|(_, on, _)| on.len() > 1).collect();
     let two_locks: Vec<_> = samples.iter().filter(|(_, _, l)| *l > 1).collect();
     let nodes_seen: BTreeSet<u8> = samples.iter().flat_map(|(_, on, _)| on.clone()).collect();
-    println!(
+    say!(
         "split-brain watch: {} samples of both nodes' demo01 cgroups and its lock every 20 ms; demo01 ran on nodes {nodes_seen:?}, on two at once in {} samples, two locks in {}",
         samples.len(),
         twice.len(),
@@ -867,7 +877,7 @@ fn planned_switchover_with_crm_resource_move_and_clear() {
     )
     .ok();
     let (a, t_back) = wait_answer_from(VIP1, "node2", DEADLINE);
-    println!(
+    say!(
         "switchover demo01 node1 -> node2: the client's first answer from node2 {:.2} s after crm_resource --move",
         t_back - t0
     );
@@ -920,7 +930,7 @@ fn planned_switchover_with_crm_resource_move_and_clear() {
     )
     .ok();
     let (back, t_home) = wait_answer_from(VIP1, "node1", DEADLINE);
-    println!(
+    say!(
         "switchover demo01 node2 -> node1: the client's first answer from node1 {:.2} s after crm_resource --move",
         t_home - t1
     );
@@ -972,7 +982,7 @@ fn killed_service_is_recovered_in_place_then_moved_beyond_migration_threshold() 
         let t_seen = epoch();
         let on = if round < 3 { "node1" } else { "node2" };
         let (a, t_back) = wait_answer_from(VIP1, on, DEADLINE);
-        println!(
+        say!(
             "kill {round} of demo01's counter behind Pacemaker's back: fail-count {round} after {:.2} s (the 10 s monitor), answering again from {on} after {:.2} s",
             t_seen - t0,
             t_back - t0
@@ -1029,7 +1039,7 @@ fn hung_storage_of_demo01_on_node1_moves_it_and_demo02_never_blinks() {
     assert_eq!(hangfs("count"), "ok 0");
     let t0 = epoch();
     assert_eq!(hangfs("hang"), "ok");
-    println!("node1: demo01's SAN path hangs (hangfs: every operation blocks)");
+    say!("node1: demo01's SAN path hangs (hangfs: every operation blocks)");
     // The client keeps asking demo01 (a request makes the counter touch
     // its data file, and block in it) until node2 answers.
     let (a, t_back) = wait_answer_from(VIP1, "node2", Duration::from_secs(400));
@@ -1050,7 +1060,7 @@ fn hung_storage_of_demo01_on_node1_moves_it_and_demo02_never_blinks() {
         &["Result of stop operation for demo01 on node1: error"],
     );
     let fenced = first_after(&n2, t0, &["Operation 'reboot' targeting node1", "OK"]);
-    println!(
+    say!(
         "takeover of demo01 to node2 (its storage hung on node1): {:.2} s from the hang to the client's first answer from node2",
         t_back - t0
     );
@@ -1083,7 +1093,7 @@ fn hung_storage_of_demo01_on_node1_moves_it_and_demo02_never_blinks() {
                 || (l.contains("targeting node1") && l.contains("OK"))
         })
         .collect();
-    println!(
+    say!(
         "the nodes' Pacemaker logs about it:\n  {}",
         interesting.join("\n  ")
     );
@@ -1100,7 +1110,7 @@ fn hung_storage_of_demo01_on_node1_moves_it_and_demo02_never_blinks() {
             .lines()
             .find(|l| l.contains("Result of stop operation for demo01 on node1: error"))
             .unwrap_or("");
-        println!("node1 was fenced after its stop of demo01 could not finish: {why}");
+        say!("node1 was fenced after its stop of demo01 could not finish: {why}");
         assert!(
             stop_failed.is_some() && fenced.is_some_and(|f| f > stop_failed.unwrap()),
             "node1 was fenced only after a failed stop\n{}",
@@ -1109,7 +1119,7 @@ fn hung_storage_of_demo01_on_node1_moves_it_and_demo02_never_blinks() {
         assert!(why.contains("did not exit after SIGKILL"), "{why}");
         node1_gone(&cl);
     } else {
-        println!("node1 was not fenced: its stop of demo01 succeeded");
+        say!("node1 was not fenced: its stop of demo01 succeeded");
         assert!(stop_failed.is_none(), "a failed stop is fenced");
         assert!(cl.crm_mon(2).contains("Online: [ node1 node2 ]"));
         hangfs("go");
@@ -1128,7 +1138,7 @@ fn failback_after_node1_returns_waits_for_the_operator() {
     let b = before(&cl);
     let t0 = kill_node1();
     let (a, t_back) = wait_answer_from(VIP1, "node2", DEADLINE);
-    println!("takeover after the kill: {:.2} s", t_back - t0);
+    say!("takeover after the kill: {:.2} s", t_back - t0);
     cl.settle(2);
     let demo01_on_2 = instance_pids(2, "demo01");
     // node1 comes back (a fresh network stack, as after a reboot).
@@ -1138,7 +1148,7 @@ fn failback_after_node1_returns_waits_for_the_operator() {
     let out = run_cmd(c);
     assert_eq!(out.code, 0, "node1 rejoins\n{out}");
     cl.settle(2);
-    println!(
+    say!(
         "node1 rejoined, all online and the cluster idle after {:.2} s",
         epoch() - t1
     );
@@ -1169,7 +1179,7 @@ fn failback_after_node1_returns_waits_for_the_operator() {
     )
     .ok();
     let (home, t_home) = wait_answer_from(VIP1, "node1", DEADLINE);
-    println!(
+    say!(
         "failback by the operator: demo01 answers from node1 {:.2} s after crm_resource --move",
         t_home - t2
     );
