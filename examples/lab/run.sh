@@ -16,7 +16,8 @@
 # only inside them, the nodes' /run, /var/lib/pacemaker, /etc/corosync … are
 # private directories under /tmp/chn-cluster, and the only file installed on
 # the host is /usr/sbin/fence_chn (removed at the end).
-# KEEP=1 keeps the logs in /tmp/chn-cluster; SKIP_INSTALL=1 skips apt-get.
+# KEEP=1 keeps the logs in /tmp/chn-cluster; SKIP_INSTALL=1 skips apt-get;
+# TOKEN=1000 sets corosync's token (ms; default 3000, corosync's own).
 set -eu
 HERE=$(cd "$(dirname "$0")" && pwd)
 PROJECT=$(cd "$HERE/../.." && pwd)
