@@ -90,7 +90,8 @@ run_dirs() {
 # start_node N: the node's namespaces (node-init.sh), corosync, pacemakerd.
 start_node() {
 	_n=$1 _d=$(node_dir "$1")
-	[ -d "$(node_cg "$_n")" ] || { mkdir "$(node_cg "$_n")"; echo "cgroup $(node_cg "$_n")" >> "$STATE/created"; }
+	[ -d "$(node_cg "$_n")" ] || mkdir "$(node_cg "$_n")"
+	grep -qx "cgroup $(node_cg "$_n")" "$STATE/created" || echo "cgroup $(node_cg "$_n")" >> "$STATE/created"
 	rm -f "$_d/ready"
 	# shellcheck disable=SC2016
 	setsid sh -c 'echo $$ > "$7"; echo $$ > "$1/cgroup.procs" && exec nsenter --net=/run/netns/"$2" -- \
