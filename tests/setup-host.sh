@@ -8,7 +8,7 @@ set -eu
 # Each line: package(s) and what needs them.
 PACKAGES="
 iproute2 iputils-ping iputils-arping util-linux passwd
-resource-agents libxml2-utils
+resource-agents libxml2-utils kmod psmisc
 pacemaker pacemaker-cli-utils corosync crmsh fence-agents
 insserv shellcheck
 systemd
@@ -20,7 +20,8 @@ prometheus
 "
 # iproute2, iputils-*: network namespaces, veth, floating addresses, ARP
 # util-linux (nsenter, setpriv), passwd (useradd): isolation and trust tests
-# resource-agents, libxml2-utils: ocf-tester, IPaddr2
+# resource-agents, libxml2-utils: ocf-tester, IPaddr2; kmod (modprobe), psmisc
+#   (fuser): the Filesystem agent refuses to run without them
 # pacemaker*, corosync, crmsh, fence-agents: single- and multi-node clusters
 # insserv, shellcheck: the LSB init script
 # systemd: systemd-analyze verify of the shipped units
