@@ -16,6 +16,11 @@ use crate::rundir::RuntimeDir;
 /// How long `cohost start` waits for a daemon it launched to listen.
 const DAEMON_START_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long a daemon that holds the runtime dir but does not answer yet
+/// is taken to be starting (its socket listens a moment after it takes
+/// the dir), before it is called unreachable.
+const HOLDER_GRACE: Duration = Duration::from_secs(5);
+
 /// Does a state file (of `id`, or of any instance) say something may run?
 /// Read through the checked runtime dir (never through a link); a dir
 /// that cannot be trusted says nothing.
@@ -72,6 +77,24 @@ pub(super) fn launch_daemon_with(ctx: &Ctx, extra: &[&str]) -> Result<u32, (i32,
     // deleted with the dir): starting a second one would give every
     // instance a second supervisor. Say what to do instead.
     if let Some(pid) = crate::rundir::holder(dir.path()) {
+        // A daemon that is still starting holds the dir before its socket
+        // listens (systemd may have just started it for another unit):
+        // give it the time a start takes before calling it unreachable.
+        let until = std::time::Instant::now() + HOLDER_GRACE;
+        // (The guard is asked once: each question takes a place in its
+        // small backlog. Whether the holder lives is kill(pid, 0).)
+        // SAFETY: kill(2) with signal 0 sends nothing.
+        while std::time::Instant::now() < until
+            && pid.is_none_or(|p| unsafe { libc::kill(p as i32, 0) } == 0)
+        {
+            if client::connect(rt).is_ok() {
+                return Ok(0);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if client::connect(rt).is_ok() {
+            return Ok(0);
+        }
         let e = crate::rundir::RunDirError::AlreadyRunning {
             path: dir.path().to_path_buf(),
             pid,

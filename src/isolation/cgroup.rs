@@ -323,7 +323,9 @@ impl CgroupRoot {
             .v1
             .iter()
             .map(|(_, b)| b.join(id))
-            .filter(|d| d.is_dir())
+            // Only hierarchies we may join: a read-only one (a container's)
+            // would fail every start that tried.
+            .filter(|d| d.is_dir() && open_procs(d).is_ok())
             .collect();
         cg
     }
