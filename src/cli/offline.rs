@@ -4,12 +4,14 @@
 //! (guarantee 9: a stop must not fail, and so fence the node, because of
 //! the configuration). And stopping what remains without a daemon.
 //!
-//! The instance's cgroup is `<something>/<tag>/<ID>` in the cgroup2
-//! hierarchy, `<tag>` derived from the runtime dir (`cgroup::tag_for`). Where
-//! `<something>` is depends on the cgroup the *daemon* ran in and on
-//! `[supervisor] cgroup`, neither known here, so the hierarchy is walked for
-//! it: cgroupfs lives in memory and answers at once (no storage can hang
-//! it), and the walk is bounded.
+//! The instance's cgroup is `<base>/<ID>`, where the daemon recorded
+//! `<base>` in the runtime dir when it started (it depends on the cgroup the
+//! daemon ran in and on `[supervisor] cgroup`). With no record (a new or
+//! deleted runtime dir) it is where a daemon this command launches would
+//! put it. The hierarchy is never searched: another supervisor with the
+//! same runtime dir path (a node in a container beside us, sharing the
+//! cgroup file system) has cgroups of the same names, and its processes
+//! are not ours. cgroupfs lives in memory and answers at once.
 
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
@@ -19,10 +21,6 @@ use crate::isolation::cgroup::{self, Mount};
 use crate::process::pidfd::Pidfd;
 use crate::rundir::RuntimeDir;
 
-/// How many cgroup directories the walk looks at, at most.
-const WALK_LIMIT: usize = 50_000;
-/// How deep below the mount point the instance cgroup may be.
-const WALK_DEPTH: usize = 12;
 /// After cgroup.kill: how long the kernel may take to reap.
 const KILL_GRACE: Duration = Duration::from_secs(5);
 
@@ -69,10 +67,20 @@ pub fn remains(rt: &Path, id: &str) -> Remains {
     }
     if let Some(mount) = v2_mount() {
         let tag = cgroup::tag_for(rt);
-        let dirs: Vec<PathBuf> = find_cgroups(&mount.point, &tag, id)
-            .into_iter()
-            .filter(|d| populated(d))
-            .collect();
+        // The daemon's own record of its cgroup base, when there is one:
+        // only there. A search of the whole hierarchy would also find the
+        // cgroups of another supervisor with the same runtime dir path (a
+        // node in a container beside us) and claim its processes.
+        // With no record (a new or deleted runtime dir): where a daemon this
+        // command would launch keeps them, never a search of the whole
+        // hierarchy.
+        let candidates = match recorded_base(rt) {
+            Some(base) if base.starts_with(&mount.point) => vec![base.join(id)],
+            _ => cgroup::CgroupRoot::base_for(&Default::default(), &tag)
+                .map(|b| vec![b.join(id)])
+                .unwrap_or_default(),
+        };
+        let dirs: Vec<PathBuf> = candidates.into_iter().filter(|d| populated(d)).collect();
         if !dirs.is_empty() {
             let pids = dirs.iter().flat_map(|d| pids_below(d)).collect();
             return Remains::Cgroups { dirs, pids };
@@ -88,35 +96,14 @@ pub fn remains(rt: &Path, id: &str) -> Remains {
     }
 }
 
-/// Every `…/<tag>/<id>` directory under the mount point.
-fn find_cgroups(mount: &Path, tag: &str, id: &str) -> Vec<PathBuf> {
-    let mut found = Vec::new();
-    let mut seen = 0;
-    let mut todo = vec![(mount.to_path_buf(), 0usize)];
-    while let Some((dir, depth)) = todo.pop() {
-        let Ok(rd) = std::fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            if !e.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            seen += 1;
-            if seen > WALK_LIMIT {
-                return found;
-            }
-            let p = e.path();
-            if e.file_name() == tag {
-                let inst = p.join(id);
-                if inst.is_dir() {
-                    found.push(inst);
-                }
-            } else if depth < WALK_DEPTH {
-                todo.push((p, depth + 1));
-            }
-        }
-    }
-    found
+/// The cgroup base the last daemon of `rt` recorded (see
+/// `supervisor::CGROUP_RECORD`), read through the checked runtime dir.
+fn recorded_base(rt: &Path) -> Option<PathBuf> {
+    let dir = RuntimeDir::open_existing(rt).ok()??;
+    let text = dir.read(crate::supervisor::CGROUP_RECORD).ok()?;
+    let line = String::from_utf8(text).ok()?;
+    let p = PathBuf::from(line.trim());
+    p.is_absolute().then_some(p)
 }
 
 fn populated(dir: &Path) -> bool {

@@ -338,6 +338,18 @@ impl Daemon {
             .dir
             .write_atomic("daemon.pid", format!("{}\n", std::process::id()).as_bytes())
             .map_err(|e| rt_err(io::Error::other(e)))?;
+        // Where this supervisor's instance cgroups are: a CLI that finds no
+        // daemon looks there (and only there) for what still runs
+        // (cli/offline.rs). Without it, it would have to search the whole
+        // hierarchy, where another supervisor with the same runtime dir
+        // path (a node in a container beside us) has cgroups of the same
+        // names.
+        if let Ok(root) = &cgroot {
+            let text = format!("{}\n", root.base.display());
+            if let Err(e) = rundir.dir.write_atomic(CGROUP_RECORD, text.as_bytes()) {
+                tracing::warn!("recording the cgroup base in {CGROUP_RECORD}: {e}");
+            }
+        }
         let mut d = Daemon {
             opts,
             config: Arc::new(config),
@@ -793,6 +805,9 @@ impl Daemon {
         }
     }
 }
+
+/// The runtime dir's record of where this supervisor's cgroups are.
+pub const CGROUP_RECORD: &str = "cgroup";
 
 /// Children are born in their cgroup (clone3) unless the kernel kills
 /// them there: see [`crate::process::spawn::probe_clone3`].
