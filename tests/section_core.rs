@@ -477,21 +477,23 @@ fn readiness_by_command_and_by_file() {
             data = h.path("r/data").display()
         ),
     );
-    // rc becomes ready only once the flag exists: create it a little later.
-    let t = std::thread::spawn({
-        let flag = flag.clone();
-        move || {
-            std::thread::sleep(Duration::from_millis(500));
-            std::fs::write(flag, "").unwrap();
-        }
+    // rc becomes ready only once the flag exists: its start waits while the
+    // check fails, and finishes once the flag is made.
+    let starter = std::thread::spawn({
+        let c = h.command(&["start", "rc"]);
+        move || run_cmd(c)
     });
-    let start = Instant::now();
-    h.run(&["start", "rc"]).ok();
-    assert!(
-        start.elapsed() >= Duration::from_millis(450),
-        "waited for the command to succeed"
-    );
-    t.join().unwrap();
+    h.wait_for("rc's readiness check failed once", || {
+        let st = h.status_json("rc");
+        st["state"] == "starting"
+            && st["checks"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|c| c["ok"] == false))
+    });
+    assert!(!starter.is_finished(), "start waits for the check to pass");
+    std::fs::write(&flag, "").unwrap();
+    starter.join().unwrap().ok();
+    assert_eq!(h.state("rc"), "running");
     let out = h.run(&["start", "rf"]).ok();
     assert!(out.stdout.contains("ready: file"), "{out}");
     assert!(h.path("r/data/file-ready").exists());

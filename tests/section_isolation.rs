@@ -167,7 +167,11 @@ fn address_gating_waits_fails_naming_the_address_and_owned_addresses_come_and_go
             .args(["start", "g1", "--timeout", "30"]);
         move || run_cmd(c)
     });
-    std::thread::sleep(Duration::from_millis(500));
+    // Synchronize on the state, not a delay: g1 is waiting for its
+    // address, so its start can only finish through the rtnetlink event.
+    h.wait_for("g1 waits for its address", || {
+        h.state("g1") == "waiting-address"
+    });
     ns.ip(&["addr", "add", &format!("{a1}/24"), "dev", "d0"]);
     let out = waiter.join().unwrap();
     assert_eq!(out.code, 0, "{out}");
