@@ -167,6 +167,8 @@ pub(crate) struct Daemon {
     listener: OwnedFd,
     /// The status group's socket, if one is configured (see setup.rs).
     readers_listener: Option<OwnedFd>,
+    /// `[supervisor] status_group`, resolved at start (see setup.rs).
+    pub status_gid: Option<u32>,
     inotify: Inotify,
     pub cg_watches: HashMap<nix::sys::inotify::WatchDescriptor, usize>,
     netlink: Option<OwnedFd>,
@@ -285,6 +287,7 @@ impl Daemon {
         let setup::Listeners {
             main: listener,
             readers: readers_listener,
+            status_gid,
         } = bind_sockets(&rundir.dir, config.supervisor.status_group.as_deref())?;
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create"))?;
         // After the signal mask: its threads inherit it (signals stay ours).
@@ -360,6 +363,7 @@ impl Daemon {
             sigfd,
             listener,
             readers_listener,
+            status_gid,
             inotify,
             cg_watches: HashMap::new(),
             netlink: None,

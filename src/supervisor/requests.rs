@@ -177,8 +177,8 @@ impl Daemon {
             return Ok(());
         }
         if req.is_read_only()
-            && let Some(g) = &self.config.supervisor.status_group
-            && in_group(peer, g)
+            && let Some(gid) = self.status_gid
+            && in_group(peer, gid)
         {
             return Ok(());
         }
@@ -477,13 +477,9 @@ fn same_dir(client: &str, ours: &str) -> bool {
     client == ours || std::fs::canonicalize(client).is_ok_and(|c| c == std::path::Path::new(ours))
 }
 
-/// Is the peer in group `g`? Its primary gid, or its supplementary groups
-/// as /proc/PID/status lists them.
-fn in_group(peer: Peer, g: &str) -> bool {
-    let Ok(Some(gr)) = nix::unistd::Group::from_name(g) else {
-        return false;
-    };
-    let gid = gr.gid.as_raw();
+/// Is the peer in group `gid`? Its primary gid, or its supplementary
+/// groups as /proc/PID/status lists them (no name service on the loop).
+fn in_group(peer: Peer, gid: u32) -> bool {
     if peer.gid == gid {
         return true;
     }

@@ -158,6 +158,9 @@ fn take_runtime_lock(dir: &RuntimeDir) -> Result<File, DaemonError> {
 pub(super) struct Listeners {
     pub main: OwnedFd,
     pub readers: Option<OwnedFd>,
+    /// The status group's gid, looked up once here: a request never waits
+    /// on the name service (guarantee 6).
+    pub status_gid: Option<u32>,
 }
 
 pub(super) fn bind_sockets(
@@ -191,7 +194,11 @@ pub(super) fn bind_sockets(
         }
         None => None,
     };
-    Ok(Listeners { main, readers })
+    Ok(Listeners {
+        main,
+        readers,
+        status_gid: group,
+    })
 }
 
 /// One listening socket, bound through the directory's descriptor (bind(2)
