@@ -28,8 +28,14 @@ pub enum PrepareError {
         key: String,
         path: PathBuf,
     },
-    #[error("shared path {path} (paths.{key}) is not a directory: paths must name directories")]
-    PathNotDir { key: String, path: PathBuf },
+    #[error(
+        "shared path {path} (paths.{key}) is a {what}, not a directory: paths must name directories"
+    )]
+    PathNotDir {
+        key: String,
+        path: PathBuf,
+        what: &'static str,
+    },
     #[error("shared path {path} (paths.{key}): {source}")]
     Path {
         key: String,
@@ -95,22 +101,24 @@ pub fn prepare(req: Request, p: &Progress) -> Result<Prepared, PrepareError> {
     let spec = &req.spec;
     for (key, path) in &spec.paths {
         p.set(format!("paths.{key} {}", path.display()));
-        match std::fs::metadata(path) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                return Err(PrepareError::PathNotDir {
-                    key: key.clone(),
-                    path: path.clone(),
-                });
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+        use crate::isolation::paths::{SharedPathError, check_shared};
+        match check_shared(path) {
+            Ok(()) => {}
+            Err(SharedPathError::Missing) => {
                 return Err(PrepareError::PathMissing {
                     id: spec.id.clone(),
                     key: key.clone(),
                     path: path.clone(),
                 });
             }
-            Err(source) => {
+            Err(SharedPathError::NotADirectory(what)) => {
+                return Err(PrepareError::PathNotDir {
+                    key: key.clone(),
+                    path: path.clone(),
+                    what,
+                });
+            }
+            Err(SharedPathError::Stat(source)) => {
                 return Err(PrepareError::Path {
                     key: key.clone(),
                     path: path.clone(),
