@@ -211,6 +211,26 @@ pub struct RunContext {
     pub shell: bool,
 }
 
+impl RunContext {
+    /// The supervisor's own commands (event hooks, its start-up probe): in
+    /// `/`, as the supervisor's user, with `env` and nothing of any
+    /// instance's context.
+    pub fn bare(env: Vec<(String, String)>) -> RunContext {
+        RunContext {
+            env,
+            pass_env: Vec::new(),
+            cwd: "/".into(),
+            user: None,
+            group: None,
+            umask: None,
+            rlimits: Vec::new(),
+            isolate: Isolation::default(),
+            hostname: None,
+            shell: false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum AddressMode {
     /// No address gating.

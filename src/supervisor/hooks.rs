@@ -13,7 +13,7 @@ use std::time::{Instant, SystemTime};
 use super::children::Role;
 use super::fsm::State;
 use super::{Daemon, timers};
-use crate::model::{Isolation, RunContext};
+use crate::model::RunContext;
 use crate::process::spawn::{ExecPlan, Output, Spawn};
 
 /// One event waiting for its hooks to run.
@@ -99,18 +99,7 @@ impl Daemon {
             .chain(self.config.supervisor.on_event.iter())
             .cloned()
             .collect();
-        let run = RunContext {
-            env: ev.env,
-            pass_env: Vec::new(),
-            cwd: "/".into(),
-            user: None,
-            group: None,
-            umask: None,
-            rlimits: Vec::new(),
-            isolate: Isolation::default(),
-            hostname: None,
-            shell: false,
-        };
+        let run = RunContext::bare(ev.env);
         let log = super::exec::open_log(&self.runtime_path("logs"), "hooks", false);
         let mut n = 0;
         for argv in hooks {

@@ -209,18 +209,7 @@ pub fn probe_clone3(dir: &Path) -> Result<bool, SpawnError> {
         .custom_flags(libc::O_DIRECTORY)
         .open(dir)
         .map_err(os("opening the probe cgroup"))?;
-    let run = crate::model::RunContext {
-        env: Vec::new(),
-        pass_env: Vec::new(),
-        cwd: "/".into(),
-        user: None,
-        group: None,
-        umask: None,
-        rlimits: Vec::new(),
-        isolate: Default::default(),
-        hostname: None,
-        shell: false,
-    };
+    let run = crate::model::RunContext::bare(Vec::new());
     let argv = ["/bin/true".to_string()];
     let plan = ExecPlan::with_creds(
         Spawn {
