@@ -295,8 +295,12 @@ impl Daemon {
         // Closing our fd releases the lock: every other holder (the
         // instance's processes) is gone. On the worker: the close of a
         // file on the instance's storage waits for it.
+        // Kept apart from the other releases: a start that follows in the
+        // same iteration (a restart) closes it first, in its own job, so
+        // its new lock is never refused by our old one.
         if let Some(lock) = self.insts[idx].lock.take() {
-            self.release_later(lock);
+            self.insts[idx].old_lock = Some(lock);
+            self.old_locks.push(idx);
         }
         let inst = &mut self.insts[idx];
         for p in inst.procs.iter_mut().filter(|p| p.pidfd.is_some()) {

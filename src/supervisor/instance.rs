@@ -179,6 +179,8 @@ pub struct Inst {
     pub execs_pending: u32,
     /// Event hooks waiting to run, in order.
     pub hooks: super::hooks::HookQueue,
+    /// The lock of the run that just ended, until the worker closes it.
+    pub old_lock: Option<crate::isolation::lock::Lock>,
     /// The storage part of a start, out on a worker (it may hang there).
     pub preparing: Option<Preparing>,
     /// User and group as the last start looked them up: for the stop
@@ -234,6 +236,7 @@ impl Inst {
             adopted: false,
             execs_pending: 0,
             hooks: Default::default(),
+            old_lock: None,
             preparing: None,
             creds: None,
             tail_job: None,

@@ -72,9 +72,15 @@ impl Daemon {
             own_log_dir: spec.log_dir.is_none(),
             lock_as,
         };
-        let (job, progress) = self.worker.submit(move |p| Outcome::Prepared {
-            idx,
-            result: Box::new(prepare::prepare(req, p)),
+        // The last run's lock, if not closed yet: closed before the new one
+        // is taken (an OFD lock of ours would refuse it).
+        let old_lock = self.insts[idx].old_lock.take();
+        let (job, progress) = self.worker.submit(move |p| {
+            drop(old_lock);
+            Outcome::Prepared {
+                idx,
+                result: Box::new(prepare::prepare(req, p)),
+            }
         });
         let inst = &mut self.insts[idx];
         inst.preparing = Some(Preparing {
@@ -254,9 +260,25 @@ impl Daemon {
 
     /// Drops `x` on a worker thread: closing a file on the instance's
     /// storage waits for its flush, which a hung mount never finishes.
+    /// Collected, and handed to the worker once per loop iteration
+    /// ([`Self::flush_releases`]): a burst of 500 starts costs one job.
     pub(super) fn release_later<T: Send + 'static>(&mut self, x: T) {
+        self.to_release.push(Box::new(x));
+    }
+
+    /// Drops what [`Self::release_later`] collected, on the worker.
+    pub(super) fn flush_releases(&mut self) {
+        for idx in std::mem::take(&mut self.old_locks) {
+            if let Some(lock) = self.insts[idx].old_lock.take() {
+                self.to_release.push(Box::new(lock));
+            }
+        }
+        if self.to_release.is_empty() {
+            return;
+        }
+        let batch = std::mem::take(&mut self.to_release);
         self.worker.submit(move |_| {
-            drop(x);
+            drop(batch);
             Outcome::Released
         });
     }

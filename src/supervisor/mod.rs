@@ -208,6 +208,10 @@ pub(crate) struct Daemon {
     pub unflushed: BTreeSet<u64>,
     /// Threads for the calls that may block (storage, name service).
     pub worker: worker::Worker<Outcome>,
+    /// Files (on instances' storage) to be closed on the worker.
+    pub to_release: Vec<Box<dyn std::any::Any + Send>>,
+    /// Instances whose `old_lock` waits to be closed.
+    pub old_locks: Vec<usize>,
 }
 
 pub fn run(opts: Options) -> i32 {
@@ -390,6 +394,8 @@ impl Daemon {
             audit_scheduled: false,
             unflushed: BTreeSet::new(),
             worker,
+            to_release: Vec::new(),
+            old_locks: Vec::new(),
         };
         d.adopt_all();
         tracing::info!(
@@ -489,6 +495,7 @@ impl Daemon {
                 return Ok(());
             }
             self.flush_replies();
+            self.flush_releases();
             self.flush_state();
         }
     }
@@ -566,6 +573,8 @@ impl Daemon {
     }
 
     fn shutdown_cleanup(&mut self) {
+        // Nothing on storage is closed by the exiting thread itself.
+        self.flush_releases();
         self.flush_state();
         self.finish_state();
         for idx in 0..self.insts.len() {
