@@ -346,6 +346,9 @@ fn a_takeover_reports_its_timing_parts_that_add_up_and_the_lock_record_age() {
             .args(args);
         run_cmd(c)
     };
+    // A's lock record is written while this start runs: after
+    // `a_requested`, before `a_started`.
+    let a_requested = Instant::now();
     h.run(&["start", "db01"]).ok();
     let a_started = Instant::now();
     // Node A dies: its supervisor and every process of it, at once.
@@ -354,8 +357,11 @@ fn a_takeover_reports_its_timing_parts_that_add_up_and_the_lock_record_age() {
     unsafe { libc::kill(a_pid, libc::SIGKILL) };
     kill_cgroup_tree(&h.cgroup_dir());
     wait_for("node A's supervisor gone", || !alive(a_pid));
-    let out = on_b(&["start", "db01"]).ok();
+    // B reads the record's age during its start: after this floor, before
+    // the ceiling taken when that start has returned.
     let record_age_floor = a_started.elapsed();
+    let out = on_b(&["start", "db01"]).ok();
+    let record_age_ceiling = a_requested.elapsed();
     let v = first_status(on_b(&["status", "db01", "--json"]));
     let t = &v["timing"];
     eprintln!("takeover timing: {t}\n{}", out.stdout);
@@ -378,6 +384,10 @@ fn a_takeover_reports_its_timing_parts_that_add_up_and_the_lock_record_age() {
     assert!(
         age >= record_age_floor.as_secs_f64() * 1000.0 - 5.0,
         "the record A wrote is at least {record_age_floor:?} old, reported {age} ms"
+    );
+    assert!(
+        age <= record_age_ceiling.as_secs_f64() * 1000.0 + 5.0,
+        "the record A wrote is at most {record_age_ceiling:?} old, reported {age} ms"
     );
     // The hook and the log carry it too.
     let env_file = format!("{}.nodeB", events.display());
