@@ -557,3 +557,103 @@ fn a_supervisor_in_a_once_killed_cgroup_still_starts_its_instances() {
     h.run(&["shutdown"]).ok();
     h.wait_for("daemon gone", || !alive(dpid));
 }
+
+/// The supervisor holds h1's lock (and for a moment each of its logs) on
+/// h1's shared disk. When that disk hangs, a child of another instance
+/// must not hold up on those files: closing a copy of a file on FUSE (or
+/// NFS with data to write) waits for the file system, so a child that
+/// inherited copies of them would hang before its exec.
+#[test]
+fn a_hung_disk_holding_a_lock_never_stalls_another_start() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let fs = HangFs::mount(&h.path("san-backing"), &h.path("san"));
+    std::fs::create_dir_all(h.path("san/h1/data")).unwrap();
+    h.mkdirs(&["o1/data"]);
+    let cfg = format!(
+        r#"
+[service.s]
+command = ["{t}", "serve", "${{address}}:${{port}}"]
+ready   = {{ tcp = "${{address}}:${{port}}", timeout = "20s" }}
+
+[instance.h1]
+service = "s"
+address = "{a1}"
+port    = 9003
+paths   = {{ data = "{san}/h1/data" }}
+lock    = true
+
+[instance.o1]
+service = "s"
+address = "{a2}"
+port    = 9003
+paths   = {{ data = "{o1}" }}
+"#,
+        t = t(),
+        a1 = h.addr(2),
+        a2 = h.addr(3),
+        san = h.path("san").display(),
+        o1 = h.path("o1/data").display(),
+    );
+    h.write_config("hung-lock.toml", &cfg);
+    let h1 = start_and_answer(&h, "h1", &h.addr(2));
+    assert!(
+        h.path("san/h1/data/.cohost.lock").exists(),
+        "h1's lock is on the disk that will hang"
+    );
+    fs.hang();
+    // o1 starts, stops and starts again while h1's disk hangs, each in the
+    // time it takes without the fault (the start timeout is 20 s: a child
+    // stuck on h1's lock would miss the 10 s below).
+    for round in 0..3 {
+        let (d, out) = timed(&h, &["start", "o1", "--timeout", "10"]);
+        assert_eq!(
+            out.code, 0,
+            "round {round}: o1 start during the hang: {out}"
+        );
+        assert!(
+            d < Duration::from_secs(5),
+            "round {round}: start took {d:?}"
+        );
+        let got = ask(&format!("{}:9003", h.addr(3))).unwrap();
+        assert!(got.starts_with("ok"), "o1 answered {got:?}");
+        // It holds its own files and nothing of the supervisor's.
+        for p in h.members("o1") {
+            let mut fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{p}/fd"))
+                .unwrap()
+                .flatten()
+                .map(|e| {
+                    let l = std::fs::read_link(e.path()).unwrap_or_default();
+                    (
+                        e.file_name().to_string_lossy().into_owned(),
+                        l.display().to_string(),
+                    )
+                })
+                .collect();
+            fds.sort();
+            let lock = h.path("o1/data/.cohost.lock").display().to_string();
+            for (n, target) in &fds {
+                let expected = match n.as_str() {
+                    "0" => target == "/dev/null",
+                    "1" | "2" => target.ends_with("/logs/o1/s.log"),
+                    "3" => *target == lock,
+                    // the service's own listening socket
+                    _ => target.starts_with("socket:"),
+                };
+                assert!(
+                    expected,
+                    "o1's process {p} holds fd {n} -> {target}: {fds:?}"
+                );
+            }
+        }
+        let (d, out) = timed(&h, &["stop", "o1"]);
+        assert_eq!(out.code, 0, "round {round}: o1 stop: {out}");
+        assert!(d < Duration::from_secs(5), "round {round}: stop took {d:?}");
+    }
+    let (_, out) = timed(&h, &["monitor", "h1", "--depth", "0"]);
+    assert_eq!(out.code, 0, "h1 still runs: {out}");
+    assert_eq!(h.members("h1"), h1, "h1 never blinked");
+    assert_eq!(fs.blocked(), 0, "nothing waited on the hung disk");
+    fs.go();
+    h.run(&["stop", "h1"]).ok();
+}

@@ -214,7 +214,16 @@ pub(crate) struct Daemon {
     pub old_locks: Vec<usize>,
 }
 
-pub fn run(opts: Options) -> i32 {
+pub fn run(mut opts: Options) -> i32 {
+    // First, before anything is opened that stays: children take their
+    // own files from us and get nothing else of ours (process::spawn).
+    match crate::process::spawn::enable_fetch(&mut opts.notify_fd) {
+        Ok(()) => tracing::debug!("children take their files through a pidfd (no copies)"),
+        Err(e) => tracing::warn!(
+            "children get a copy of each of the supervisor's files ({e}): a shared path \
+             that hangs can then stall the start of another instance"
+        ),
+    }
     let mut d = match Daemon::new(opts) {
         Ok(d) => d,
         Err(e) => {

@@ -137,13 +137,25 @@ impl ExecPlan {
     }
 
     /// The child side of `spawn`.
-    pub(super) unsafe fn child_main(&self, errfd: RawFd) -> ! {
+    pub(super) unsafe fn child_main(&self, arg: &super::launch::ChildArg) -> ! {
+        let errfd = arg.errfd;
         // First, before anything that can block: let go of every
         // descriptor of the supervisor's (its control socket, its runtime
         // lock, client connections, other instances' files). A child that
         // then hangs (a chdir into a hung mount) holds nothing that keeps
         // a dead supervisor's socket or lock alive, or a client waiting.
-        self.close_all_but_ours(errfd);
+        if arg.fetch {
+            // Never a copy of another instance's files at all (see
+            // `super::FETCH`): closing one would wait on its storage.
+            let fetched = self.take_ours_from_supervisor(errfd);
+            arg.fetched(fetched);
+            if fetched.is_err() {
+                rawsys::exit(127);
+            }
+            self.renumber(errfd);
+        } else {
+            self.close_all_but_ours(errfd);
+        }
         // SAFETY: only raw syscalls happen in setup_and_exec.
         let (step, index, errno) = unsafe { self.setup_and_exec() };
         let mut buf = [0u8; 8];
@@ -160,6 +172,86 @@ impl ExecPlan {
             )
         };
         rawsys::exit(127)
+    }
+
+    /// The descriptor numbers this child uses, each once: its report pipe,
+    /// stdio, the cgroup files it writes, the lock.
+    fn ours(&self, errfd: RawFd, keep: &mut [RawFd; 24]) -> usize {
+        let mut n = 0;
+        let mut add = |fd: RawFd| {
+            if fd >= 0 && n < keep.len() && !keep[..n].contains(&fd) {
+                keep[n] = fd;
+                n += 1;
+            }
+        };
+        add(errfd);
+        for fd in [self.stdin, self.stdout, self.stderr] {
+            add(fd.unwrap_or(-1));
+        }
+        for &fd in &self.cgroups {
+            add(fd);
+        }
+        if let Some(fd) = self.inherit {
+            add(fd);
+        }
+        n
+    }
+
+    /// With a descriptor table of its own that holds only 0..=3 (3 is the
+    /// supervisor's pidfd, `DAEMON_PIDFD`), made by close_range(2) with
+    /// CLOSE_RANGE_UNSHARE from the table shared with the supervisor
+    /// (CLONE_FILES): the kernel copies only what is below the range, so
+    /// nothing of the supervisor's is copied, and so nothing is closed
+    /// (a close of a file on a hung FUSE or NFS mount waits for its
+    /// flush). Then the child's own files are taken from the supervisor's
+    /// table with pidfd_getfd(2), at the lowest free numbers (4 up);
+    /// `renumber` moves them to the numbers in the plan. The supervisor
+    /// waits for this (the numbers must not be reused before), and only
+    /// for this: no step here touches storage. Errno on failure.
+    fn take_ours_from_supervisor(&self, errfd: RawFd) -> Result<(), i32> {
+        let first = (DAEMON_PIDFD + 1) as usize;
+        let unshare = libc::CLOSE_RANGE_UNSHARE as usize;
+        sys(
+            Step::Dup,
+            0,
+            libc::SYS_close_range,
+            &[first, u32::MAX as usize, unshare],
+        )
+        .map_err(|f| f.2)?;
+        let mut keep = [-1 as RawFd; 24];
+        let n = self.ours(errfd, &mut keep);
+        for (i, &fd) in keep[..n].iter().enumerate() {
+            let got = sys(
+                Step::Dup,
+                0,
+                libc::SYS_pidfd_getfd,
+                &[DAEMON_PIDFD as usize, fd as usize, 0],
+            )
+            .map_err(|f| f.2)?;
+            // Table 0..=3 plus the ones taken before: 4 + i, below
+            // HIGH_FD (where every plan number is), as `renumber` needs.
+            if got != (first + i) as isize {
+                return Err(libc::EBADF);
+            }
+        }
+        Ok(())
+    }
+
+    /// The files taken at 4.. go to their numbers in the plan (all at or
+    /// above HIGH_FD, so never onto one still to be moved), close-on-exec
+    /// like the originals; the copies at 4.. are closed (a close of the
+    /// child's own log or lock may wait on its storage: the supervisor no
+    /// longer waits for this child).
+    fn renumber(&self, errfd: RawFd) {
+        let mut keep = [-1 as RawFd; 24];
+        let n = self.ours(errfd, &mut keep);
+        let first = (DAEMON_PIDFD + 1) as usize;
+        for (i, &fd) in keep[..n].iter().enumerate() {
+            let from = first + i;
+            let cloexec = libc::O_CLOEXEC as usize;
+            let _ = sys(Step::Dup, 0, libc::SYS_dup3, &[from, fd as usize, cloexec]);
+            let _ = sys(Step::Dup, 0, libc::SYS_close, &[from]);
+        }
     }
 
     /// close_range(2) over every gap between the descriptors this child

@@ -39,6 +39,9 @@ pub(super) struct InFlight {
     /// Points at `plan` (the box does not move).
     arg: ChildArg,
     _stack: crate::process::stack::Stack,
+    /// The exec pipe's write end, when the child had not taken its copy
+    /// within the bound (`ChildArg::wait_taken`).
+    late_pipe: Option<OwnedFd>,
 }
 
 impl ExecPlan {
@@ -52,10 +55,7 @@ impl ExecPlan {
         let (r, w) = exec_pipe()?;
         let stack = child_stack().map_err(os("allocating the child's stack"))?;
         let owned = std::mem::take(&mut self.owned);
-        let arg = ChildArg {
-            plan: &self,
-            errfd: w.as_raw_fd(),
-        };
+        let arg = ChildArg::new(&self, w.as_raw_fd(), false);
         // clone(CLONE_VM | CLONE_VFORK) on a stack of its own, like glibc's
         // posix_spawn: no page tables are copied and no copy-on-write
         // faults follow (a fork of the supervisor costs more than the
@@ -85,6 +85,7 @@ impl ExecPlan {
     /// left our memory) or the child is reaped.
     pub fn spawn(mut self) -> Result<Child, SpawnError> {
         sweep();
+        let fetch = FETCH.load(std::sync::atomic::Ordering::Relaxed);
         let (r, w) = exec_pipe()?;
         let stack =
             crate::process::stack::Stack::take().map_err(os("allocating the child's stack"))?;
@@ -94,21 +95,25 @@ impl ExecPlan {
         let binds = self.binds.clone();
         let mut in_flight = Box::new(InFlight {
             plan: self,
-            arg: ChildArg {
-                plan: std::ptr::null(),
-                errfd: w.as_raw_fd(),
-            },
+            arg: ChildArg::new(std::ptr::null(), w.as_raw_fd(), fetch),
             _stack: stack,
+            late_pipe: None,
         });
         in_flight.arg.plan = &in_flight.plan;
         let arg_ptr = (&in_flight.arg as *const ChildArg).cast_mut().cast();
+        let ctid = in_flight.arg.state.as_ptr();
+        let share = if fetch {
+            libc::CLONE_FILES | libc::CLONE_CHILD_CLEARTID
+        } else {
+            0
+        };
         // Born in its cgroup where the kernel can (5.7+): no move, and so
         // no wait for an RCU grace period on the first move of a burst
         // (the cgroup_threadgroup_rwsem writer), ~15 ms on this kind of VM.
         if let Some(dir) = in_flight.plan.cgroup_dir {
             if clone3_allowed() {
                 // SAFETY: as for clone below; the child is created in `dir`.
-                let pid = unsafe { clone_into_cgroup(dir, low, size, arg_ptr) };
+                let pid = unsafe { clone_into_cgroup(dir, low, size, arg_ptr, share, ctid) };
                 if pid > 0 {
                     return finish_clone(pid as i32, r, w, binds, Some(in_flight), owned);
                 }
@@ -122,7 +127,17 @@ impl ExecPlan {
         // the caller drops the Child (after EOF on the pipe or the reap,
         // when the child no longer uses our memory); it makes raw
         // syscalls only (no errno, no locks, no allocation).
-        let pid = unsafe { libc::clone(trampoline, top, libc::CLONE_VM | libc::SIGCHLD, arg_ptr) };
+        let pid = unsafe {
+            libc::clone(
+                trampoline,
+                top,
+                libc::CLONE_VM | share | libc::SIGCHLD,
+                arg_ptr,
+                std::ptr::null_mut::<libc::pid_t>(),
+                std::ptr::null_mut::<libc::c_void>(),
+                ctid.cast::<libc::pid_t>(),
+            )
+        };
         // The child's copies are made (its fd table is its own); ours go
         // back to the caller to close (Child::parent_fds).
         finish_clone(pid, r, w, binds, Some(in_flight), owned)
@@ -162,10 +177,95 @@ impl ExecPlan {
 // move; the stack is a mapping owned by `_stack`. Nothing is thread-bound.
 unsafe impl Send for InFlight {}
 
-/// What the child's entry point gets: the plan and the report pipe.
-struct ChildArg {
+/// What the child's entry point gets: the plan and the report pipe, and
+/// in `FETCH` mode the word it reports taking its files on.
+pub(super) struct ChildArg {
     plan: *const ExecPlan,
-    errfd: RawFd,
+    pub(super) errfd: RawFd,
+    /// Share the supervisor's table at birth and take only our files.
+    pub(super) fetch: bool,
+    /// `TAKING` until the child has its files (then `TAKEN`), or the
+    /// kernel's 0 (CLONE_CHILD_CLEARTID) when it has exec'd or died; a
+    /// futex the parent waits on.
+    state: std::sync::atomic::AtomicU32,
+    /// The errno when taking them failed.
+    errno: std::sync::atomic::AtomicI32,
+}
+
+const TAKING: u32 = 2;
+const TAKEN: u32 = 1;
+
+impl ChildArg {
+    fn new(plan: *const ExecPlan, errfd: RawFd, fetch: bool) -> ChildArg {
+        ChildArg {
+            plan,
+            errfd,
+            fetch,
+            state: std::sync::atomic::AtomicU32::new(TAKING),
+            errno: std::sync::atomic::AtomicI32::new(0),
+        }
+    }
+
+    /// In the child: its files are taken (or not: `Err(errno)`); wakes
+    /// the parent. Raw syscalls only.
+    pub(super) fn fetched(&self, r: Result<(), i32>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        if let Err(e) = r {
+            self.errno.store(e, SeqCst);
+        }
+        self.state.store(TAKEN, SeqCst);
+        // SAFETY: FUTEX_WAKE on a word of our (shared) memory; shared, not
+        // private, like the kernel's wake at CLONE_CHILD_CLEARTID.
+        unsafe {
+            rawsys::call(
+                libc::SYS_futex,
+                [
+                    self.state.as_ptr() as usize,
+                    libc::FUTEX_WAKE as usize,
+                    1,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+        };
+    }
+
+    /// In the parent: waits until the child has taken its files, exec'd
+    /// or died. Only steps that never touch storage run in between, so
+    /// this is as short as the child's first few system calls; bounded
+    /// anyway. Err(errno) if the child could not take them; Ok(false) if
+    /// it is still at it after the bound (its pipe's write end must then
+    /// stay open: the number may not be reused).
+    fn wait_taken(&self) -> Result<bool, i32> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while self.state.load(SeqCst) == TAKING {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            let ts = libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: FUTEX_WAIT on our word while it holds TAKING, with a
+            // relative timeout; EAGAIN/EINTR/ETIMEDOUT just loop.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.state.as_ptr(),
+                    libc::FUTEX_WAIT,
+                    TAKING,
+                    &ts as *const libc::timespec,
+                )
+            };
+        }
+        match self.errno.load(SeqCst) {
+            0 => Ok(true),
+            e => Err(e),
+        }
+    }
 }
 
 extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
@@ -173,7 +273,7 @@ extern "C" fn trampoline(arg: *mut libc::c_void) -> libc::c_int {
     // keeps alive and unchanged while this child uses them (see callers).
     let a = unsafe { &*(arg as *const ChildArg) };
     // SAFETY: as above; in the child; never returns.
-    unsafe { (*a.plan).child_main(a.errfd) }
+    unsafe { (*a.plan).child_main(a) }
 }
 
 /// `COHOST_NO_CLONE3=1` in the daemon's environment: children join their
@@ -252,6 +352,8 @@ unsafe fn clone_into_cgroup(
     low: usize,
     size: usize,
     arg: *mut libc::c_void,
+    share: libc::c_int,
+    ctid: *mut u32,
 ) -> isize {
     #[repr(C)]
     struct CloneArgs {
@@ -269,9 +371,9 @@ unsafe fn clone_into_cgroup(
     }
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let args = CloneArgs {
-        flags: libc::CLONE_VM as u64 | CLONE_INTO_CGROUP,
+        flags: libc::CLONE_VM as u64 | share as u64 | CLONE_INTO_CGROUP,
         pidfd: 0,
-        child_tid: 0,
+        child_tid: ctid as u64,
         parent_tid: 0,
         exit_signal: libc::SIGCHLD as u64,
         stack: low as u64,
@@ -345,6 +447,34 @@ fn finish_clone(
         return Err(SpawnError::Os {
             step: "clone",
             source: io::Error::last_os_error(),
+        });
+    }
+    let mut in_flight = in_flight;
+    if let Some(f) = in_flight.as_mut().filter(|f| f.arg.fetch) {
+        match f.arg.wait_taken() {
+            Ok(true) => drop(w),
+            // Still taking them: the write end stays open, with the plan,
+            // until the child is known to have exec'd or died.
+            Ok(false) => f.late_pipe = Some(w),
+            Err(errno) => {
+                // It exits at once (the reaper sees it); what it ran on is
+                // freed when its pipe says so.
+                drop(w);
+                if let Some(f) = in_flight.take() {
+                    bury(r, f);
+                }
+                return Err(SpawnError::Child {
+                    step: "taking its files from the supervisor (pidfd_getfd)".into(),
+                    source: io::Error::from_raw_os_error(errno),
+                });
+            }
+        }
+        return Ok(Child {
+            pid,
+            errpipe: r,
+            binds,
+            in_flight,
+            parent_fds,
         });
     }
     drop(w);
