@@ -5,7 +5,7 @@
 use std::io::Read;
 use std::os::fd::RawFd;
 
-use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+use nix::sys::wait::WaitStatus;
 
 use super::Daemon;
 use super::fsm::Event;
@@ -65,11 +65,8 @@ impl Daemon {
         // burst (500 instances stopping) the last exit is reaped without
         // waiting for the bookkeeping of the others.
         let mut exited = Vec::new();
-        loop {
-            match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(_) => break,
-                Ok(ws) => exited.extend(describe(ws)),
-            }
+        while let Some(ws) = self.host.reap_one() {
+            exited.extend(describe(ws));
         }
         for (pid, status, clean) in exited {
             match self.children.remove(&pid) {

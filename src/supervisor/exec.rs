@@ -8,13 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime};
 
 use super::fsm::{Action, Answer, Event, State};
+use super::host::Member;
 use super::instance::WaitFor;
 use super::worker::JobId;
 use super::{Daemon, Outcome};
-use crate::isolation::address;
 use crate::model::AddressMode;
-use crate::process::pidfd::Pidfd;
-use crate::process::{procfs, track};
 
 /// Bind-audit queries are spaced by ten times what the last one cost (the
 /// kernel walks every listener of the node), within these bounds: in a
@@ -79,7 +77,7 @@ impl Daemon {
             return;
         };
         if let AddressMode::Own { interface, prefix } = &spec.address_mode {
-            match address::add(addr, *prefix, interface) {
+            match self.host.add_address(addr, *prefix, interface) {
                 Ok(()) => {
                     self.insts[idx].owned_address = true;
                     tracing::info!(instance = %spec.id, "added {addr}/{prefix} to {interface}");
@@ -92,7 +90,7 @@ impl Daemon {
             }
         }
         // Usually configured already: no watch, one check.
-        match address::is_local(addr) {
+        match self.host.is_local(addr) {
             Ok(true) => {
                 self.post_next(idx, Event::AddressReady);
                 return;
@@ -115,12 +113,12 @@ impl Daemon {
     /// neighbours' caches point at the failed node until told otherwise.
     /// Best effort: a failure is a warning in the log and in `status`.
     fn announce_address(&mut self, idx: usize) {
-        let spec = &self.insts[idx].spec;
+        let spec = self.insts[idx].spec.clone();
         let (Some(addr), AddressMode::Own { interface, .. }) = (spec.address, &spec.address_mode)
         else {
             return;
         };
-        match address::announce(addr, interface) {
+        match self.host.announce(addr, interface) {
             Ok(true) => {
                 tracing::debug!(instance = %spec.id, "gratuitous ARP for {addr} on {interface}")
             }
@@ -143,7 +141,7 @@ impl Daemon {
         let Some(addr) = self.insts[idx].spec.address else {
             return;
         };
-        match address::is_local(addr) {
+        match self.host.is_local(addr) {
             Ok(true) => {
                 self.waiting_address.remove(&idx);
                 self.post(idx, Event::AddressReady);
@@ -181,14 +179,15 @@ impl Daemon {
             .map(|p| (p.pid, p.start_time))
             .collect();
         if let Some(pid) = inst.stop_cmd
-            && let Some(t) = procfs::start_time(pid)
+            && let Some(t) = self.host.start_time(pid)
         {
             seeds.push((pid, t));
         }
         if seeds.is_empty() {
             return Vec::new();
         }
-        track::session_members(&seeds)
+        self.host
+            .session_members(&seeds)
             .into_iter()
             .map(|(p, t)| (p, Some(t)))
             .collect()
@@ -211,20 +210,16 @@ impl Daemon {
     /// replaced (its pid is not free until we reap it); anyone else is
     /// signalled through a pidfd opened and then verified to be a member
     /// (cgroup membership, or the start time seen when it was found).
-    fn signal_member(&self, idx: usize, pid: i32, start: Option<u64>, sig: i32) -> bool {
+    fn signal_member(&mut self, idx: usize, pid: i32, start: Option<u64>, sig: i32) -> bool {
         if self.children.contains_key(&pid) {
-            // SAFETY: kill(2) to our unreaped child.
-            return unsafe { libc::kill(pid, sig) } == 0;
+            return self.host.signal_child(pid, sig);
         }
-        let fd = match (&self.insts[idx].cgroup, start) {
-            (Some(cg), _) => Pidfd::open_in_cgroup(pid, &cg.rel),
-            (None, Some(t)) => Pidfd::open_verified(pid, t),
+        let member = match (&self.insts[idx].cgroup, start) {
+            (Some(cg), _) => Member::InCgroup(&cg.rel),
+            (None, Some(t)) => Member::Started(t),
             (None, None) => return false,
         };
-        match fd {
-            Ok(Some(fd)) => fd.signal(sig).unwrap_or(false),
-            _ => false,
-        }
+        self.host.signal_member(pid, member, sig)
     }
 
     pub fn kill_all(&mut self, idx: usize) {
@@ -236,18 +231,24 @@ impl Daemon {
         }
         // Also by tracking: covers the fallback and any process that is
         // our child but left the cgroup (a root service can move itself).
-        let n = self.signal_all(idx, libc::SIGKILL);
-        for p in self.insts[idx]
+        let members = self.members(idx);
+        let mut n = 0;
+        for &(pid, start) in &members {
+            if self.signal_member(idx, pid, start, libc::SIGKILL) {
+                n += 1;
+            }
+        }
+        let children: Vec<i32> = self.insts[idx]
             .procs
             .iter()
             .filter(|p| p.alive() && p.child)
-        {
-            // SAFETY: our unreaped child.
-            unsafe { libc::kill(p.pid, libc::SIGKILL) };
-        }
-        if let Some(pid) = self.insts[idx].stop_cmd {
-            // SAFETY: our unreaped child (the stop command).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            .map(|p| p.pid)
+            .chain(self.insts[idx].stop_cmd)
+            .filter(|pid| !members.iter().any(|(m, _)| m == pid))
+            .collect();
+        for pid in children {
+            // Our unreaped child (a process or the stop command).
+            self.host.signal_child(pid, libc::SIGKILL);
         }
         tracing::info!(instance = %id, processes = n, "SIGKILL sent");
     }
@@ -318,14 +319,15 @@ impl Daemon {
         }
         if inst.owned_address {
             inst.owned_address = false;
+            let spec = inst.spec.clone();
             if let (Some(addr), AddressMode::Own { interface, prefix }) =
-                (inst.spec.address, &inst.spec.address_mode)
+                (spec.address, &spec.address_mode)
             {
-                match address::remove(addr, *prefix, interface) {
+                match self.host.remove_address(addr, *prefix, interface) {
                     Ok(()) => {
-                        tracing::info!(instance = %inst.spec.id, "removed {addr}/{prefix} from {interface}")
+                        tracing::info!(instance = %spec.id, "removed {addr}/{prefix} from {interface}")
                     }
-                    Err(e) => tracing::error!(instance = %inst.spec.id, "{e}"),
+                    Err(e) => tracing::error!(instance = %spec.id, "{e}"),
                 }
             }
         }

@@ -116,7 +116,7 @@ impl Daemon {
                 inherit: None,
                 setsid: true,
             });
-            match plan.and_then(|p| p.spawn()) {
+            match plan.and_then(|p| self.host.spawn(p)) {
                 Ok(child) => {
                     self.children.insert(child.pid, Role::Hook { idx });
                     let at = Instant::now() + self.config.supervisor.hook_timeout;

@@ -17,7 +17,6 @@ use super::prepare::{self, PrepareError, Prepared, Slot};
 use super::{Daemon, Outcome, tok};
 use crate::isolation::lock::Holder;
 use crate::model::ServiceKind;
-use crate::process::procfs;
 use crate::process::spawn::{ExecPlan, Output, Spawn};
 
 impl Daemon {
@@ -75,11 +74,12 @@ impl Daemon {
         // The last run's lock, if not closed yet: closed before the new one
         // is taken (an OFD lock of ours would refuse it).
         let old_lock = self.insts[idx].old_lock.take();
+        let prepare = self.host.preparer();
         let (job, progress) = self.worker.submit(move |p| {
             drop(old_lock);
             Outcome::Prepared {
                 idx,
-                result: Box::new(prepare::prepare(req, p)),
+                result: Box::new(prepare(req, p)),
             }
         });
         let inst = &mut self.insts[idx];
@@ -218,10 +218,10 @@ impl Daemon {
     ) -> Result<i32, String> {
         // Not waiting for the exec: the loop goes on to the next instance
         // while this child execs; `self.errpipes` keeps what it reads.
-        let mut child = plan.spawn().map_err(|e| format!("{name}: {e}"))?;
+        let mut child = self.host.spawn(plan).map_err(|e| format!("{name}: {e}"))?;
         self.release_later(std::mem::take(&mut child.parent_fds));
         let pid = child.pid;
-        let start_time = procfs::start_time(pid).unwrap_or(0);
+        let start_time = self.host.start_time(pid).unwrap_or(0);
         tracing::info!(instance = %self.insts[idx].id(), process = name, pid, "started");
         // A child that has exec'd already (an idle node) is confirmed now,
         // without a trip through epoll; otherwise (a report, or not yet)
@@ -321,7 +321,7 @@ impl Daemon {
             },
             self.insts[idx].creds.clone(),
         );
-        match plan.and_then(|p| p.spawn()) {
+        match plan.and_then(|p| self.host.spawn(p)) {
             Ok(child) => {
                 tracing::info!(instance = %spec.id, pid = child.pid, "running the stop command");
                 self.children.insert(child.pid, Role::StopCmd { idx });

@@ -16,7 +16,10 @@ mod batch;
 mod children;
 mod conn;
 mod exec;
+#[cfg(test)]
+mod executor_tests;
 pub mod hooks;
+pub mod host;
 mod launch;
 mod persist;
 mod prepare;
@@ -208,6 +211,8 @@ pub(crate) struct Daemon {
     pub unflushed: BTreeSet<u64>,
     /// Threads for the calls that may block (storage, name service).
     pub worker: worker::Worker<Outcome>,
+    /// Where the executor's effects go (the real system, or a test's fake).
+    pub host: Box<dyn host::Host>,
     /// Files (on instances' storage) to be closed on the worker.
     pub to_release: Vec<Box<dyn std::any::Any + Send>>,
     /// Instances whose `old_lock` waits to be closed.
@@ -243,6 +248,10 @@ pub fn run(mut opts: Options) -> i32 {
 
 impl Daemon {
     fn new(opts: Options) -> Result<Daemon, DaemonError> {
+        Self::with_host(opts, Box::new(host::LinuxHost::default()))
+    }
+
+    fn with_host(opts: Options, host: Box<dyn host::Host>) -> Result<Daemon, DaemonError> {
         let rt = opts.runtime_dir.clone();
         let rt_err = |source| DaemonError::RuntimeDir {
             path: rt.clone(),
@@ -403,6 +412,7 @@ impl Daemon {
             audit_scheduled: false,
             unflushed: BTreeSet::new(),
             worker,
+            host,
             to_release: Vec::new(),
             old_locks: Vec::new(),
         };
@@ -468,45 +478,64 @@ impl Daemon {
 
     fn main_loop(&mut self) -> io::Result<()> {
         let mut events = vec![EpollEvent::empty(); 256];
-        loop {
-            self.drain();
-            if self.shutting_down && self.all_quiet() {
-                self.shutdown_cleanup();
-                tracing::info!("every instance stopped; daemon exits");
-                return Ok(());
-            }
-            self.purge_stale_timers();
-            let timeout = match self.timers.next_deadline() {
-                None => EpollTimeout::NONE,
-                Some(at) => {
-                    let now = Instant::now();
-                    // Round up: waking a millisecond early would spin.
-                    let ms = at.saturating_duration_since(now).as_micros().div_ceil(1000);
-                    EpollTimeout::try_from(ms.min(i32::MAX as u128) as u64)
-                        .unwrap_or(EpollTimeout::MAX)
-                }
-            };
-            let n = match self.epoll.wait(&mut events, timeout) {
-                Ok(n) => n,
-                Err(nix::Error::EINTR) => 0,
-                Err(e) => return Err(e.into()),
-            };
-            for ev in &events[..n] {
-                self.dispatch(ev.data(), ev.events());
-                self.drain();
-            }
-            self.fire_timers(Instant::now());
-            // Before the replies go out: `cohost shutdown` returns once the
-            // daemon has cleaned up (cgroups, socket), not before.
-            if self.shutting_down && self.all_quiet() {
-                self.shutdown_cleanup();
-                tracing::info!("every instance stopped; daemon exits");
-                return Ok(());
-            }
-            self.flush_replies();
-            self.flush_releases();
-            self.flush_state();
+        while !self.turn(&mut events, None)? {}
+        Ok(())
+    }
+
+    /// One turn of the event loop: queued events through the table, then
+    /// wait (for the next timer at most, and `max_wait` if given), dispatch
+    /// what arrived, fire due timers, send replies and state. True when the
+    /// daemon is done (shutting down and every instance quiet).
+    fn turn(
+        &mut self,
+        events: &mut [EpollEvent],
+        max_wait: Option<std::time::Duration>,
+    ) -> io::Result<bool> {
+        self.drain();
+        if self.shutting_down && self.all_quiet() {
+            self.shutdown_cleanup();
+            tracing::info!("every instance stopped; daemon exits");
+            return Ok(true);
         }
+        self.purge_stale_timers();
+        let now = Instant::now();
+        let wait = match (self.timers.next_deadline(), max_wait) {
+            (None, None) => None,
+            (Some(at), m) => Some(
+                at.saturating_duration_since(now)
+                    .min(m.unwrap_or(std::time::Duration::MAX)),
+            ),
+            (None, Some(m)) => Some(m),
+        };
+        let timeout = match wait {
+            None => EpollTimeout::NONE,
+            // Round up: waking a millisecond early would spin.
+            Some(d) => {
+                EpollTimeout::try_from(d.as_micros().div_ceil(1000).min(i32::MAX as u128) as u64)
+                    .unwrap_or(EpollTimeout::MAX)
+            }
+        };
+        let n = match self.epoll.wait(events, timeout) {
+            Ok(n) => n,
+            Err(nix::Error::EINTR) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        for ev in &events[..n] {
+            self.dispatch(ev.data(), ev.events());
+            self.drain();
+        }
+        self.fire_timers(Instant::now());
+        // Before the replies go out: `cohost shutdown` returns once the
+        // daemon has cleaned up (cgroups, socket), not before.
+        if self.shutting_down && self.all_quiet() {
+            self.shutdown_cleanup();
+            tracing::info!("every instance stopped; daemon exits");
+            return Ok(true);
+        }
+        self.flush_replies();
+        self.flush_releases();
+        self.flush_state();
+        Ok(false)
     }
 
     fn dispatch(&mut self, token: u64, flags: EpollFlags) {
@@ -695,8 +724,8 @@ impl Daemon {
     /// reused: its leader is our unreaped child.
     pub fn kill_group_if_child(&mut self, pid: i32) {
         if self.children.contains_key(&pid) {
-            // SAFETY: kill(2) on a group whose leader we have not reaped.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
+            // A group whose leader we have not reaped.
+            self.host.signal_child(-pid, libc::SIGKILL);
         }
     }
 

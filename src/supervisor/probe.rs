@@ -140,7 +140,7 @@ impl Daemon {
                     },
                     self.insts[idx].creds.clone(),
                 );
-                match plan.and_then(|p| p.spawn()) {
+                match plan.and_then(|p| self.host.spawn(p)) {
                     Ok(child) => {
                         self.children.insert(child.pid, Role::Probe { idx, slot });
                         if let Some(p) = self.probe_mut(idx, slot) {

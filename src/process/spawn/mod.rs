@@ -478,6 +478,18 @@ pub struct Child {
 }
 
 impl Child {
+    /// A child made by someone else (a test's fake host, see
+    /// `supervisor::host`): nothing of ours runs in it.
+    pub fn made_elsewhere(pid: i32, errpipe: OwnedFd) -> Child {
+        Child {
+            pid,
+            errpipe,
+            binds: Vec::new(),
+            in_flight: None,
+            parent_fds: Vec::new(),
+        }
+    }
+
     /// Exec confirmed (EOF on the pipe with no report) or the child reaped:
     /// its plan and stack are no longer in use.
     pub fn release(&mut self) {
