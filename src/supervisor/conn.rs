@@ -45,22 +45,35 @@ fn privileged(uid: u32) -> bool {
     uid == 0 || uid == nix::unistd::geteuid().as_raw()
 }
 
+/// Why a user's connection or request is not served now.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(
+        "too many connections from uid {uid} ({open} open, at most {MAX_CONNS_PER_USER} per user): close some and retry"
+    )]
+    UserConnections { uid: u32, open: usize },
+    #[error(
+        "too many connections from users other than root ({MAX_CONNS_UNPRIVILEGED}): retry later"
+    )]
+    Unprivileged,
+    #[error(
+        "too many requests in flight from uid {uid} (at most {MAX_BUSY_PER_USER}): wait for their answers"
+    )]
+    Busy { uid: u32 },
+}
+
 impl Fairness {
     /// Why a new connection of `uid` is refused, if it is.
-    fn admit(&mut self, uid: u32) -> Result<(), String> {
+    fn admit(&mut self, uid: u32) -> Result<(), Refused> {
         if privileged(uid) {
             return Ok(());
         }
         let n = self.conns.get(&uid).copied().unwrap_or(0);
         if n >= MAX_CONNS_PER_USER {
-            return Err(format!(
-                "too many connections from uid {uid} ({n} open, at most {MAX_CONNS_PER_USER} per user): close some and retry"
-            ));
+            return Err(Refused::UserConnections { uid, open: n });
         }
         if self.unprivileged >= MAX_CONNS_UNPRIVILEGED {
-            return Err(format!(
-                "too many connections from users other than root ({MAX_CONNS_UNPRIVILEGED}): retry later"
-            ));
+            return Err(Refused::Unprivileged);
         }
         *self.conns.entry(uid).or_default() += 1;
         self.unprivileged += 1;
@@ -84,15 +97,13 @@ impl Fairness {
     }
 
     /// A request of `uid` begins; `Err` if that user has too many going.
-    fn start(&mut self, uid: u32) -> Result<(), String> {
+    fn start(&mut self, uid: u32) -> Result<(), Refused> {
         if privileged(uid) {
             return Ok(());
         }
         let n = self.busy.entry(uid).or_default();
         if *n >= MAX_BUSY_PER_USER {
-            return Err(format!(
-                "too many requests in flight from uid {uid} (at most {MAX_BUSY_PER_USER}): wait for their answers"
-            ));
+            return Err(Refused::Busy { uid });
         }
         *n += 1;
         Ok(())
@@ -218,7 +229,7 @@ impl Daemon {
         if let Err(why) = self.fair.admit(peer.uid) {
             // The newest connection of a user over its cap goes: its older
             // ones, and everyone else's, are served on.
-            refuse(stream, &why);
+            refuse(stream, &why.to_string());
             return;
         }
         let id = self.next_conn;
@@ -323,7 +334,7 @@ impl Daemon {
                 let line: Vec<u8> = c.inbuf.drain(..=nl).collect();
                 let uid = c.peer.uid;
                 if let Err(why) = self.fair.start(uid) {
-                    self.reply_done(id, super::requests::code::FAILED, why, None);
+                    self.reply_done(id, super::requests::code::FAILED, why.to_string(), None);
                     return;
                 }
                 c.phase = Phase::Busy;

@@ -19,24 +19,51 @@ use crate::isolation::lock::Holder;
 use crate::model::ServiceKind;
 use crate::process::spawn::{ExecPlan, Output, Spawn};
 
+/// A step of a start on the loop that failed (the storage steps are
+/// `PrepareError`s, on the worker).
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error("{step} still does not answer (checked {secs}s ago, no answer yet)")]
+    StillHung { step: String, secs: u64 },
+    #[error(
+        "memory_max/pids_max/cpu_weight/cpu_max need cgroups, which cannot be used here: {why}"
+    )]
+    LimitsNeedCgroups { why: String },
+    #[error("{0}")]
+    NoCgroups(String),
+    #[error(transparent)]
+    Cgroup(#[from] crate::isolation::cgroup::CgroupError),
+    #[error("opening {dir}: {source}")]
+    CgroupFiles {
+        dir: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{name}: {source}")]
+    Spawn {
+        name: String,
+        #[source]
+        source: crate::process::spawn::SpawnError,
+    },
+}
+
 impl Daemon {
     pub(super) fn launch(&mut self, idx: usize) {
         self.waiting_address.remove(&idx);
         self.timing_launch(idx);
-        if let Err(msg) = self.begin_prepare(idx) {
-            self.post(idx, Event::LaunchFailed(msg));
+        if let Err(e) = self.begin_prepare(idx) {
+            self.post(idx, Event::LaunchFailed(e.to_string()));
         }
     }
 
-    fn begin_prepare(&mut self, idx: usize) -> Result<(), String> {
+    fn begin_prepare(&mut self, idx: usize) -> Result<(), LaunchError> {
         if let Some(p) = &self.insts[idx].preparing {
             // A check of the last start is still stuck on the storage: a
             // second one would hang beside it. Fail now, say what hangs.
-            return Err(format!(
-                "{} still does not answer (checked {}s ago, no answer yet)",
-                p.progress.get(),
-                p.since.elapsed().as_secs()
-            ));
+            return Err(LaunchError::StillHung {
+                step: p.progress.get(),
+                secs: p.since.elapsed().as_secs(),
+            });
         }
         let spec = self.insts[idx].spec.clone();
         self.reuse_or_make_cgroup(idx)?;
@@ -96,7 +123,7 @@ impl Daemon {
 
     /// The empty cgroup of the last run if it was never killed and its
     /// limits are still the ones wanted; else a new one.
-    fn reuse_or_make_cgroup(&mut self, idx: usize) -> Result<(), String> {
+    fn reuse_or_make_cgroup(&mut self, idx: usize) -> Result<(), LaunchError> {
         let spec = self.insts[idx].spec.clone();
         match self.insts[idx].spare_cgroup.take() {
             Some((cg, limits)) if limits == spec.limits && !cg.killed && !cg.populated() => {
@@ -111,9 +138,9 @@ impl Daemon {
         match &self.cgroot {
             Ok(_) if self.insts[idx].cgroup.is_some() => Ok(()),
             Ok(_) => self.make_cgroup(idx),
-            Err(why) if !spec.limits.is_empty() => Err(format!(
-                "memory_max/pids_max/cpu_weight/cpu_max need cgroups, which cannot be used here: {why}"
-            )),
+            Err(why) if !spec.limits.is_empty() => Err(LaunchError::LimitsNeedCgroups {
+                why: why.to_string(),
+            }),
             Err(_) => Ok(()),
         }
     }
@@ -123,7 +150,7 @@ impl Daemon {
     fn cgroup_fds(
         &mut self,
         idx: usize,
-    ) -> Result<(Option<std::os::fd::OwnedFd>, Vec<std::os::fd::OwnedFd>), String> {
+    ) -> Result<(Option<std::os::fd::OwnedFd>, Vec<std::os::fd::OwnedFd>), LaunchError> {
         let Some(cg) = &self.insts[idx].cgroup else {
             return Ok((None, Vec::new()));
         };
@@ -135,12 +162,18 @@ impl Daemon {
                 self.insts[idx].cgroup = None;
                 self.make_cgroup(idx)?;
                 let cg = self.insts[idx].cgroup.as_ref().expect("just made");
-                let (dir, v1) = cg
-                    .join_dir_and_v1_files()
-                    .map_err(|e| format!("opening {}: {e}", cg.dir.display()))?;
+                let (dir, v1) =
+                    cg.join_dir_and_v1_files()
+                        .map_err(|source| LaunchError::CgroupFiles {
+                            dir: cg.dir.clone(),
+                            source,
+                        })?;
                 Ok((Some(dir), v1))
             }
-            Err(e) => Err(format!("opening {}: {e}", cg.dir.display())),
+            Err(source) => Err(LaunchError::CgroupFiles {
+                dir: cg.dir.clone(),
+                source,
+            }),
         }
     }
 
@@ -167,14 +200,14 @@ impl Daemon {
         match result {
             Err(e) => self.post(idx, Event::LaunchFailed(e.to_string())),
             Ok(prep) => {
-                if let Err(msg) = self.fork_prepared(idx, prep) {
-                    self.post(idx, Event::LaunchFailed(msg));
+                if let Err(e) = self.fork_prepared(idx, prep) {
+                    self.post(idx, Event::LaunchFailed(e.to_string()));
                 }
             }
         }
     }
 
-    fn fork_prepared(&mut self, idx: usize, prep: Prepared) -> Result<(), String> {
+    fn fork_prepared(&mut self, idx: usize, prep: Prepared) -> Result<(), LaunchError> {
         let id = self.insts[idx].id().to_string();
         self.timing_prepared(idx, prep.lock_time, prep.lock.as_ref());
         if let Some(lock) = prep.lock {
@@ -215,10 +248,13 @@ impl Daemon {
         name: &str,
         plan: ExecPlan,
         role: ProcRole,
-    ) -> Result<i32, String> {
+    ) -> Result<i32, LaunchError> {
         // Not waiting for the exec: the loop goes on to the next instance
         // while this child execs; `self.errpipes` keeps what it reads.
-        let mut child = self.host.spawn(plan).map_err(|e| format!("{name}: {e}"))?;
+        let mut child = self.host.spawn(plan).map_err(|source| LaunchError::Spawn {
+            name: name.to_string(),
+            source,
+        })?;
         self.release_later(std::mem::take(&mut child.parent_fds));
         let pid = child.pid;
         let start_time = self.host.start_time(pid).unwrap_or(0);
@@ -335,12 +371,13 @@ impl Daemon {
     }
 
     /// Creates the instance's cgroup with its limits, and watches it.
-    fn make_cgroup(&mut self, idx: usize) -> Result<(), String> {
-        let root = self.cgroot.as_ref().map_err(Clone::clone)?;
+    fn make_cgroup(&mut self, idx: usize) -> Result<(), LaunchError> {
+        let root = self
+            .cgroot
+            .as_ref()
+            .map_err(|why| LaunchError::NoCgroups(why.to_string()))?;
         let spec = &self.insts[idx].spec;
-        let cg = root
-            .create(&spec.id, &spec.limits)
-            .map_err(|e| format!("{e}"))?;
+        let cg = root.create(&spec.id, &spec.limits)?;
         self.insts[idx].cgroup = Some(cg);
         self.watch_cgroup(idx);
         Ok(())

@@ -74,7 +74,7 @@ impl Daemon {
             let name = format!("{}.json", saved.id);
             if let Some((name, bytes)) = self.rundir.queue_state(name, bytes) {
                 let r = self.rundir.state.write_atomic(&name, &bytes);
-                self.note_state_outcome((name, r.map_err(|e| e.to_string())));
+                self.note_state_outcome((name, r.map_err(std::sync::Arc::new)));
             }
         }
     }

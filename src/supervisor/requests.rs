@@ -24,6 +24,17 @@ pub mod code {
     pub const DENIED: i32 = 4;
 }
 
+/// A request its caller may not make.
+#[derive(Debug, thiserror::Error)]
+#[error("permission denied: uid {uid} may not {op} (only root and uid {me}{readers})")]
+pub struct Denied {
+    uid: u32,
+    op: &'static str,
+    me: u32,
+    /// "; group G may read status", where a status group is set.
+    readers: String,
+}
+
 impl Daemon {
     pub(super) fn handle_request(&mut self, conn: u64, line: &[u8]) {
         // What the state writer reported: a failed write shows at once.
@@ -43,7 +54,7 @@ impl Daemon {
                 "refused {:?}: {why}",
                 op_name(&env.req)
             );
-            self.reply_done(conn, code::DENIED, why, None);
+            self.reply_done(conn, code::DENIED, why.to_string(), None);
             return;
         }
         if let Some(cfg) = &env.config
@@ -171,7 +182,7 @@ impl Daemon {
 
     /// Root and the daemon's own user may do anything; members of the
     /// configured status group may read.
-    fn authorize(&self, peer: Peer, req: &Request) -> Result<(), String> {
+    fn authorize(&self, peer: Peer, req: &Request) -> Result<(), Denied> {
         let me = nix::unistd::geteuid().as_raw();
         if peer.uid == 0 || peer.uid == me {
             return Ok(());
@@ -182,15 +193,18 @@ impl Daemon {
         {
             return Ok(());
         }
-        Err(format!(
-            "permission denied: uid {} may not {} (only root and uid {me}{})",
-            peer.uid,
-            op_name(req),
-            match &self.config.supervisor.status_group {
-                Some(g) => format!("; group {g} may read status"),
-                None => String::new(),
-            }
-        ))
+        Err(Denied {
+            uid: peer.uid,
+            op: op_name(req),
+            me,
+            readers: self
+                .config
+                .supervisor
+                .status_group
+                .as_ref()
+                .map(|g| format!("; group {g} may read status"))
+                .unwrap_or_default(),
+        })
     }
 
     /// The instance's index, or an error answer naming the known ones.

@@ -26,7 +26,8 @@ struct Job {
 }
 
 /// The outcome of writing one file: its name and the error, if any.
-pub(crate) type Outcome = (String, Result<(), String>);
+/// (One directory fsync covers a batch: its failure is shared.)
+pub(crate) type Outcome = (String, Result<(), std::sync::Arc<WriteError>>);
 
 pub(crate) struct StateWriter {
     jobs: Option<Sender<Job>>,
@@ -90,18 +91,14 @@ fn write_loop(dir: &RuntimeDir, rx: &Receiver<Job>, tx: &Sender<Outcome>) {
             match dir.replace_file(&name, &bytes) {
                 Ok(()) => written.push(name),
                 Err(e) => {
-                    let _ = tx.send((name, Err(e.to_string())));
+                    let _ = tx.send((name, Err(std::sync::Arc::new(e))));
                 }
             }
         }
         // One directory fsync makes every rename of the batch durable.
-        let synced = dir.sync();
+        let synced = dir.sync().map_err(std::sync::Arc::new);
         for name in written {
-            let r = synced
-                .as_ref()
-                .map(|_| ())
-                .map_err(|e: &WriteError| e.to_string());
-            let _ = tx.send((name, r));
+            let _ = tx.send((name, synced.clone()));
         }
     }
 }
