@@ -189,7 +189,7 @@ pub struct Inst {
     /// A read of the process logs' tails out on the worker.
     pub tail_job: Option<super::worker::JobId>,
     /// Start failures waiting for those tails before they are answered.
-    pub failure_replies: Vec<super::exec::FailureReply>,
+    pub failure_replies: Vec<super::replies::FailureReply>,
     /// The log file system's space, as last asked (see refresh_log_space).
     pub log_space: LogSpace,
     /// Start timing and the usage baseline (issue 15).
