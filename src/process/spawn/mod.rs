@@ -88,13 +88,9 @@ pub enum FetchUnavailable {
     Probe(#[source] Box<SpawnError>),
 }
 
-/// In the supervisor, at its start (single-threaded, before it opens
-/// anything it keeps): puts a pidfd of this process at [`DAEMON_PIDFD`]
-/// and checks, with a child that execs `/bin/true`, that children can take
-/// their files through it; from then on [`ExecPlan::spawn`] works so.
-/// `keep` is a descriptor the caller owns that may sit at 3; it is moved,
-/// and its new number returned in place.
-pub fn enable_fetch(keep: &mut Option<RawFd>) -> Result<(), FetchUnavailable> {
+/// Stdio open, a pidfd of ours at [`DAEMON_PIDFD`], 4..64 filled (see
+/// [`enable_fetch`]); `keep` moved out of the way where it sits there.
+fn reserve_low_fds(keep: &mut Option<RawFd>) -> Result<(), FetchUnavailable> {
     let err = |step| move |source| FetchUnavailable::Os { step, source };
     // 0..=2 open (a child's table starts with exactly 0..=3).
     for fd in 0..=2 {
@@ -156,6 +152,17 @@ pub fn enable_fetch(keep: &mut Option<RawFd>) -> Result<(), FetchUnavailable> {
             }
         }
     }
+    Ok(())
+}
+
+/// In the supervisor, at its start (single-threaded, before it opens
+/// anything it keeps): puts a pidfd of this process at [`DAEMON_PIDFD`]
+/// and checks, with a child that execs `/bin/true`, that children can take
+/// their files through it; from then on [`ExecPlan::spawn`] works so.
+/// `keep` is a descriptor the caller owns that may sit at 3; it is moved,
+/// and its new number returned in place.
+pub fn enable_fetch(keep: &mut Option<RawFd>) -> Result<(), FetchUnavailable> {
+    reserve_low_fds(keep)?;
     FETCH.store(true, std::sync::atomic::Ordering::Relaxed);
     let run = RunContext::bare(Vec::new());
     let argv = ["/bin/true".to_string()];
