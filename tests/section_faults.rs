@@ -567,8 +567,46 @@ fn a_supervisor_in_a_once_killed_cgroup_still_starts_its_instances() {
 fn a_hung_disk_holding_a_lock_never_stalls_another_start() {
     require_root_cgroups();
     let h = Harness::new();
+    hung_lock_config(&h);
     let fs = HangFs::mount(&h.path("san-backing"), &h.path("san"));
     std::fs::create_dir_all(h.path("san/h1/data")).unwrap();
+    let h1 = start_and_answer(&h, "h1", &h.addr(2));
+    assert!(
+        h.path("san/h1/data/.cohost.lock").exists(),
+        "h1's lock is on the disk that will hang"
+    );
+    fs.hang();
+    // o1 starts, stops and starts again while h1's disk hangs, each in the
+    // time it takes without the fault (the start timeout is 20 s: a child
+    // stuck on h1's lock would miss the 10 s below).
+    for round in 0..3 {
+        let (d, out) = timed(&h, &["start", "o1", "--timeout", "10"]);
+        assert_eq!(
+            out.code, 0,
+            "round {round}: o1 start during the hang: {out}"
+        );
+        assert!(
+            d < Duration::from_secs(5),
+            "round {round}: start took {d:?}"
+        );
+        let got = ask(&format!("{}:9003", h.addr(3))).unwrap();
+        assert!(got.starts_with("ok"), "o1 answered {got:?}");
+        // It holds its own files and nothing of the supervisor's.
+        holds_only_its_own_files(&h, "o1");
+        let (d, out) = timed(&h, &["stop", "o1"]);
+        assert_eq!(out.code, 0, "round {round}: o1 stop: {out}");
+        assert!(d < Duration::from_secs(5), "round {round}: stop took {d:?}");
+    }
+    let (_, out) = timed(&h, &["monitor", "h1", "--depth", "0"]);
+    assert_eq!(out.code, 0, "h1 still runs: {out}");
+    assert_eq!(h.members("h1"), h1, "h1 never blinked");
+    assert_eq!(fs.blocked(), 0, "nothing waited on the hung disk");
+    fs.go();
+    h.run(&["stop", "h1"]).ok();
+}
+
+/// h1 on the shared disk (`san/`), o1 on local storage, both locked.
+fn hung_lock_config(h: &Harness) {
     h.mkdirs(&["o1/data"]);
     let cfg = format!(
         r#"
@@ -596,64 +634,58 @@ paths   = {{ data = "{o1}" }}
         o1 = h.path("o1/data").display(),
     );
     h.write_config("hung-lock.toml", &cfg);
-    let h1 = start_and_answer(&h, "h1", &h.addr(2));
-    assert!(
-        h.path("san/h1/data/.cohost.lock").exists(),
-        "h1's lock is on the disk that will hang"
-    );
-    fs.hang();
-    // o1 starts, stops and starts again while h1's disk hangs, each in the
-    // time it takes without the fault (the start timeout is 20 s: a child
-    // stuck on h1's lock would miss the 10 s below).
-    for round in 0..3 {
-        let (d, out) = timed(&h, &["start", "o1", "--timeout", "10"]);
-        assert_eq!(
-            out.code, 0,
-            "round {round}: o1 start during the hang: {out}"
-        );
-        assert!(
-            d < Duration::from_secs(5),
-            "round {round}: start took {d:?}"
-        );
-        let got = ask(&format!("{}:9003", h.addr(3))).unwrap();
-        assert!(got.starts_with("ok"), "o1 answered {got:?}");
-        // It holds its own files and nothing of the supervisor's.
-        for p in h.members("o1") {
-            let mut fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{p}/fd"))
-                .unwrap()
-                .flatten()
-                .map(|e| {
-                    let l = std::fs::read_link(e.path()).unwrap_or_default();
-                    (
-                        e.file_name().to_string_lossy().into_owned(),
-                        l.display().to_string(),
-                    )
-                })
-                .collect();
-            fds.sort();
-            let lock = h.path("o1/data/.cohost.lock").display().to_string();
-            for (n, target) in &fds {
-                let expected = match n.as_str() {
-                    "0" => target == "/dev/null",
-                    "1" | "2" => target.ends_with("/logs/o1/s.log"),
-                    "3" => *target == lock,
-                    // the service's own listening socket
-                    _ => target.starts_with("socket:"),
-                };
-                assert!(
-                    expected,
-                    "o1's process {p} holds fd {n} -> {target}: {fds:?}"
-                );
-            }
+}
+
+/// The files a process of `id` holds are its own: /dev/null, its log, its
+/// lock and sockets; nothing of the supervisor's or of other instances'.
+fn holds_only_its_own_files(h: &Harness, id: &str) {
+    for p in h.members(id) {
+        let mut fds: Vec<(String, String)> = std::fs::read_dir(format!("/proc/{p}/fd"))
+            .unwrap()
+            .flatten()
+            .map(|e| {
+                let l = std::fs::read_link(e.path()).unwrap_or_default();
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    l.display().to_string(),
+                )
+            })
+            .collect();
+        fds.sort();
+        let lock = h
+            .path(&format!("{id}/data/.cohost.lock"))
+            .display()
+            .to_string();
+        for (n, target) in &fds {
+            let expected = match n.as_str() {
+                "0" => target == "/dev/null",
+                "1" | "2" => target.ends_with(&format!("/logs/{id}/s.log")),
+                "3" => *target == lock,
+                // the service's own listening socket
+                _ => target.starts_with("socket:"),
+            };
+            assert!(
+                expected,
+                "{id}'s process {p} holds fd {n} -> {target}: {fds:?}"
+            );
         }
-        let (d, out) = timed(&h, &["stop", "o1"]);
-        assert_eq!(out.code, 0, "round {round}: o1 stop: {out}");
-        assert!(d < Duration::from_secs(5), "round {round}: stop took {d:?}");
     }
-    let (_, out) = timed(&h, &["monitor", "h1", "--depth", "0"]);
-    assert_eq!(out.code, 0, "h1 still runs: {out}");
-    assert_eq!(h.members("h1"), h1, "h1 never blinked");
-    assert_eq!(fs.blocked(), 0, "nothing waited on the hung disk");
-    fs.go();
-    h.run(&["stop", "h1"]).ok();
+}
+
+/// The older way (COHOST_NO_FETCH=1: children get a copy of the
+/// supervisor's table and close it) also leaves a child only its own.
+#[test]
+fn without_fetching_a_child_still_holds_only_its_own_files() {
+    require_root_cgroups();
+    let mut h = Harness::new();
+    h.env("COHOST_NO_FETCH", "1");
+    hung_lock_config(&h);
+    std::fs::create_dir_all(h.path("san/h1/data")).unwrap();
+    start_and_answer(&h, "h1", &h.addr(2));
+    start_and_answer(&h, "o1", &h.addr(3));
+    holds_only_its_own_files(&h, "o1");
+    assert!(
+        h.daemon_log().contains("COHOST_NO_FETCH=1"),
+        "the daemon took the older way"
+    );
 }

@@ -224,12 +224,20 @@ pub(crate) struct Daemon {
 pub fn run(mut opts: Options) -> i32 {
     // First, before anything is opened that stays: children take their
     // own files from us and get nothing else of ours (process::spawn).
-    match crate::process::spawn::enable_fetch(&mut opts.notify_fd) {
-        Ok(()) => tracing::debug!("children take their files through a pidfd (no copies)"),
-        Err(e) => tracing::warn!(
-            "children get a copy of each of the supervisor's files ({e}): a shared path \
-             that hangs can then stall the start of another instance"
-        ),
+    // `COHOST_NO_FETCH=1`: the older way (a copy of the table, closed in
+    // the child), for a kernel that misbehaves and for its tests.
+    if std::env::var_os("COHOST_NO_FETCH").is_some_and(|v| v == "1") {
+        tracing::info!(
+            "COHOST_NO_FETCH=1: children get a copy of the supervisor's files and close them"
+        );
+    } else {
+        match crate::process::spawn::enable_fetch(&mut opts.notify_fd) {
+            Ok(()) => tracing::debug!("children take their files through a pidfd (no copies)"),
+            Err(e) => tracing::warn!(
+                "children get a copy of each of the supervisor's files ({e}): a shared path \
+                 that hangs can then stall the start of another instance"
+            ),
+        }
     }
     let mut d = match Daemon::new(opts) {
         Ok(d) => d,
