@@ -35,22 +35,24 @@ pub mod worker;
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
-use nix::sys::inotify::{InitFlags, Inotify};
-use nix::sys::signal::{SigSet, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::epoll::Epoll;
+use nix::sys::inotify::Inotify;
+use nix::sys::signalfd::SignalFd;
 
 use crate::config::{self, Diag, Trust};
-use crate::isolation::cgroup::{self, CgroupRoot};
+use crate::isolation::cgroup::CgroupRoot;
 use crate::model::Config;
 use fsm::Event;
 use instance::Inst;
-use setup::{bind_sockets, prepare_runtime, raise_nofile, sd_notify, weigh_session};
+use setup::{
+    bind_sockets, discover_cgroups, event_set, node_name, prepare_runtime, raise_nofile, record,
+    sd_notify, take_signals, weigh_session,
+};
 
 /// Epoll tokens: the kind in the top byte, a value below.
 mod tok {
@@ -263,104 +265,25 @@ impl Daemon {
 
     fn with_host(opts: Options, host: Box<dyn host::Host>) -> Result<Daemon, DaemonError> {
         let rt = opts.runtime_dir.clone();
-        let rt_err = |source| DaemonError::RuntimeDir {
-            path: rt.clone(),
-            source,
-        };
         let rundir = prepare_runtime(&rt)?;
-
         let config = config::load(&opts.config_dir, Trust::for_current_user())
             .map_err(DaemonError::Config)?;
-        let node = match &config.supervisor.node {
-            Some(n) => n.clone(),
-            None => nix::unistd::gethostname()
-                .map(|h| h.to_string_lossy().into_owned())
-                .unwrap_or_else(|_| "localhost".into()),
-        };
+        let node = node_name(&config);
 
-        // Signals arrive on the signalfd only; children get a clean mask
-        // back before exec (process::spawn).
-        let mut mask = SigSet::empty();
-        for s in [
-            Signal::SIGCHLD,
-            Signal::SIGTERM,
-            Signal::SIGINT,
-            Signal::SIGHUP,
-        ] {
-            mask.add(s);
-        }
-        mask.thread_block().map_err(os("blocking signals"))?;
-        let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
-            .map_err(os("signalfd"))?;
-        // Orphans of instance processes (double forks) are re-parented to
-        // us and reaped here: no zombie accumulates on the node.
-        // SAFETY: prctl with integer arguments.
-        if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
-            return Err(DaemonError::Os {
-                step: "becoming child subreaper",
-                source: io::Error::last_os_error(),
-            });
-        }
+        let sigfd = take_signals()?;
         crate::process::spawn::remember_nofile();
         raise_nofile();
         weigh_session();
 
-        let cgroot = CgroupRoot::discover(&config.supervisor.cgroup, &cgroup::tag_for(&rt));
-        match &cgroot {
-            Ok(c) => {
-                tracing::info!(cgroup = %c.base.display(), "tracking instances with cgroups");
-                probe_clone3(&c.base);
-            }
-            Err(why) => {
-                tracing::warn!("cgroups unavailable ({why}): tracking by process group and session")
-            }
-        }
+        let cgroot = discover_cgroups(&config, &rt);
 
-        let setup::Listeners {
-            main: listener,
-            readers: readers_listener,
-            status_gid,
-        } = bind_sockets(&rundir.dir, config.supervisor.status_group.as_deref())?;
-        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create"))?;
+        let sockets = bind_sockets(&rundir.dir, config.supervisor.status_group.as_deref())?;
         // After the signal mask: its threads inherit it (signals stay ours).
         let worker = worker::Worker::new().map_err(|source| DaemonError::Os {
             step: "eventfd for the worker",
             source,
         })?;
-        epoll
-            .add(
-                worker.fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, tok::WORKER),
-            )
-            .map_err(os("epoll_ctl"))?;
-        let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
-            .map_err(os("inotify_init"))?;
-        epoll
-            .add(
-                sigfd.as_fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, tok::SIGNAL),
-            )
-            .map_err(os("epoll_ctl"))?;
-        epoll
-            .add(
-                listener.as_fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, tok::LISTEN),
-            )
-            .map_err(os("epoll_ctl"))?;
-        if let Some(r) = &readers_listener {
-            epoll
-                .add(
-                    r.as_fd(),
-                    EpollEvent::new(EpollFlags::EPOLLIN, tok::LISTEN | 1),
-                )
-                .map_err(os("epoll_ctl"))?;
-        }
-        epoll
-            .add(
-                inotify.as_fd(),
-                EpollEvent::new(EpollFlags::EPOLLIN, tok::INOTIFY),
-            )
-            .map_err(os("epoll_ctl"))?;
+        let (epoll, inotify) = event_set(&sigfd, &sockets.main, sockets.readers.as_ref(), &worker)?;
 
         let now = Instant::now();
         let mut insts = Vec::with_capacity(config.instances.len());
@@ -369,22 +292,10 @@ impl Daemon {
             index.insert(id.clone(), insts.len());
             insts.push(Inst::new(spec.clone(), now));
         }
-        rundir
-            .dir
-            .write_atomic("daemon.pid", format!("{}\n", std::process::id()).as_bytes())
-            .map_err(|e| rt_err(io::Error::other(e)))?;
-        // Where this supervisor's instance cgroups are: a CLI that finds no
-        // daemon looks there (and only there) for what still runs
-        // (cli/offline.rs). Without it, it would have to search the whole
-        // hierarchy, where another supervisor with the same runtime dir
-        // path (a node in a container beside us) has cgroups of the same
-        // names.
-        if let Ok(root) = &cgroot {
-            let text = format!("{}\n", root.base.display());
-            if let Err(e) = rundir.dir.write_atomic(CGROUP_RECORD, text.as_bytes()) {
-                tracing::warn!("recording the cgroup base in {CGROUP_RECORD}: {e}");
-            }
-        }
+        record(&rundir, &cgroot).map_err(|source| DaemonError::RuntimeDir {
+            path: rt.clone(),
+            source,
+        })?;
         let mut d = Daemon {
             opts,
             config: Arc::new(config),
@@ -393,9 +304,9 @@ impl Daemon {
             index,
             epoll,
             sigfd,
-            listener,
-            readers_listener,
-            status_gid,
+            listener: sockets.main,
+            readers_listener: sockets.readers,
+            status_gid: sockets.status_gid,
             inotify,
             cg_watches: HashMap::new(),
             netlink: None,
@@ -427,6 +338,14 @@ impl Daemon {
             old_locks: Vec::new(),
         };
         d.adopt_all();
+        d.announce_ready();
+        Ok(d)
+    }
+
+    /// Says "ready" (log, systemd, the launching client) and starts the
+    /// instances marked `autostart`.
+    fn announce_ready(&mut self) {
+        let d = self;
         tracing::info!(
             pid = std::process::id(),
             config = %d.opts.config_dir.display(),
@@ -454,35 +373,11 @@ impl Daemon {
         if !auto.is_empty() {
             d.start_batch(None, batch::Op::Up, auto);
         }
-        Ok(d)
     }
 }
 
 /// The runtime dir's record of where this supervisor's cgroups are.
 pub const CGROUP_RECORD: &str = "cgroup";
-
-/// Children are born in their cgroup (clone3) unless the kernel kills
-/// them there: see [`crate::process::spawn::probe_clone3`].
-fn probe_clone3(base: &Path) {
-    let dir = base.join(".clone3-probe");
-    let _ = std::fs::remove_dir(&dir);
-    if let Err(e) = std::fs::create_dir(&dir) {
-        tracing::warn!(
-            "creating {}: {e}; children join their cgroup by writing",
-            dir.display()
-        );
-        crate::process::spawn::probe_clone3_failed();
-        return;
-    }
-    match crate::process::spawn::probe_clone3(&dir) {
-        Ok(true) => {}
-        Ok(false) => tracing::warn!(
-            "a child born in a cgroup (clone3) was killed at birth: this supervisor's own cgroup was once killed (cgroup.kill); children join their cgroup by writing instead"
-        ),
-        Err(e) => tracing::warn!("probing clone3 into a cgroup: {e}"),
-    }
-    let _ = std::fs::remove_dir(&dir);
-}
 
 /// Duration since `t` in whole seconds, for status.
 pub fn secs_since(t: Instant, now: Instant) -> u64 {

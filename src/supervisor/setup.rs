@@ -1,14 +1,22 @@
 //! What the daemon does once, at start: its runtime dir, the lock that
 //! makes it the only daemon of that dir, the control socket, the fd limit,
-//! and telling systemd (Type=notify) that it is ready.
+//! the signals, the epoll set, the cgroup root, and telling systemd
+//! (Type=notify) that it is ready.
 
 use std::fs::File;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
-use super::DaemonError;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags};
+use nix::sys::inotify::{InitFlags, Inotify};
+use nix::sys::signal::{SigSet, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+
 use super::statefile::{Outcome as StateOutcome, StateWriter};
+use super::{CGROUP_RECORD, DaemonError, Outcome, os, tok, worker};
+use crate::isolation::cgroup::{self, CgroupRoot};
+use crate::model::Config;
 use crate::rundir::{Guard, RunDirError, RuntimeDir};
 
 /// Tells systemd (Type=notify) about readiness and shutdown, if it asked:
@@ -259,4 +267,132 @@ pub(super) fn weigh_session() {
     if leader && let Err(e) = std::fs::write("/proc/self/autogroup", "-5") {
         tracing::debug!("raising the session's scheduler weight: {e}");
     }
+}
+
+/// The node's name in locks, hooks and records: configured, or the host's.
+pub(super) fn node_name(config: &Config) -> String {
+    match &config.supervisor.node {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_else(|_| "localhost".into()),
+    }
+}
+
+/// Signals arrive on the signalfd only (blocked in every thread; children
+/// get a clean mask back before exec); orphans are re-parented to us.
+pub(super) fn take_signals() -> Result<SignalFd, DaemonError> {
+    // Signals arrive on the signalfd only; children get a clean mask
+    // back before exec (process::spawn).
+    let mut mask = SigSet::empty();
+    for s in [
+        Signal::SIGCHLD,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        mask.add(s);
+    }
+    mask.thread_block().map_err(os("blocking signals"))?;
+    let sigfd = SignalFd::with_flags(&mask, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC)
+        .map_err(os("signalfd"))?;
+    // Orphans of instance processes (double forks) are re-parented to
+    // us and reaped here: no zombie accumulates on the node.
+    // SAFETY: prctl with integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } < 0 {
+        return Err(DaemonError::Os {
+            step: "becoming child subreaper",
+            source: io::Error::last_os_error(),
+        });
+    }
+    Ok(sigfd)
+}
+
+/// Instance cgroups under the daemon's own (or the configured parent),
+/// with the clone3 probe; the reason where they cannot be used.
+pub(super) fn discover_cgroups(config: &Config, rt: &Path) -> Result<CgroupRoot, String> {
+    let cgroot = CgroupRoot::discover(&config.supervisor.cgroup, &cgroup::tag_for(rt));
+    match &cgroot {
+        Ok(c) => {
+            tracing::info!(cgroup = %c.base.display(), "tracking instances with cgroups");
+            probe_clone3(&c.base);
+        }
+        Err(why) => {
+            tracing::warn!("cgroups unavailable ({why}): tracking by process group and session")
+        }
+    }
+
+    cgroot
+}
+
+/// The epoll set over what the loop waits on, and the inotify instance
+/// (cgroup.events watches are added later).
+pub(super) fn event_set(
+    sigfd: &SignalFd,
+    listener: &OwnedFd,
+    readers: Option<&OwnedFd>,
+    worker: &worker::Worker<Outcome>,
+) -> Result<(Epoll, Inotify), DaemonError> {
+    let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC).map_err(os("epoll_create"))?;
+    let inotify = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC)
+        .map_err(os("inotify_init"))?;
+    let mut sources = vec![
+        (worker.fd(), tok::WORKER),
+        (sigfd.as_fd(), tok::SIGNAL),
+        (listener.as_fd(), tok::LISTEN),
+        (inotify.as_fd(), tok::INOTIFY),
+    ];
+    if let Some(r) = readers {
+        sources.push((r.as_fd(), tok::LISTEN | 1));
+    }
+    for (fd, token) in sources {
+        epoll
+            .add(fd, EpollEvent::new(EpollFlags::EPOLLIN, token))
+            .map_err(os("epoll_ctl"))?;
+    }
+    Ok((epoll, inotify))
+}
+
+/// daemon.pid, and where this supervisor's instance cgroups are.
+pub(super) fn record(rundir: &Runtime, cgroot: &Result<CgroupRoot, String>) -> io::Result<()> {
+    rundir
+        .dir
+        .write_atomic("daemon.pid", format!("{}\n", std::process::id()).as_bytes())
+        .map_err(io::Error::other)?;
+    // Where this supervisor's instance cgroups are: a CLI that finds no
+    // daemon looks there (and only there) for what still runs
+    // (cli/offline.rs). Without it, it would have to search the whole
+    // hierarchy, where another supervisor with the same runtime dir
+    // path (a node in a container beside us) has cgroups of the same
+    // names.
+    if let Ok(root) = &cgroot {
+        let text = format!("{}\n", root.base.display());
+        if let Err(e) = rundir.dir.write_atomic(CGROUP_RECORD, text.as_bytes()) {
+            tracing::warn!("recording the cgroup base in {CGROUP_RECORD}: {e}");
+        }
+    }
+    Ok(())
+}
+
+/// Children are born in their cgroup (clone3) unless the kernel kills
+/// them there: see [`crate::process::spawn::probe_clone3`].
+pub(super) fn probe_clone3(base: &Path) {
+    let dir = base.join(".clone3-probe");
+    let _ = std::fs::remove_dir(&dir);
+    if let Err(e) = std::fs::create_dir(&dir) {
+        tracing::warn!(
+            "creating {}: {e}; children join their cgroup by writing",
+            dir.display()
+        );
+        crate::process::spawn::probe_clone3_failed();
+        return;
+    }
+    match crate::process::spawn::probe_clone3(&dir) {
+        Ok(true) => {}
+        Ok(false) => tracing::warn!(
+            "a child born in a cgroup (clone3) was killed at birth: this supervisor's own cgroup was once killed (cgroup.kill); children join their cgroup by writing instead"
+        ),
+        Err(e) => tracing::warn!("probing clone3 into a cgroup: {e}"),
+    }
+    let _ = std::fs::remove_dir(&dir);
 }
