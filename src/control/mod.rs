@@ -1,6 +1,8 @@
-//! The control socket: protocol types, and the client side. The server
-//! side lives in the supervisor's event loop.
+//! The control socket: protocol types (`proto`, `observe`), the client
+//! (`client`), and the server's connections and fairness (`server`; the
+//! supervisor's event loop drives them).
 
 pub mod client;
 pub mod observe;
 pub mod proto;
+pub mod server;

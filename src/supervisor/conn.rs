@@ -1,10 +1,11 @@
-//! Client connections: non-blocking, one request line each, answered by
-//! reply lines. A request larger than `MAX_REQUEST` or not complete within
+//! The loop's side of the control socket: accepting (within the caps of
+//! `control::server`), reading a request into `handle_request`, queuing
+//! replies and writing them at the end of the loop iteration, timeouts.
+//! A request larger than `MAX_REQUEST` or not complete within
 //! `REQUEST_TIMEOUT` is answered with an error and closed; it never holds
 //! up the loop or another client.
 
-use std::collections::HashMap;
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
@@ -13,164 +14,8 @@ use nix::sys::epoll::EpollFlags;
 
 use super::{Daemon, timers, tok};
 use crate::control::proto::{MAX_REQUEST, Reply};
-
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Open connections one user other than root and the daemon's own may
-/// hold (guarantee 5: a reader of the status group hammering the socket
-/// never starves root). Cluster software runs a handful of monitors at a
-/// time; 16 is plenty for a person.
-pub const MAX_CONNS_PER_USER: usize = 16;
-/// Requests such a user may have in flight at once (a `monitor` running
-/// health checks holds its connection busy).
-pub const MAX_BUSY_PER_USER: usize = 4;
-/// Connections of all such users together, at most: the rest of the fds
-/// stay for root, the daemon's user and supervision (pidfds, probes, logs).
-pub const MAX_CONNS_UNPRIVILEGED: usize = 256;
-/// Connections accepted per wake-up: the loop gets back to the other
-/// events (root's pending answers, children, timers) however fast
-/// someone connects; epoll is level-triggered, the rest waits its turn.
-const MAX_ACCEPTS_PER_WAKE: usize = 64;
-
-/// Per-user accounting of connections and busy requests.
-#[derive(Debug, Default)]
-pub struct Fairness {
-    conns: HashMap<u32, usize>,
-    busy: HashMap<u32, usize>,
-    unprivileged: usize,
-}
-
-/// Root and the daemon's own user are always served.
-fn privileged(uid: u32) -> bool {
-    uid == 0 || uid == nix::unistd::geteuid().as_raw()
-}
-
-/// Why a user's connection or request is not served now.
-#[derive(Debug, thiserror::Error)]
-pub enum Refused {
-    #[error(
-        "too many connections from uid {uid} ({open} open, at most {MAX_CONNS_PER_USER} per user): close some and retry"
-    )]
-    UserConnections { uid: u32, open: usize },
-    #[error(
-        "too many connections from users other than root ({MAX_CONNS_UNPRIVILEGED}): retry later"
-    )]
-    Unprivileged,
-    #[error(
-        "too many requests in flight from uid {uid} (at most {MAX_BUSY_PER_USER}): wait for their answers"
-    )]
-    Busy { uid: u32 },
-}
-
-impl Fairness {
-    /// Why a new connection of `uid` is refused, if it is.
-    fn admit(&mut self, uid: u32) -> Result<(), Refused> {
-        if privileged(uid) {
-            return Ok(());
-        }
-        let n = self.conns.get(&uid).copied().unwrap_or(0);
-        if n >= MAX_CONNS_PER_USER {
-            return Err(Refused::UserConnections { uid, open: n });
-        }
-        if self.unprivileged >= MAX_CONNS_UNPRIVILEGED {
-            return Err(Refused::Unprivileged);
-        }
-        *self.conns.entry(uid).or_default() += 1;
-        self.unprivileged += 1;
-        Ok(())
-    }
-
-    fn release(&mut self, uid: u32, was_busy: bool) {
-        if privileged(uid) {
-            return;
-        }
-        if let Some(n) = self.conns.get_mut(&uid) {
-            *n -= 1;
-            if *n == 0 {
-                self.conns.remove(&uid);
-            }
-            self.unprivileged -= 1;
-        }
-        if was_busy {
-            self.done(uid);
-        }
-    }
-
-    /// A request of `uid` begins; `Err` if that user has too many going.
-    fn start(&mut self, uid: u32) -> Result<(), Refused> {
-        if privileged(uid) {
-            return Ok(());
-        }
-        let n = self.busy.entry(uid).or_default();
-        if *n >= MAX_BUSY_PER_USER {
-            return Err(Refused::Busy { uid });
-        }
-        *n += 1;
-        Ok(())
-    }
-
-    fn done(&mut self, uid: u32) {
-        if let Some(n) = self.busy.get_mut(&uid) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                self.busy.remove(&uid);
-            }
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Peer {
-    pub uid: u32,
-    pub gid: u32,
-    pub pid: i32,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Phase {
-    Reading,
-    /// The request is being worked on (a start waiting for readiness…).
-    Busy,
-    /// `done` was queued: close once it is written.
-    Done,
-}
-
-pub struct Conn {
-    stream: UnixStream,
-    pub peer: Peer,
-    inbuf: Vec<u8>,
-    outbuf: Vec<u8>,
-    pub phase: Phase,
-    writing: bool,
-}
-
-impl Conn {
-    pub fn idle_or_done(&self) -> bool {
-        self.phase != Phase::Busy
-    }
-
-    /// At daemon exit: write what is left, blocking briefly.
-    pub fn flush_blocking(&mut self) {
-        let _ = self.stream.set_nonblocking(false);
-        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = self.stream.write_all(&self.outbuf);
-        self.outbuf.clear();
-    }
-}
-
-/// Answers a connection that will not be served with the reason, without
-/// waiting for it (a full socket buffer loses the answer, not our time).
-fn refuse(mut s: UnixStream, why: &str) {
-    let reply = Reply::Done {
-        code: super::requests::code::FAILED,
-        message: why.to_string(),
-        data: None,
-    };
-    if let Ok(mut line) = serde_json::to_vec(&reply) {
-        line.push(b'\n');
-        let _ = s.write(&line);
-    }
-}
+pub use crate::control::server::{Conn, Fairness, Peer, Phase};
+use crate::control::server::{MAX_ACCEPTS_PER_WAKE, REQUEST_TIMEOUT, refuse};
 
 impl Daemon {
     /// Accepts on the main socket, or on the status group's (`readers`).
@@ -241,17 +86,7 @@ impl Daemon {
         );
         self.timers
             .add(Instant::now() + REQUEST_TIMEOUT, timers::Key::Conn { id });
-        self.conns.insert(
-            id,
-            Conn {
-                stream,
-                peer,
-                inbuf: Vec::new(),
-                outbuf: Vec::new(),
-                phase: Phase::Reading,
-                writing: false,
-            },
-        );
+        self.conns.insert(id, Conn::new(stream, peer));
     }
 
     fn refuse_one_for_lack_of_fds(&mut self, listener: std::os::fd::RawFd) {
@@ -304,54 +139,26 @@ impl Daemon {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        let mut eof = false;
-        let mut buf = [0u8; 4096];
-        loop {
-            match c.stream.read(&mut buf) {
-                Ok(0) => {
-                    eof = true;
-                    break;
-                }
-                Ok(n) => {
-                    if c.phase == Phase::Reading {
-                        c.inbuf.extend_from_slice(&buf[..n]);
-                        if c.inbuf.len() > MAX_REQUEST {
-                            break;
-                        }
-                    }
-                    // After the request, anything more is ignored.
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    eof = true;
-                    break;
-                }
-            }
-        }
-        if c.phase == Phase::Reading {
-            if let Some(nl) = c.inbuf.iter().position(|b| *b == b'\n') {
-                let line: Vec<u8> = c.inbuf.drain(..=nl).collect();
-                let uid = c.peer.uid;
-                if let Err(why) = self.fair.start(uid) {
-                    self.reply_done(id, super::requests::code::FAILED, why.to_string(), None);
-                    return;
-                }
-                c.phase = Phase::Busy;
-                self.handle_request(id, &line);
+        let got = c.fill();
+        if let Some(line) = got.line {
+            if let Err(why) = self.fair.start(c.peer.uid) {
+                self.reply_done(id, super::requests::code::FAILED, why.to_string(), None);
                 return;
             }
-            if c.inbuf.len() > MAX_REQUEST {
-                self.reply_done(
-                    id,
-                    2,
-                    format!("request larger than {MAX_REQUEST} bytes refused"),
-                    None,
-                );
-                return;
-            }
+            c.phase = Phase::Busy;
+            self.handle_request(id, &line);
+            return;
         }
-        if eof {
+        if got.too_large {
+            self.reply_done(
+                id,
+                2,
+                format!("request larger than {MAX_REQUEST} bytes refused"),
+                None,
+            );
+            return;
+        }
+        if got.eof {
             // The client went away. What it asked for goes on (a stop is
             // not undone because its caller was killed); only the answer
             // is dropped.
@@ -378,18 +185,8 @@ impl Daemon {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        if c.phase == Phase::Done {
-            return;
-        }
-        match serde_json::to_writer(&mut c.outbuf, r) {
-            Ok(()) => c.outbuf.push(b'\n'),
-            Err(e) => tracing::error!("encoding a reply: {e}"),
-        }
-        if matches!(r, Reply::Done { .. }) {
-            if c.phase == Phase::Busy {
-                self.fair.done(c.peer.uid);
-            }
-            c.phase = Phase::Done;
+        if c.queue(r) {
+            self.fair.done(c.peer.uid);
         }
         // Written at the end of the loop iteration: the progress lines of
         // 500 instances starting at once go out in a few writes, not 1000.
@@ -435,30 +232,13 @@ impl Daemon {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        while !c.outbuf.is_empty() {
-            match c.stream.write(&c.outbuf) {
-                Ok(n) => {
-                    c.outbuf.drain(..n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    // Peer gone.
-                    c.outbuf.clear();
-                    c.phase = Phase::Done;
-                    break;
-                }
-            }
-        }
-        let pending = !c.outbuf.is_empty();
-        let done = c.phase == Phase::Done && !pending;
-        if pending != c.writing {
-            c.writing = pending;
+        let w = c.write_out();
+        if let Some(pending) = w.waits_to_write {
             let mut flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
             if pending {
                 flags |= EpollFlags::EPOLLOUT;
             }
-            let raw = c.stream.as_raw_fd();
+            let raw = c.fd().as_raw_fd();
             // SAFETY: the stream (and so the fd) lives in self.conns.
             self.reregister(
                 unsafe { std::os::fd::BorrowedFd::borrow_raw(raw) },
@@ -466,7 +246,7 @@ impl Daemon {
                 flags,
             );
         }
-        if done {
+        if w.done {
             self.close_conn(id);
         }
     }
@@ -477,7 +257,7 @@ impl Daemon {
         // closing stays O(1) whatever the number of instances.
         if let Some(c) = self.conns.remove(&id) {
             self.fair.release(c.peer.uid, c.phase == Phase::Busy);
-            self.deregister(c.stream.as_fd());
+            self.deregister(c.fd());
         }
     }
 }

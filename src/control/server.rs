@@ -1,0 +1,377 @@
+//! The control socket's server side: client connections (non-blocking,
+//! one request line each, answered by reply lines), their framing, and
+//! the per-user fairness caps. The supervisor's event loop owns the
+//! connections and feeds them readiness (`supervisor/conn.rs`).
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use super::proto::{MAX_REQUEST, Reply};
+
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Open connections one user other than root and the daemon's own may
+/// hold (guarantee 5: a reader of the status group hammering the socket
+/// never starves root). Cluster software runs a handful of monitors at a
+/// time; 16 is plenty for a person.
+pub const MAX_CONNS_PER_USER: usize = 16;
+/// Requests such a user may have in flight at once (a `monitor` running
+/// health checks holds its connection busy).
+pub const MAX_BUSY_PER_USER: usize = 4;
+/// Connections of all such users together, at most: the rest of the fds
+/// stay for root, the daemon's user and supervision (pidfds, probes, logs).
+pub const MAX_CONNS_UNPRIVILEGED: usize = 256;
+/// Connections accepted per wake-up: the loop gets back to the other
+/// events (root's pending answers, children, timers) however fast
+/// someone connects; epoll is level-triggered, the rest waits its turn.
+pub const MAX_ACCEPTS_PER_WAKE: usize = 64;
+
+/// Per-user accounting of connections and busy requests.
+#[derive(Debug, Default)]
+pub struct Fairness {
+    conns: HashMap<u32, usize>,
+    busy: HashMap<u32, usize>,
+    unprivileged: usize,
+}
+
+/// Root and the daemon's own user are always served.
+fn privileged(uid: u32) -> bool {
+    uid == 0 || uid == nix::unistd::geteuid().as_raw()
+}
+
+/// Why a user's connection or request is not served now.
+#[derive(Debug, thiserror::Error)]
+pub enum Refused {
+    #[error(
+        "too many connections from uid {uid} ({open} open, at most {MAX_CONNS_PER_USER} per user): close some and retry"
+    )]
+    UserConnections { uid: u32, open: usize },
+    #[error(
+        "too many connections from users other than root ({MAX_CONNS_UNPRIVILEGED}): retry later"
+    )]
+    Unprivileged,
+    #[error(
+        "too many requests in flight from uid {uid} (at most {MAX_BUSY_PER_USER}): wait for their answers"
+    )]
+    Busy { uid: u32 },
+}
+
+impl Fairness {
+    /// Why a new connection of `uid` is refused, if it is.
+    pub fn admit(&mut self, uid: u32) -> Result<(), Refused> {
+        if privileged(uid) {
+            return Ok(());
+        }
+        let n = self.conns.get(&uid).copied().unwrap_or(0);
+        if n >= MAX_CONNS_PER_USER {
+            return Err(Refused::UserConnections { uid, open: n });
+        }
+        if self.unprivileged >= MAX_CONNS_UNPRIVILEGED {
+            return Err(Refused::Unprivileged);
+        }
+        *self.conns.entry(uid).or_default() += 1;
+        self.unprivileged += 1;
+        Ok(())
+    }
+
+    pub fn release(&mut self, uid: u32, was_busy: bool) {
+        if privileged(uid) {
+            return;
+        }
+        if let Some(n) = self.conns.get_mut(&uid) {
+            *n -= 1;
+            if *n == 0 {
+                self.conns.remove(&uid);
+            }
+            self.unprivileged -= 1;
+        }
+        if was_busy {
+            self.done(uid);
+        }
+    }
+
+    /// A request of `uid` begins; `Err` if that user has too many going.
+    pub fn start(&mut self, uid: u32) -> Result<(), Refused> {
+        if privileged(uid) {
+            return Ok(());
+        }
+        let n = self.busy.entry(uid).or_default();
+        if *n >= MAX_BUSY_PER_USER {
+            return Err(Refused::Busy { uid });
+        }
+        *n += 1;
+        Ok(())
+    }
+
+    pub fn done(&mut self, uid: u32) {
+        if let Some(n) = self.busy.get_mut(&uid) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.busy.remove(&uid);
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Peer {
+    pub uid: u32,
+    pub gid: u32,
+    pub pid: i32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Reading,
+    /// The request is being worked on (a start waiting for readiness…).
+    Busy,
+    /// `done` was queued: close once it is written.
+    Done,
+}
+
+pub struct Conn {
+    stream: UnixStream,
+    pub peer: Peer,
+    inbuf: Vec<u8>,
+    outbuf: Vec<u8>,
+    pub phase: Phase,
+    writing: bool,
+}
+
+impl Conn {
+    pub fn new(stream: UnixStream, peer: Peer) -> Conn {
+        Conn {
+            stream,
+            peer,
+            inbuf: Vec::new(),
+            outbuf: Vec::new(),
+            phase: Phase::Reading,
+            writing: false,
+        }
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    /// Reads what has arrived: the request line once complete (the
+    /// connection is then busy), whether it grew past `MAX_REQUEST`, and
+    /// whether the client closed its end. After the request, anything more
+    /// is read and dropped.
+    pub fn fill(&mut self) -> Filled {
+        let mut out = Filled::default();
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut buf) {
+                Ok(0) => {
+                    out.eof = true;
+                    break;
+                }
+                Ok(n) => {
+                    if self.phase == Phase::Reading {
+                        self.inbuf.extend_from_slice(&buf[..n]);
+                        if self.inbuf.len() > MAX_REQUEST {
+                            break;
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    out.eof = true;
+                    break;
+                }
+            }
+        }
+        if self.phase == Phase::Reading {
+            if let Some(nl) = self.inbuf.iter().position(|b| *b == b'\n') {
+                out.line = Some(self.inbuf.drain(..=nl).collect());
+            } else {
+                out.too_large = self.inbuf.len() > MAX_REQUEST;
+            }
+        }
+        out
+    }
+
+    /// Queues a reply line; true if it ended a busy request (the user's
+    /// in-flight count goes down). Nothing is queued after the `done`.
+    pub fn queue(&mut self, r: &Reply) -> bool {
+        if self.phase == Phase::Done {
+            return false;
+        }
+        match serde_json::to_writer(&mut self.outbuf, r) {
+            Ok(()) => self.outbuf.push(b'\n'),
+            Err(e) => tracing::error!("encoding a reply: {e}"),
+        }
+        let mut ended_busy = false;
+        if matches!(r, Reply::Done { .. }) {
+            ended_busy = self.phase == Phase::Busy;
+            self.phase = Phase::Done;
+        }
+        ended_busy
+    }
+
+    /// Writes what is queued, as far as the socket takes it. `Some(w)` when
+    /// whether the connection waits to write changed (to `w`: the caller
+    /// adds or drops EPOLLOUT); `done`: everything is written after the
+    /// final reply (or the peer is gone), close it.
+    pub fn write_out(&mut self) -> Written {
+        while !self.outbuf.is_empty() {
+            match self.stream.write(&self.outbuf) {
+                Ok(n) => {
+                    self.outbuf.drain(..n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(_) => {
+                    // Peer gone.
+                    self.outbuf.clear();
+                    self.phase = Phase::Done;
+                    break;
+                }
+            }
+        }
+        let pending = !self.outbuf.is_empty();
+        let changed = (pending != self.writing).then_some(pending);
+        self.writing = pending;
+        Written {
+            waits_to_write: changed,
+            done: self.phase == Phase::Done && !pending,
+        }
+    }
+    pub fn idle_or_done(&self) -> bool {
+        self.phase != Phase::Busy
+    }
+
+    /// At daemon exit: write what is left, blocking briefly.
+    pub fn flush_blocking(&mut self) {
+        let _ = self.stream.set_nonblocking(false);
+        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = self.stream.write_all(&self.outbuf);
+        self.outbuf.clear();
+    }
+}
+
+/// Answers a connection that will not be served with the reason, without
+/// waiting for it (a full socket buffer loses the answer, not our time).
+pub fn refuse(mut s: UnixStream, why: &str) {
+    let reply = Reply::Done {
+        code: 1,
+        message: why.to_string(),
+        data: None,
+    };
+    if let Ok(mut line) = serde_json::to_vec(&reply) {
+        line.push(b'\n');
+        let _ = s.write(&line);
+    }
+}
+
+/// What a read of a connection brought.
+#[derive(Debug, Default)]
+pub struct Filled {
+    /// The complete request line.
+    pub line: Option<Vec<u8>>,
+    /// No line, and more than `MAX_REQUEST` bytes: refuse it.
+    pub too_large: bool,
+    /// The client closed its end (or the socket failed).
+    pub eof: bool,
+}
+
+/// What a write of a connection did (see [`Conn::write_out`]).
+#[derive(Debug)]
+pub struct Written {
+    pub waits_to_write: Option<bool>,
+    pub done: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Conn, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        a.set_nonblocking(true).unwrap();
+        let peer = Peer {
+            uid: 1000,
+            gid: 1000,
+            pid: 1,
+        };
+        (Conn::new(a, peer), b)
+    }
+
+    #[test]
+    fn a_request_is_one_line_however_it_arrives() {
+        let (mut c, mut client) = pair();
+        client.write_all(b"{\"req\":").unwrap();
+        let got = c.fill();
+        assert!(got.line.is_none() && !got.eof && !got.too_large);
+        client.write_all(b"1}\nignored").unwrap();
+        let got = c.fill();
+        assert_eq!(got.line.as_deref(), Some(&b"{\"req\":1}\n"[..]));
+        drop(client);
+        assert!(c.fill().eof, "the client's close is seen");
+    }
+
+    #[test]
+    fn a_request_without_end_past_the_limit_is_refused() {
+        let (mut c, mut client) = pair();
+        let chunk = vec![b'x'; 8192];
+        let mut sent = 0;
+        while sent <= MAX_REQUEST {
+            client.write_all(&chunk).unwrap();
+            sent += chunk.len();
+            let got = c.fill();
+            assert!(got.line.is_none());
+            if got.too_large {
+                return;
+            }
+        }
+        panic!("{sent} bytes without a newline were accepted");
+    }
+
+    #[test]
+    fn the_final_reply_ends_a_busy_request_and_nothing_follows_it() {
+        let (mut c, mut client) = pair();
+        c.phase = Phase::Busy;
+        let progress = Reply::Progress {
+            id: "a".into(),
+            state: "starting".into(),
+            message: "a starting".into(),
+        };
+        assert!(!c.queue(&progress), "progress does not end it");
+        let done = Reply::Done {
+            code: 0,
+            message: "a is running".into(),
+            data: None,
+        };
+        assert!(c.queue(&done), "the done ends the busy request");
+        assert!(!c.queue(&progress), "nothing after the done");
+        let w = c.write_out();
+        assert!(w.done, "written and finished: {w:?}");
+        drop(c);
+        let mut text = String::new();
+        client.read_to_string(&mut text).unwrap();
+        assert_eq!(text.lines().count(), 2, "{text}");
+        assert!(text.lines().last().unwrap().contains("a is running"));
+    }
+
+    #[test]
+    fn a_user_over_its_connection_cap_is_refused_and_root_never() {
+        let mut f = Fairness::default();
+        for _ in 0..MAX_CONNS_PER_USER {
+            f.admit(1000).unwrap();
+        }
+        assert!(matches!(
+            f.admit(1000),
+            Err(Refused::UserConnections { uid: 1000, .. })
+        ));
+        for _ in 0..1000 {
+            f.admit(0).unwrap();
+        }
+        f.release(1000, false);
+        f.admit(1000).unwrap();
+    }
+}
