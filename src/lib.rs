@@ -3,8 +3,10 @@
 //! Layout: `config` (instances file -> `model`), `supervisor` (pure state
 //! machine + the one event loop that executes its actions), `process`
 //! (spawn, track, signal), `isolation` (cgroups, addresses, locks, bind
-//! audit), `control` (the daemon's socket protocol and client),
-//! `integration` (OCF and LSB: exit-code tables and meta-data), `cli`.
+//! audit), `control` (the daemon's socket protocol, client and server
+//! connections), `ops` (what each command does, as typed outcomes),
+//! `integration` (OCF and LSB: exit-code tables and meta-data, over `ops`),
+//! `cli` (arguments and printing, over `ops`).
 
 pub mod cli;
 pub mod config;
@@ -12,6 +14,7 @@ pub mod control;
 pub mod integration;
 pub mod isolation;
 pub mod model;
+pub mod ops;
 pub mod plan;
 pub mod process;
 pub mod rundir;

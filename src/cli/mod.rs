@@ -7,24 +7,17 @@
 //! instances file directly.
 
 mod daemonctl;
-pub mod exit;
 pub mod fast;
-mod launch;
 mod local;
 mod metrics;
 mod observe;
-mod offline;
 mod output;
 mod plan;
-mod stopctl;
-mod systemd;
 mod top;
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-
-use crate::config;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -168,37 +161,7 @@ pub enum Cmd {
     Ids,
 }
 
-pub const DEFAULT_RUNTIME_DIR: &str = "/run/cohost";
-
-/// Global options, resolved.
-pub struct Ctx {
-    pub config: PathBuf,
-    /// Given explicitly (flag or environment): then sent to the daemon,
-    /// which refuses a request meant for another instances file.
-    pub config_explicit: bool,
-    pub runtime_dir: PathBuf,
-}
-
-impl Ctx {
-    pub fn new(config: Option<PathBuf>, runtime_dir: Option<PathBuf>) -> Ctx {
-        let config_explicit = config.is_some();
-        let config = config.unwrap_or_else(|| PathBuf::from(config::DEFAULT_DIR));
-        let runtime_dir = runtime_dir.unwrap_or_else(|| PathBuf::from(DEFAULT_RUNTIME_DIR));
-        Ctx {
-            config: absolute(config),
-            config_explicit,
-            runtime_dir: absolute(runtime_dir),
-        }
-    }
-}
-
-fn absolute(p: PathBuf) -> PathBuf {
-    if p.is_absolute() {
-        p
-    } else {
-        std::env::current_dir().map(|d| d.join(&p)).unwrap_or(p)
-    }
-}
+pub use crate::ops::{Ctx, DEFAULT_RUNTIME_DIR};
 
 /// Runs the parsed command; returns the exit status.
 pub fn run(cli: Cli) -> i32 {
@@ -215,9 +178,9 @@ pub fn run(cli: Cli) -> i32 {
             timeout,
             with_deps,
         } => daemonctl::start(&ctx, &id, timeout, with_deps),
-        Cmd::Stop { id, timeout } => stopctl::stop(&ctx, &id, timeout),
+        Cmd::Stop { id, timeout } => daemonctl::stop(&ctx, &id, timeout),
         Cmd::Restart { id, timeout } => daemonctl::restart(&ctx, &id, timeout),
-        Cmd::Kill { id } => stopctl::kill(&ctx, &id),
+        Cmd::Kill { id } => daemonctl::kill(&ctx, &id),
         Cmd::Status { id, json } => daemonctl::status(&ctx, id.as_deref(), json),
         Cmd::Monitor { id, depth } => daemonctl::monitor(&ctx, &id, depth).0,
         Cmd::List { json } => daemonctl::status(&ctx, None, json),
@@ -248,25 +211,6 @@ pub fn run(cli: Cli) -> i32 {
         Cmd::Metrics { output } => metrics::run(&ctx, output.as_deref()),
         Cmd::Ids => daemonctl::ids(&ctx),
     }
-}
-
-pub use daemonctl::status_code;
-use exit::Outcome;
-pub use stopctl::stop_quiet;
-
-/// `start` for integration code.
-pub fn start_quiet(ctx: &Ctx, id: &str, timeout: Option<f64>) -> Outcome {
-    daemonctl::start_quiet(ctx, id, timeout).into()
-}
-
-/// `monitor` for integration code.
-pub fn monitor_quiet(ctx: &Ctx, id: &str, depth: u8) -> Outcome {
-    daemonctl::monitor_quiet(ctx, id, depth).into()
-}
-
-/// `reload` for integration code.
-pub fn reload_quiet(ctx: &Ctx) -> Outcome {
-    daemonctl::reload_quiet(ctx).into()
 }
 
 /// `--timeout S`: a number of seconds above zero. Zero would fail every

@@ -2,8 +2,8 @@
 //! (LSB core, "Init Script Actions"). An init script is three lines that
 //! call this; Pacemaker's `lsb:` class reads the same codes.
 
-use crate::cli::Ctx;
-use crate::cli::exit::{Exit, Outcome};
+use crate::ops::Ctx;
+use crate::ops::exit::{Exit, Outcome};
 
 /// LSB `status` codes (LSB core, "Init Script Actions").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,10 +87,10 @@ fn said(o: Outcome) -> i32 {
 
 pub fn run(ctx: &Ctx, id: &str, act: &str) -> i32 {
     match act {
-        "start" => said(crate::cli::start_quiet(ctx, id, None)),
-        "stop" => said(crate::cli::stop_quiet(ctx, id, None)),
+        "start" => said(crate::ops::start(ctx, id, None)),
+        "stop" => said(crate::ops::stop(ctx, id, None)),
         "restart" | "force-reload" => restart(ctx, id),
-        "try-restart" | "condrestart" => match crate::cli::status_code(ctx, id) {
+        "try-restart" | "condrestart" => match crate::ops::status_code(ctx, id) {
             Ok((Some(s), _)) if s.state == "running" => restart(ctx, id),
             Ok(_) => say(
                 Action::Success,
@@ -113,7 +113,7 @@ pub fn run(ctx: &Ctx, id: &str, act: &str) -> i32 {
 }
 
 fn status(ctx: &Ctx, id: &str) -> i32 {
-    match crate::cli::status_code(ctx, id) {
+    match crate::ops::status_code(ctx, id) {
         Ok((st, _)) => {
             let state = st.as_ref().map(|s| s.state.as_str());
             let code = status_of(state);
@@ -136,11 +136,11 @@ fn status(ctx: &Ctx, id: &str) -> i32 {
 }
 
 fn restart(ctx: &Ctx, id: &str) -> i32 {
-    let o = crate::cli::stop_quiet(ctx, id, None);
+    let o = crate::ops::stop(ctx, id, None);
     if o.exit != Exit::Ok {
         return said(o);
     }
-    said(crate::cli::start_quiet(ctx, id, None))
+    said(crate::ops::start(ctx, id, None))
 }
 
 #[cfg(test)]

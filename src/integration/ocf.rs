@@ -9,9 +9,9 @@
 
 use std::time::Duration;
 
-use crate::cli::Ctx;
-use crate::cli::exit::{Exit, Outcome};
 use crate::config::{self, Trust};
+use crate::ops::Ctx;
+use crate::ops::exit::{Exit, Outcome};
 
 /// OCF exit codes (OCF resource agent API, "Return codes").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,7 +111,7 @@ process state (OCF_CHECK_LEVEL 0) or runs the health checks now (10).
 "#,
         version = env!("CARGO_PKG_VERSION"),
         config = config::DEFAULT_DIR,
-        runtime = crate::cli::DEFAULT_RUNTIME_DIR,
+        runtime = crate::ops::DEFAULT_RUNTIME_DIR,
     )
 }
 
@@ -185,19 +185,16 @@ fn run_action(action: &str) -> Ocf {
             if v != Ocf::Success {
                 return v;
             }
-            answer(
-                Action::Start,
-                crate::cli::start_quiet(&ctx, &id, start_timeout()),
-            )
+            answer(Action::Start, crate::ops::start(&ctx, &id, start_timeout()))
         }
-        "stop" => answer(Action::Stop, crate::cli::stop_quiet(&ctx, &id, None)),
+        "stop" => answer(Action::Stop, crate::ops::stop(&ctx, &id, None)),
         "monitor" | "status" => {
             let depth = env("OCF_CHECK_LEVEL")
                 .and_then(|l| l.parse::<u8>().ok())
                 .unwrap_or(0);
-            answer(Action::Monitor, crate::cli::monitor_quiet(&ctx, &id, depth))
+            answer(Action::Monitor, crate::ops::monitor(&ctx, &id, depth))
         }
-        "reload" => answer(Action::Reload, crate::cli::reload_quiet(&ctx)),
+        "reload" => answer(Action::Reload, crate::ops::reload(&ctx)),
         _ => Ocf::ErrUnimplemented,
     }
 }

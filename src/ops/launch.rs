@@ -24,7 +24,7 @@ const HOLDER_GRACE: Duration = Duration::from_secs(5);
 /// Does a state file (of `id`, or of any instance) say something may run?
 /// Read through the checked runtime dir (never through a link); a dir
 /// that cannot be trusted says nothing.
-pub(super) fn state_says_live(rt: &Path, id: Option<&str>) -> bool {
+pub fn state_says_live(rt: &Path, id: Option<&str>) -> bool {
     let Ok(Some(dir)) = RuntimeDir::open_existing(rt) else {
         return false;
     };
@@ -62,7 +62,7 @@ pub fn launch_daemon(ctx: &Ctx) -> Result<u32, (i32, String)> {
 }
 
 /// As [`launch_daemon`], with extra `daemon` options (log format, level).
-pub(super) fn launch_daemon_with(ctx: &Ctx, extra: &[&str]) -> Result<u32, (i32, String)> {
+pub fn launch_daemon_with(ctx: &Ctx, extra: &[&str]) -> Result<u32, (i32, String)> {
     let rt = &ctx.runtime_dir;
     let dir = RuntimeDir::create(rt).map_err(|e| (1, format!("{e}; or pass --runtime-dir DIR")))?;
     let lock = dir

@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use super::Ctx;
-use super::daemonctl::{call, client_failure, ms, print_quiet, quiet};
+use super::daemon::{call, client_failure, ms, quiet};
 use super::exit::Outcome;
 use super::offline::{self, join_pids};
 use crate::control::client::{self, ClientError, Done};
@@ -81,7 +81,7 @@ fn offline_stop(
         return answer;
     }
     let why = why_no_daemon.unwrap_or_else(|| {
-        super::local::known_instance(ctx, id)
+        super::lookup::known_instance(ctx, id)
             .err()
             .map(|(_, m)| m)
             .unwrap_or_else(|| "no daemon adopted them".into())
@@ -109,7 +109,7 @@ fn offline_stop(
 /// `None`: it could not, or it did not adopt them (no state file): the
 /// caller stops them itself.
 fn stop_by_new_daemon(ctx: &Ctx, id: &str, req: Request) -> Option<(i32, String)> {
-    super::local::known_instance(ctx, id).ok()?;
+    super::lookup::known_instance(ctx, id).ok()?;
     let stream = super::launch::launch_daemon(ctx)
         .and_then(|_| client::connect(&ctx.runtime_dir).map_err(|e| (1, e.to_string())));
     match stream {
@@ -143,16 +143,7 @@ pub fn stop_quiet(ctx: &Ctx, id: &str, timeout: Option<f64>) -> Outcome {
     .into()
 }
 
-pub fn stop(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {
-    let o = stop_quiet(ctx, id, timeout);
-    print_quiet((o.exit.code(), o.message))
-}
-
-pub fn kill(ctx: &Ctx, id: &str) -> i32 {
-    print_quiet(stop_or_kill(
-        ctx,
-        id,
-        Request::Kill { id: id.into() },
-        Duration::ZERO,
-    ))
+/// `kill`: SIGKILL to every process of the instance, now.
+pub fn kill_quiet(ctx: &Ctx, id: &str) -> Outcome {
+    stop_or_kill(ctx, id, Request::Kill { id: id.into() }, Duration::ZERO).into()
 }
