@@ -302,6 +302,23 @@ impl CgroupRoot {
         &self.mount.point
     }
 
+    /// A root at `base` below a cgroup2 mount at `mount`, taken as it is:
+    /// nothing is created or checked (the executor's tests, whose fake host
+    /// makes and kills its cgroups itself).
+    pub fn unchecked(mount: PathBuf, base: PathBuf) -> CgroupRoot {
+        CgroupRoot {
+            mount: Mount {
+                point: mount,
+                root: "/".into(),
+                controllers: Vec::new(),
+                v2: true,
+            },
+            base,
+            v1: Vec::new(),
+            has_kill: true,
+        }
+    }
+
     /// The cgroup of `id` (not created), with no v1 directories.
     fn instance_v2(&self, id: &str) -> InstanceCgroup {
         let dir = self.base.join(id);

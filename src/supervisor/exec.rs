@@ -155,7 +155,12 @@ impl Daemon {
     pub fn members(&self, idx: usize) -> Vec<(i32, Option<u64>)> {
         let inst = &self.insts[idx];
         if let Some(cg) = &inst.cgroup {
-            let mut m: Vec<(i32, Option<u64>)> = cg.pids().into_iter().map(|p| (p, None)).collect();
+            let mut m: Vec<(i32, Option<u64>)> = self
+                .host
+                .cgroup_pids(cg)
+                .into_iter()
+                .map(|p| (p, None))
+                .collect();
             // A child joins its cgroup itself, right after fork: until it has,
             // only our own record knows it (and it cannot have forked yet).
             for p in inst.procs.iter().filter(|p| p.child && p.alive()) {
@@ -223,7 +228,7 @@ impl Daemon {
     pub fn kill_all(&mut self, idx: usize) {
         let id = self.insts[idx].id().to_string();
         if let Some(cg) = &mut self.insts[idx].cgroup
-            && let Err(e) = cg.kill()
+            && let Err(e) = self.host.cgroup_kill(cg)
         {
             tracing::error!(instance = %id, "cgroup.kill: {e}");
         }
@@ -267,7 +272,7 @@ impl Daemon {
             return;
         }
         let empty = match &inst.cgroup {
-            Some(cg) => !cg.populated(),
+            Some(cg) => !self.host.cgroup_populated(cg),
             None => self.members(idx).is_empty(),
         };
         if empty {
@@ -282,7 +287,7 @@ impl Daemon {
                 // A killed cgroup is never reused (InstanceCgroup::killed);
                 // should the rmdir fail, the next start's create retries.
                 self.unwatch_cgroup(idx);
-                cg.remove();
+                self.host.cgroup_remove(&cg);
             } else {
                 // Kept (empty, watched) for the next start.
                 let limits = self.insts[idx].spec.limits.clone();

@@ -23,6 +23,8 @@ use super::host::{Host, Member, PrepareFn};
 use super::worker::Progress;
 use super::{Daemon, LogFormat, Options, prepare};
 use crate::isolation::address::AddrError;
+use crate::isolation::cgroup::{CgroupError, CgroupRoot, InstanceCgroup};
+use crate::model::Limits;
 use crate::process::spawn::{Child, ExecPlan, SpawnError};
 
 /// What the executor asked of the OS, in order.
@@ -30,6 +32,9 @@ use crate::process::spawn::{Child, ExecPlan, SpawnError};
 enum Call {
     Spawn { pid: i32, argv: Vec<String> },
     Signal { pid: i32, sig: i32 },
+    CgroupCreate(String),
+    CgroupKill(String),
+    CgroupRemove(String),
 }
 
 /// The fake's world: its processes and what was asked of it.
@@ -41,6 +46,10 @@ struct World {
     exited: VecDeque<WaitStatus>,
     /// Processes that ignore SIGTERM (a service stuck in its shutdown).
     deaf: bool,
+    /// Fake cgroups by name, with their members.
+    cgroups: std::collections::BTreeMap<String, BTreeSet<i32>>,
+    /// The cgroup the next spawn is born in.
+    born_in: Option<String>,
 }
 
 impl World {
@@ -69,6 +78,27 @@ impl World {
         assert!(self.live.remove(&pid), "{pid} was alive");
         self.exited
             .push_back(WaitStatus::Exited(Pid::from_raw(pid), code));
+        self.leave_cgroups(pid);
+    }
+
+    fn leave_cgroups(&mut self, pid: i32) {
+        for m in self.cgroups.values_mut() {
+            m.remove(&pid);
+        }
+    }
+
+    /// A process of the instance forks a child that is not ours (a double
+    /// fork): only the cgroup knows it.
+    fn fork_in(&mut self, cgroup: &str) -> i32 {
+        self.next_pid += 1;
+        let pid = 3_000_000 + self.next_pid;
+        self.live.insert(pid);
+        self.cgroups.get_mut(cgroup).unwrap().insert(pid);
+        pid
+    }
+
+    fn calls_matching(&self, f: impl Fn(&Call) -> bool) -> usize {
+        self.calls.iter().filter(|c| f(c)).count()
     }
 }
 
@@ -89,6 +119,9 @@ impl Host for FakeHost {
             .collect();
         w.calls.push(Call::Spawn { pid, argv });
         w.live.insert(pid);
+        if let Some(cg) = w.born_in.clone() {
+            w.cgroups.get_mut(&cg).unwrap().insert(pid);
+        }
         // Exec'd at once: the write end is closed, the loop reads EOF.
         let (r, _w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
         Ok(Child::made_elsewhere(pid, r))
@@ -102,16 +135,33 @@ impl Host for FakeHost {
         let mut w = self.world.borrow_mut();
         w.calls.push(Call::Signal { pid, sig });
         let dies = sig == libc::SIGKILL || (sig == libc::SIGTERM && !w.deaf);
+        let was = w.live.contains(&pid);
         if dies && w.live.remove(&pid) {
             let s = Signal::try_from(sig).unwrap();
             w.exited
                 .push_back(WaitStatus::Signaled(Pid::from_raw(pid), s, false));
+            w.leave_cgroups(pid);
         }
-        w.live.contains(&pid) || dies
+        was
     }
 
-    fn signal_member(&mut self, pid: i32, _: Member<'_>, sig: i32) -> bool {
-        panic!("signal {sig} to {pid}: every process here is our child");
+    fn signal_member(&mut self, pid: i32, member: Member<'_>, sig: i32) -> bool {
+        let mut w = self.world.borrow_mut();
+        let Member::InCgroup(rel) = member else {
+            panic!("signal {sig} to {pid}: only cgroup members are not our children here");
+        };
+        let name = rel.rsplit('/').next().unwrap().to_string();
+        if !w.cgroups.get(&name).is_some_and(|m| m.contains(&pid)) {
+            return false;
+        }
+        w.calls.push(Call::Signal { pid, sig });
+        let dies = sig == libc::SIGKILL || (sig == libc::SIGTERM && !w.deaf);
+        if dies {
+            // Not our child: nobody reaps it here, it just goes.
+            w.live.remove(&pid);
+            w.leave_cgroups(pid);
+        }
+        true
     }
 
     fn session_members(&self, seeds: &[(i32, u64)]) -> Vec<(i32, u64)> {
@@ -150,6 +200,89 @@ impl Host for FakeHost {
     fn preparer(&self) -> PrepareFn {
         self.prepare.clone()
     }
+
+    fn cgroup_create(
+        &mut self,
+        root: &CgroupRoot,
+        id: &str,
+        _: &Limits,
+    ) -> Result<InstanceCgroup, CgroupError> {
+        let mut w = self.world.borrow_mut();
+        if w.cgroups.get(id).is_some_and(|m| !m.is_empty()) {
+            return Err(CgroupError::Populated {
+                path: root.base.join(id),
+                pids: w.cgroups[id].iter().copied().collect(),
+            });
+        }
+        w.calls.push(Call::CgroupCreate(id.to_string()));
+        w.cgroups.insert(id.to_string(), BTreeSet::new());
+        w.born_in = Some(id.to_string());
+        Ok(root.instance(id))
+    }
+
+    fn cgroup_pids(&self, cg: &InstanceCgroup) -> Vec<i32> {
+        let w = self.world.borrow();
+        w.cgroups
+            .get(name_of(cg))
+            .map(|m| m.iter().copied().collect())
+            .unwrap_or_default()
+    }
+
+    fn cgroup_populated(&self, cg: &InstanceCgroup) -> bool {
+        !self.cgroup_pids(cg).is_empty()
+    }
+
+    fn cgroup_kill(&mut self, cg: &mut InstanceCgroup) -> std::io::Result<()> {
+        cg.killed = true;
+        let mut w = self.world.borrow_mut();
+        let name = name_of(cg).to_string();
+        w.calls.push(Call::CgroupKill(name.clone()));
+        let members: Vec<i32> = w.cgroups[&name].iter().copied().collect();
+        for pid in members {
+            w.live.remove(&pid);
+            w.leave_cgroups(pid);
+            if w.spawns().iter().any(|(p, _)| *p == pid) {
+                let s = Signal::SIGKILL;
+                w.exited
+                    .push_back(WaitStatus::Signaled(Pid::from_raw(pid), s, false));
+            }
+        }
+        Ok(())
+    }
+
+    fn cgroup_remove(&mut self, cg: &InstanceCgroup) {
+        let mut w = self.world.borrow_mut();
+        let name = name_of(cg).to_string();
+        assert!(
+            w.cgroups.get(&name).is_none_or(|m| m.is_empty()),
+            "{name} removed while populated"
+        );
+        w.calls.push(Call::CgroupRemove(name.clone()));
+        w.cgroups.remove(&name);
+        if w.born_in.as_deref() == Some(&name) {
+            w.born_in = None;
+        }
+    }
+
+    fn cgroup_join_files(
+        &self,
+        cg: &InstanceCgroup,
+    ) -> std::io::Result<(std::os::fd::OwnedFd, Vec<std::os::fd::OwnedFd>)> {
+        let w = self.world.borrow();
+        let name = name_of(cg);
+        if !w.cgroups.contains_key(name) {
+            return Err(std::io::ErrorKind::NotFound.into());
+        }
+        // Any directory: the fake's spawn does not use it.
+        let dir = std::fs::File::open("/").map(std::os::fd::OwnedFd::from)?;
+        drop(w);
+        self.world.borrow_mut().born_in = Some(name.to_string());
+        Ok((dir, Vec::new()))
+    }
+}
+
+fn name_of(cg: &InstanceCgroup) -> &str {
+    cg.dir.file_name().and_then(|n| n.to_str()).unwrap()
 }
 
 /// A daemon on a temporary runtime dir with `instances` (TOML after the
@@ -382,4 +515,89 @@ fn a_reload_leaves_a_running_instance_alone_until_its_next_start() {
     r.start("a");
     let spawns = r.world.borrow().spawns();
     assert_eq!(spawns.last().unwrap().1, ["/bin/true", "serve", "--v2"]);
+}
+
+/// The rig with cgroups (a fake hierarchy: the fake host makes, fills and
+/// kills them), as on a node with a writable cgroup v2.
+fn rig_with_cgroups(instances: &str) -> Rig {
+    let mut r = rig(instances, None);
+    let base = r.dir.path().join("cgroup/cohost/test");
+    r.d.cgroot = Ok(CgroupRoot::unchecked(r.dir.path().join("cgroup"), base));
+    r
+}
+
+#[test]
+fn kill_reaches_a_double_forked_process_only_the_cgroup_knows_and_the_cgroup_is_never_reused() {
+    let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n");
+    r.start("a");
+    let main = r.pids("a")[0];
+    let orphan = r.world.borrow_mut().fork_in("a");
+    assert!(r.d.members(r.idx("a")).iter().any(|(p, _)| *p == orphan));
+    r.post("a", Event::Kill);
+    r.until("a stopped", |r| r.state("a") == State::Stopped);
+    {
+        let w = r.world.borrow();
+        assert!(
+            !w.live.contains(&main) && !w.live.contains(&orphan),
+            "both gone"
+        );
+        assert_eq!(w.calls_matching(|c| *c == Call::CgroupKill("a".into())), 1);
+        assert_eq!(
+            w.calls_matching(|c| *c == Call::CgroupRemove("a".into())),
+            1
+        );
+    }
+    r.start("a");
+    let creates = r
+        .world
+        .borrow()
+        .calls_matching(|c| *c == Call::CgroupCreate("a".into()));
+    assert_eq!(
+        creates, 2,
+        "a killed cgroup is made anew for the next start"
+    );
+}
+
+#[test]
+fn stop_signals_every_member_and_keeps_the_empty_cgroup_for_the_next_start() {
+    let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n");
+    r.start("a");
+    let main = r.pids("a")[0];
+    let orphan = r.world.borrow_mut().fork_in("a");
+    r.post("a", Event::Stop { timeout: None });
+    r.until("a stopped", |r| r.state("a") == State::Stopped);
+    {
+        let w = r.world.borrow();
+        assert_eq!(w.signals_to(main)[0], libc::SIGTERM);
+        assert_eq!(w.signals_to(orphan)[0], libc::SIGTERM, "the orphan too");
+        assert_eq!(w.calls_matching(|c| matches!(c, Call::CgroupKill(_))), 0);
+        assert_eq!(w.calls_matching(|c| matches!(c, Call::CgroupRemove(_))), 0);
+    }
+    r.start("a");
+    let w = r.world.borrow();
+    assert_eq!(
+        w.calls_matching(|c| *c == Call::CgroupCreate("a".into())),
+        1,
+        "the empty, never killed cgroup is reused"
+    );
+    assert_eq!(w.cgroups["a"].len(), 1, "the new process was born in it");
+}
+
+#[test]
+fn a_start_into_a_cgroup_that_still_holds_a_process_is_refused_naming_it() {
+    let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n");
+    let stray = {
+        let mut w = r.world.borrow_mut();
+        w.cgroups.insert("a".into(), BTreeSet::new());
+        w.fork_in("a")
+    };
+    r.post("a", Event::Start { timeout: None });
+    r.until("a failed", |r| r.state("a") == State::Failed);
+    let why = r.d.insts[r.idx("a")].fsm.last_failure.clone().unwrap();
+    assert!(why.contains(&stray.to_string()), "{why}");
+    assert!(r.world.borrow().spawns().is_empty(), "no second copy");
+    assert!(
+        r.world.borrow().live.contains(&stray),
+        "and the stray untouched"
+    );
 }

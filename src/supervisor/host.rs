@@ -7,8 +7,9 @@
 //! shared disk that never answers.
 //!
 //! What stays outside: the event loop's own descriptors (epoll, signalfd,
-//! sockets), cgroups (the fake runs with `cgroup = "off"`; the cgroup
-//! paths are tested for real in `tests/`), and adoption's pidfds.
+//! sockets), the cgroup.events watches (inotify), and adoption, which
+//! verifies what it finds through real pidfds and /proc (tested for real
+//! in `tests/`).
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -18,6 +19,8 @@ use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 use super::prepare::{self, PrepareError, Prepared, Request};
 use super::worker::Progress;
 use crate::isolation::address::{self, AddrError};
+use crate::isolation::cgroup::{CgroupError, CgroupRoot, InstanceCgroup};
+use crate::model::Limits;
 use crate::process::pidfd::Pidfd;
 use crate::process::spawn::{Child, ExecPlan, SpawnError};
 use crate::process::{procfs, track};
@@ -63,6 +66,29 @@ pub trait Host {
     fn announce(&mut self, addr: IpAddr, interface: &str) -> std::io::Result<bool>;
     /// What a start does on the instance's storage (a worker runs it).
     fn preparer(&self) -> PrepareFn;
+
+    /// The instance's cgroup, new (an old one of that name that is empty
+    /// is removed first), with its limits.
+    fn cgroup_create(
+        &mut self,
+        root: &CgroupRoot,
+        id: &str,
+        limits: &Limits,
+    ) -> Result<InstanceCgroup, CgroupError>;
+    /// The processes in it now.
+    fn cgroup_pids(&self, cg: &InstanceCgroup) -> Vec<i32>;
+    /// Whether anything is in it (`cgroup.events`: populated).
+    fn cgroup_populated(&self, cg: &InstanceCgroup) -> bool;
+    /// SIGKILL to everything in it (`cgroup.kill`); it is never reused.
+    fn cgroup_kill(&mut self, cg: &mut InstanceCgroup) -> std::io::Result<()>;
+    /// Removes it (empty).
+    fn cgroup_remove(&mut self, cg: &InstanceCgroup);
+    /// What a child needs to be born in it (the v2 directory) and to join
+    /// the v1 hierarchies that carry its limits.
+    fn cgroup_join_files(
+        &self,
+        cg: &InstanceCgroup,
+    ) -> std::io::Result<(std::os::fd::OwnedFd, Vec<std::os::fd::OwnedFd>)>;
 }
 
 /// The real system.
@@ -137,5 +163,37 @@ impl Host for LinuxHost {
 
     fn preparer(&self) -> PrepareFn {
         self.prepare.clone()
+    }
+
+    fn cgroup_create(
+        &mut self,
+        root: &CgroupRoot,
+        id: &str,
+        limits: &Limits,
+    ) -> Result<InstanceCgroup, CgroupError> {
+        root.create(id, limits)
+    }
+
+    fn cgroup_pids(&self, cg: &InstanceCgroup) -> Vec<i32> {
+        cg.pids()
+    }
+
+    fn cgroup_populated(&self, cg: &InstanceCgroup) -> bool {
+        cg.populated()
+    }
+
+    fn cgroup_kill(&mut self, cg: &mut InstanceCgroup) -> std::io::Result<()> {
+        cg.kill()
+    }
+
+    fn cgroup_remove(&mut self, cg: &InstanceCgroup) {
+        cg.remove()
+    }
+
+    fn cgroup_join_files(
+        &self,
+        cg: &InstanceCgroup,
+    ) -> std::io::Result<(std::os::fd::OwnedFd, Vec<std::os::fd::OwnedFd>)> {
+        cg.join_dir_and_v1_files()
     }
 }

@@ -126,12 +126,14 @@ impl Daemon {
     fn reuse_or_make_cgroup(&mut self, idx: usize) -> Result<(), LaunchError> {
         let spec = self.insts[idx].spec.clone();
         match self.insts[idx].spare_cgroup.take() {
-            Some((cg, limits)) if limits == spec.limits && !cg.killed && !cg.populated() => {
+            Some((cg, limits))
+                if limits == spec.limits && !cg.killed && !self.host.cgroup_populated(&cg) =>
+            {
                 self.insts[idx].cgroup = Some(cg);
             }
             Some((cg, _)) => {
                 self.unwatch_cgroup(idx);
-                cg.remove();
+                self.host.cgroup_remove(&cg);
             }
             None => {}
         }
@@ -154,7 +156,7 @@ impl Daemon {
         let Some(cg) = &self.insts[idx].cgroup else {
             return Ok((None, Vec::new()));
         };
-        match cg.join_dir_and_v1_files() {
+        match self.host.cgroup_join_files(cg) {
             Ok((dir, v1)) => Ok((Some(dir), v1)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // The kept cgroup was removed since the last run.
@@ -163,7 +165,8 @@ impl Daemon {
                 self.make_cgroup(idx)?;
                 let cg = self.insts[idx].cgroup.as_ref().expect("just made");
                 let (dir, v1) =
-                    cg.join_dir_and_v1_files()
+                    self.host
+                        .cgroup_join_files(cg)
                         .map_err(|source| LaunchError::CgroupFiles {
                             dir: cg.dir.clone(),
                             source,
@@ -377,7 +380,7 @@ impl Daemon {
             .as_ref()
             .map_err(|why| LaunchError::NoCgroups(why.to_string()))?;
         let spec = &self.insts[idx].spec;
-        let cg = root.create(&spec.id, &spec.limits)?;
+        let cg = self.host.cgroup_create(root, &spec.id, &spec.limits)?;
         self.insts[idx].cgroup = Some(cg);
         self.watch_cgroup(idx);
         Ok(())
@@ -387,7 +390,7 @@ impl Daemon {
     pub(super) fn release_spare_cgroup(&mut self, idx: usize) {
         if let Some((cg, _)) = self.insts[idx].spare_cgroup.take() {
             self.unwatch_cgroup(idx);
-            cg.remove();
+            self.host.cgroup_remove(&cg);
         }
     }
 }
