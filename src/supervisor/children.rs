@@ -188,6 +188,7 @@ impl Daemon {
         e.child.release();
         // The child is dead: what it wrote is all there, then EOF.
         let _ = std::fs::File::from(e.child.errpipe.try_clone().ok()?).read_to_end(&mut e.buf);
+        e.child.note_report(&mut e.buf);
         let failure = spawn::decode_failure(&e.child, &e.buf);
         if failure.is_none() {
             self.exec_done(e.idx);
@@ -247,7 +248,10 @@ impl Daemon {
                     }
                     return;
                 }
-                Ok(n) => e.buf.extend_from_slice(&buf[..n]),
+                Ok(n) => {
+                    e.buf.extend_from_slice(&buf[..n]);
+                    e.child.note_report(&mut e.buf);
+                }
                 Err(nix::Error::EINTR) => continue,
                 Err(_) => return,
             }

@@ -271,7 +271,11 @@ impl Daemon {
                 child.release();
                 Ok(())
             }
-            Ok(n) => Err(first[..n].to_vec()),
+            Ok(n) => {
+                let mut report = first[..n].to_vec();
+                child.note_report(&mut report);
+                Err(report)
+            }
             Err(_) => Err(Vec::new()),
         };
         self.children.insert(pid, Role::Proc { idx });

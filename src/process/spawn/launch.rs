@@ -173,6 +173,14 @@ impl ExecPlan {
     }
 }
 
+impl InFlight {
+    /// Closes our copy of the exec pipe's write end kept for a child that
+    /// took its files late.
+    pub(super) fn take_late_pipe(&mut self) {
+        self.late_pipe = None;
+    }
+}
+
 // SAFETY: `arg.plan` points at `plan` inside the same box, which does not
 // move; the stack is a mapping owned by `_stack`. Nothing is thread-bound.
 unsafe impl Send for InFlight {}
@@ -185,8 +193,9 @@ pub(super) struct ChildArg {
     /// Share the supervisor's table at birth and take only our files.
     pub(super) fetch: bool,
     /// `TAKING` until the child has its files (then `TAKEN`), or the
-    /// kernel's 0 (CLONE_CHILD_CLEARTID) when it has exec'd or died; a
-    /// futex the parent waits on.
+    /// kernel's 0 (CLONE_CHILD_CLEARTID) when it has exec'd or died, or
+    /// `GAVE_UP` when the parent stopped waiting first; a futex the parent
+    /// waits on.
     state: std::sync::atomic::AtomicU32,
     /// The errno when taking them failed.
     errno: std::sync::atomic::AtomicI32,
@@ -194,6 +203,19 @@ pub(super) struct ChildArg {
 
 const TAKING: u32 = 2;
 const TAKEN: u32 = 1;
+const GAVE_UP: u32 = 3;
+
+/// How long the parent waits for a child to take its files. They are a
+/// few system calls that never touch storage (tens of microseconds); a
+/// child that cannot run (born in a frozen cgroup, or one over its
+/// cpu.max) is not waited for: it says when it has them (`TAKEN_BYTE`).
+const TAKE_WAIT: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// Written on the exec pipe by a child that took its files after its
+/// parent stopped waiting (`GAVE_UP`): the parent may then close its copy
+/// of the pipe's write end. Never the first byte of a failure report
+/// (whose first byte is a `Step`, 1..=15).
+pub(super) const TAKEN_BYTE: u8 = b'T';
 
 impl ChildArg {
     fn new(plan: *const ExecPlan, errfd: RawFd, fetch: bool) -> ChildArg {
@@ -207,43 +229,53 @@ impl ChildArg {
     }
 
     /// In the child: its files are taken (or not: `Err(errno)`); wakes
-    /// the parent. Raw syscalls only.
+    /// the parent, or, if it has stopped waiting, tells it on the pipe.
+    /// Raw syscalls only.
     pub(super) fn fetched(&self, r: Result<(), i32>) {
         use std::sync::atomic::Ordering::SeqCst;
         if let Err(e) = r {
             self.errno.store(e, SeqCst);
         }
-        self.state.store(TAKEN, SeqCst);
+        if self.state.compare_exchange(TAKING, TAKEN, SeqCst, SeqCst).is_err() {
+            // GAVE_UP: the parent holds its write end until told.
+            if r.is_ok() {
+                let b = [TAKEN_BYTE];
+                // SAFETY: write(2) of one byte of our stack to our pipe.
+                unsafe {
+                    rawsys::call3(libc::SYS_write, self.errfd as usize, b.as_ptr() as usize, 1)
+                };
+            }
+            return;
+        }
         // SAFETY: FUTEX_WAKE on a word of our (shared) memory; shared, not
         // private, like the kernel's wake at CLONE_CHILD_CLEARTID.
         unsafe {
             rawsys::call(
                 libc::SYS_futex,
-                [
-                    self.state.as_ptr() as usize,
-                    libc::FUTEX_WAKE as usize,
-                    1,
-                    0,
-                    0,
-                    0,
-                ],
+                [self.state.as_ptr() as usize, libc::FUTEX_WAKE as usize, 1, 0, 0, 0],
             )
         };
     }
 
-    /// In the parent: waits until the child has taken its files, exec'd
-    /// or died. Only steps that never touch storage run in between, so
-    /// this is as short as the child's first few system calls; bounded
-    /// anyway. Err(errno) if the child could not take them; Ok(false) if
-    /// it is still at it after the bound (its pipe's write end must then
-    /// stay open: the number may not be reused).
+    /// In the parent: waits, at most `TAKE_WAIT`, until the child has taken
+    /// its files, exec'd or died. Err(errno) if it could not take them;
+    /// Ok(false) if the wait was given up (the child will say so on the
+    /// pipe; until then the pipe's write end must stay open: its number
+    /// may not be reused while the child may still take it).
     fn wait_taken(&self) -> Result<bool, i32> {
         use std::sync::atomic::Ordering::SeqCst;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        let deadline = std::time::Instant::now() + TAKE_WAIT;
         while self.state.load(SeqCst) == TAKING {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             if left.is_zero() {
-                return Ok(false);
+                if self
+                    .state
+                    .compare_exchange(TAKING, GAVE_UP, SeqCst, SeqCst)
+                    .is_ok()
+                {
+                    return Ok(false);
+                }
+                break;
             }
             let ts = libc::timespec {
                 tv_sec: left.as_secs() as libc::time_t,
@@ -454,7 +486,8 @@ fn finish_clone(
         match f.arg.wait_taken() {
             Ok(true) => drop(w),
             // Still taking them: the write end stays open, with the plan,
-            // until the child is known to have exec'd or died.
+            // until the child says it has them (`Child::note_report`) or is
+            // known to have exec'd or died.
             Ok(false) => f.late_pipe = Some(w),
             Err(errno) => {
                 // It exits at once (the reaper sees it); what it ran on is
@@ -500,12 +533,18 @@ pub(super) fn bury(pipe: OwnedFd, f: Box<InFlight>) {
 /// non-blocking pipe; a report before the EOF is read and dropped).
 fn sweep() {
     let mut b = BURIED.lock().unwrap_or_else(|e| e.into_inner());
-    b.retain(|(pipe, _)| {
+    b.retain_mut(|(pipe, f)| {
+        // CLONE_CHILD_CLEARTID: the kernel zeroes the word at exec or exit.
+        if f.arg.fetch && f.arg.state.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            return false;
+        }
         let mut buf = [0u8; 64];
         loop {
-            match nix::unistd::read(pipe, &mut buf) {
+            match nix::unistd::read(&*pipe, &mut buf) {
                 Ok(0) => return false,
-                Ok(_) => continue,
+                // The child is past taking its files (a late one says so
+                // first): our copy of the write end may go, for EOF.
+                Ok(_) => f.take_late_pipe(),
                 Err(nix::Error::EINTR) => continue,
                 Err(_) => return true,
             }

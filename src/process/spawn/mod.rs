@@ -497,6 +497,19 @@ impl Child {
         }
     }
 
+    /// Bytes read from the exec pipe: a child that took its files after we
+    /// stopped waiting says so first (`TAKEN_BYTE`); that byte is taken
+    /// out of `buf` and our copy of the write end closed, so that EOF can
+    /// follow at its exec. What is left is a failure report, if anything.
+    pub fn note_report(&mut self, buf: &mut Vec<u8>) {
+        if buf.first() == Some(&launch::TAKEN_BYTE) {
+            buf.remove(0);
+            if let Some(f) = self.in_flight.as_mut() {
+                f.take_late_pipe();
+            }
+        }
+    }
+
     /// Exec confirmed (EOF on the pipe with no report) or the child reaped:
     /// its plan and stack are no longer in use.
     pub fn release(&mut self) {
