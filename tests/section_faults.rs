@@ -689,3 +689,105 @@ fn without_fetching_a_child_still_holds_only_its_own_files() {
         "the daemon took the older way"
     );
 }
+
+/// fz (locked, on local storage) and o2, both serving.
+fn frozen_config(h: &Harness) {
+    h.mkdirs(&["fz/data"]);
+    let cfg = format!(
+        r#"
+[service.s]
+command = ["{t}", "serve", "${{address}}:${{port}}"]
+ready   = {{ tcp = "${{address}}:${{port}}", timeout = "30s" }}
+
+[instance.fz]
+service = "s"
+address = "{a1}"
+port    = 9003
+paths   = {{ data = "{fz}" }}
+lock    = true
+
+[instance.o2]
+service = "s"
+address = "{a2}"
+port    = 9003
+"#,
+        t = t(),
+        a1 = h.addr(2),
+        a2 = h.addr(3),
+        fz = h.path("fz/data").display(),
+    );
+    h.write_config("frozen.toml", &cfg);
+}
+
+/// A cgroup frozen by the test (`cgroup.freeze`), thawed on drop, pass or
+/// fail (before the harness kills what is left).
+struct Frozen(PathBuf);
+
+impl Frozen {
+    fn freeze(cg: &Path) -> Frozen {
+        write(&cg.join("cgroup.freeze"), "1");
+        let events = cg.join("cgroup.events");
+        wait_for("the cgroup frozen", || {
+            std::fs::read_to_string(&events).is_ok_and(|e| e.contains("frozen 1"))
+        });
+        Frozen(cg.to_path_buf())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.freeze"), "0");
+    }
+}
+
+/// An operator froze fz's cgroup (`cgroup.freeze`, as `systemctl freeze`
+/// or a backup tool does) and it stays frozen when fz is started again.
+/// fz's child is born in that cgroup (clone3 CLONE_INTO_CGROUP), frozen
+/// before it has taken its files from the supervisor: the supervisor must
+/// not wait for it (it had waited 5 s per process, answering no one, and
+/// then closed the files the child had still to take, so that once
+/// thawed it exited 127). Guarantee 6: o2's commands answer at once, and
+/// fz starts as soon as it is thawed, with its own files.
+#[test]
+fn a_frozen_cgroup_never_stalls_the_daemon() {
+    require_root_cgroups();
+    let h = Harness::new();
+    frozen_config(&h);
+    start_and_answer(&h, "fz", &h.addr(2));
+    h.run(&["stop", "fz"]).ok();
+    let cg = h.cgroup_dir().join("fz");
+    assert!(cg.join("cgroup.freeze").exists(), "fz's cgroup is kept");
+    start_and_answer(&h, "o2", &h.addr(3));
+    let frozen = Frozen::freeze(&cg);
+    let start = h
+        .command(&["start", "fz", "--timeout", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _start_guard = KillOnDrop::new(start.id() as i32);
+    let procs = cg.join("cgroup.procs");
+    wait_for("fz's child in its frozen cgroup", || {
+        std::fs::read_to_string(&procs).is_ok_and(|p| !p.trim().is_empty())
+    });
+    for round in 0..3 {
+        let (d, out) = timed(&h, &["status", "o2"]);
+        assert_eq!(out.code, 0, "round {round}: o2 status: {out}");
+        assert!(
+            d < Duration::from_secs(2),
+            "round {round}: o2 status took {d:?} while fz is frozen"
+        );
+    }
+    drop(frozen);
+    let out = start.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "fz start once thawed: {out:?}\n{}",
+        h.daemon_log()
+    );
+    let got = ask(&format!("{}:9003", h.addr(2))).unwrap();
+    assert!(got.starts_with("ok"), "fz answered {got:?}");
+    holds_only_its_own_files(&h, "fz");
+    h.run(&["stop", "fz"]).ok();
+    h.run(&["stop", "o2"]).ok();
+}
