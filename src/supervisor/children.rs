@@ -185,10 +185,11 @@ impl Daemon {
         let mut e = self.errpipes.remove(&fd)?;
         self.deregister(&e.child.errpipe);
         // Reaped: it no longer runs on its plan and stack.
-        e.child.release();
+        let late = e.child.release();
+        self.release_fds_later(late);
         // The child is dead: what it wrote is all there, then EOF.
         let _ = std::fs::File::from(e.child.errpipe.try_clone().ok()?).read_to_end(&mut e.buf);
-        e.child.note_report(&mut e.buf);
+        let _ = e.child.note_report(&mut e.buf);
         let failure = spawn::decode_failure(&e.child, &e.buf);
         if failure.is_none() {
             self.exec_done(e.idx);
@@ -229,31 +230,35 @@ impl Daemon {
             return;
         };
         let mut buf = [0u8; 16];
-        loop {
+        // Files a child that took them late no longer needs from us.
+        let mut late = Vec::new();
+        let eof = loop {
             match nix::unistd::read(&e.child.errpipe, &mut buf) {
-                Ok(0) => {
-                    let done = self.errpipes.remove(&fd);
-                    if let Some(mut d) = done {
-                        self.deregister(&d.child.errpipe);
-                        // EOF: the child has exec'd or died, either way it
-                        // is out of our memory.
-                        d.child.release();
-                        if d.buf.is_empty() {
-                            self.exec_done(d.idx);
-                        } else {
-                            // Keep the report (unregistered) for the reaper.
-                            d.buf.shrink_to_fit();
-                            self.errpipes.insert(fd, d);
-                        }
-                    }
-                    return;
-                }
+                Ok(0) => break true,
                 Ok(n) => {
                     e.buf.extend_from_slice(&buf[..n]);
-                    e.child.note_report(&mut e.buf);
+                    late.extend(e.child.note_report(&mut e.buf));
                 }
                 Err(nix::Error::EINTR) => continue,
-                Err(_) => return,
+                Err(_) => break false,
+            }
+        };
+        self.release_fds_later(late);
+        if !eof {
+            return;
+        }
+        if let Some(mut d) = self.errpipes.remove(&fd) {
+            self.deregister(&d.child.errpipe);
+            // EOF: the child has exec'd or died, either way it is out of
+            // our memory.
+            let late = d.child.release();
+            self.release_fds_later(late);
+            if d.buf.is_empty() {
+                self.exec_done(d.idx);
+            } else {
+                // Keep the report (unregistered) for the reaper.
+                d.buf.shrink_to_fit();
+                self.errpipes.insert(fd, d);
             }
         }
     }

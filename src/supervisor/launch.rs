@@ -268,12 +268,14 @@ impl Daemon {
         let mut first = [0u8; 16];
         let confirmed = match nix::unistd::read(&child.errpipe, &mut first) {
             Ok(0) => {
-                child.release();
+                let late = child.release();
+                self.release_fds_later(late);
                 Ok(())
             }
             Ok(n) => {
                 let mut report = first[..n].to_vec();
-                child.note_report(&mut report);
+                let late = child.note_report(&mut report);
+                self.release_fds_later(late);
                 Err(report)
             }
             Err(_) => Err(Vec::new()),
@@ -307,6 +309,13 @@ impl Daemon {
     /// ([`Self::flush_releases`]): a burst of 500 starts costs one job.
     pub(super) fn release_later<T: Send + 'static>(&mut self, x: T) {
         self.to_release.push(Box::new(x));
+    }
+
+    /// [`Self::release_later`] for files, none of which is the usual case.
+    pub(super) fn release_fds_later(&mut self, fds: Vec<std::os::fd::OwnedFd>) {
+        if !fds.is_empty() {
+            self.release_later(fds);
+        }
     }
 
     /// Drops what [`Self::release_later`] collected, on the worker.

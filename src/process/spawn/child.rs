@@ -148,11 +148,15 @@ impl ExecPlan {
             // Never a copy of another instance's files at all (see
             // `super::FETCH`): closing one would wait on its storage.
             let fetched = self.take_ours_from_supervisor(errfd);
+            if fetched.is_ok() {
+                // At their numbers before the parent hears of it: a late
+                // child says so on the pipe, at the plan's number.
+                self.renumber(errfd);
+            }
             arg.fetched(fetched);
             if fetched.is_err() {
                 rawsys::exit(127);
             }
-            self.renumber(errfd);
         } else {
             self.close_all_but_ours(errfd);
         }
@@ -239,9 +243,9 @@ impl ExecPlan {
 
     /// The files taken at 4.. go to their numbers in the plan (all at or
     /// above HIGH_FD, so never onto one still to be moved), close-on-exec
-    /// like the originals; the copies at 4.. are closed (a close of the
-    /// child's own log or lock may wait on its storage: the supervisor no
-    /// longer waits for this child).
+    /// like the originals. The copies at 4.. are close-on-exec too and are
+    /// left to the exec: a close here of the child's own log or lock could
+    /// wait on its storage before the parent has heard from it.
     fn renumber(&self, errfd: RawFd) {
         let mut keep = [-1 as RawFd; 24];
         let n = self.ours(errfd, &mut keep);
@@ -250,7 +254,6 @@ impl ExecPlan {
             let from = first + i;
             let cloexec = libc::O_CLOEXEC as usize;
             let _ = sys(Step::Dup, 0, libc::SYS_dup3, &[from, fd as usize, cloexec]);
-            let _ = sys(Step::Dup, 0, libc::SYS_close, &[from]);
         }
     }
 

@@ -40,8 +40,11 @@ pub(super) struct InFlight {
     arg: ChildArg,
     _stack: crate::process::stack::Stack,
     /// The exec pipe's write end, when the child had not taken its copy
-    /// within the bound (`ChildArg::wait_taken`).
+    /// within the bound (`ChildArg::wait_taken`), and the rest of what it
+    /// takes (its log, its lock: closed where a close may block, see
+    /// `Child::parent_fds`), until it says it has them.
     late_pipe: Option<OwnedFd>,
+    late_fds: Vec<OwnedFd>,
 }
 
 impl ExecPlan {
@@ -98,6 +101,7 @@ impl ExecPlan {
             arg: ChildArg::new(std::ptr::null(), w.as_raw_fd(), fetch),
             _stack: stack,
             late_pipe: None,
+            late_fds: Vec::new(),
         });
         in_flight.arg.plan = &in_flight.plan;
         let arg_ptr = (&in_flight.arg as *const ChildArg).cast_mut().cast();
@@ -174,10 +178,12 @@ impl ExecPlan {
 }
 
 impl InFlight {
-    /// Closes our copy of the exec pipe's write end kept for a child that
-    /// took its files late.
-    pub(super) fn take_late_pipe(&mut self) {
+    /// A child that took its files late has them: our copy of the exec
+    /// pipe's write end is closed; the other files are handed back, for
+    /// the caller to close where a close may block.
+    pub(super) fn take_late_pipe(&mut self) -> Vec<OwnedFd> {
         self.late_pipe = None;
+        std::mem::take(&mut self.late_fds)
     }
 }
 
@@ -236,7 +242,11 @@ impl ChildArg {
         if let Err(e) = r {
             self.errno.store(e, SeqCst);
         }
-        if self.state.compare_exchange(TAKING, TAKEN, SeqCst, SeqCst).is_err() {
+        if self
+            .state
+            .compare_exchange(TAKING, TAKEN, SeqCst, SeqCst)
+            .is_err()
+        {
             // GAVE_UP: the parent holds its write end until told.
             if r.is_ok() {
                 let b = [TAKEN_BYTE];
@@ -252,7 +262,14 @@ impl ChildArg {
         unsafe {
             rawsys::call(
                 libc::SYS_futex,
-                [self.state.as_ptr() as usize, libc::FUTEX_WAKE as usize, 1, 0, 0, 0],
+                [
+                    self.state.as_ptr() as usize,
+                    libc::FUTEX_WAKE as usize,
+                    1,
+                    0,
+                    0,
+                    0,
+                ],
             )
         };
     }
@@ -357,7 +374,7 @@ pub fn probe_clone3(dir: &Path) -> Result<bool, SpawnError> {
     )?;
     let mut child = plan.spawn()?;
     let ws = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child.pid), None);
-    child.release();
+    drop(child.release());
     let killed = matches!(
         ws,
         Ok(nix::sys::wait::WaitStatus::Signaled(
@@ -473,7 +490,7 @@ fn finish_clone(
     w: OwnedFd,
     binds: Vec<(CString, CString)>,
     in_flight: Option<Box<InFlight>>,
-    parent_fds: Vec<OwnedFd>,
+    mut parent_fds: Vec<OwnedFd>,
 ) -> Result<Child, SpawnError> {
     if pid < 0 {
         return Err(SpawnError::Os {
@@ -488,7 +505,10 @@ fn finish_clone(
             // Still taking them: the write end stays open, with the plan,
             // until the child says it has them (`Child::note_report`) or is
             // known to have exec'd or died.
-            Ok(false) => f.late_pipe = Some(w),
+            Ok(false) => {
+                f.late_pipe = Some(w);
+                f.late_fds = std::mem::take(&mut parent_fds);
+            }
             Err(errno) => {
                 // It exits at once (the reaper sees it); what it ran on is
                 // freed when its pipe says so.
@@ -543,8 +563,9 @@ fn sweep() {
             match nix::unistd::read(&*pipe, &mut buf) {
                 Ok(0) => return false,
                 // The child is past taking its files (a late one says so
-                // first): our copy of the write end may go, for EOF.
-                Ok(_) => f.take_late_pipe(),
+                // first): our copy of the write end may go, for EOF (the
+                // buried are hooks' and probes': their files are local).
+                Ok(_) => drop(f.take_late_pipe()),
                 Err(nix::Error::EINTR) => continue,
                 Err(_) => return true,
             }

@@ -182,7 +182,7 @@ pub fn enable_fetch(keep: &mut Option<RawFd>) -> Result<(), FetchUnavailable> {
     match probe {
         Ok(mut child) => {
             let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child.pid), None);
-            child.release();
+            drop(child.release());
             Ok(())
         }
         Err(e) => {
@@ -501,19 +501,29 @@ impl Child {
     /// stopped waiting says so first (`TAKEN_BYTE`); that byte is taken
     /// out of `buf` and our copy of the write end closed, so that EOF can
     /// follow at its exec. What is left is a failure report, if anything.
-    pub fn note_report(&mut self, buf: &mut Vec<u8>) {
-        if buf.first() == Some(&launch::TAKEN_BYTE) {
-            buf.remove(0);
-            if let Some(f) = self.in_flight.as_mut() {
-                f.take_late_pipe();
-            }
+    /// Returns our copies of the files it took, to be closed where a close
+    /// may block (like `parent_fds`).
+    #[must_use]
+    pub fn note_report(&mut self, buf: &mut Vec<u8>) -> Vec<OwnedFd> {
+        if buf.first() != Some(&launch::TAKEN_BYTE) {
+            return Vec::new();
         }
+        buf.remove(0);
+        self.in_flight
+            .as_mut()
+            .map(|f| f.take_late_pipe())
+            .unwrap_or_default()
     }
 
     /// Exec confirmed (EOF on the pipe with no report) or the child reaped:
-    /// its plan and stack are no longer in use.
-    pub fn release(&mut self) {
-        self.in_flight = None;
+    /// its plan and stack are no longer in use. Returns what is left of the
+    /// files a late child was to take, to be closed where a close may block.
+    #[must_use]
+    pub fn release(&mut self) -> Vec<OwnedFd> {
+        self.in_flight
+            .take()
+            .map(|mut f| f.take_late_pipe())
+            .unwrap_or_default()
     }
 }
 
