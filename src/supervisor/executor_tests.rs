@@ -343,7 +343,7 @@ impl Rig {
     /// bounded so that a bug cannot hang the test.
     fn until(&mut self, what: &str, done: impl Fn(&Rig) -> bool) {
         let mut events = vec![nix::sys::epoll::EpollEvent::empty(); 16];
-        let deadline = Instant::now() + Duration::from_secs(20);
+        let deadline = Instant::now() + Duration::from_secs(60);
         while !done(self) {
             assert!(Instant::now() < deadline, "never: {what}");
             self.d.reap();
