@@ -20,7 +20,7 @@ mod discover;
 mod instance;
 
 use discover::rel_path;
-pub use discover::{Mount, own_paths, parse_mountinfo, tag_for};
+pub use discover::{DiscoverError, Mount, own_paths, parse_mountinfo, tag_for};
 use instance::open_procs;
 
 #[derive(Debug, thiserror::Error)]

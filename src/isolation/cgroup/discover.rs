@@ -2,6 +2,7 @@
 //! v1 ones of a hybrid host), the supervisor's own cgroup in
 //! /proc/self/cgroup, and from them the base of this supervisor's subtree.
 
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::CgroupRoot;
@@ -138,29 +139,66 @@ pub fn tag_for(runtime_dir: &Path) -> String {
     format!("{}-{h:016x}", &s[s.len() - 100..])
 }
 
+/// Why this supervisor cannot track its instances with cgroups (it then
+/// tracks them by process group and session): one variant per step of
+/// [`CgroupRoot::discover`].
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("disabled by [supervisor] cgroup = \"off\"")]
+    Off,
+    #[error("reading {path}: {source}")]
+    Read {
+        path: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("no cgroup2 file system is mounted here (see /proc/self/mountinfo)")]
+    NoCgroup2,
+    #[error("[supervisor] cgroup = {setting:?} is not inside the cgroup2 mount {}", mount.display())]
+    NotInMount { setting: PathBuf, mount: PathBuf },
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{} is not writable: {source}", path.display())]
+    NotWritable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// /proc/self/mountinfo and /proc/self/cgroup.
+fn read_proc() -> Result<(String, String), DiscoverError> {
+    let read = |path: &'static str| {
+        std::fs::read_to_string(path).map_err(|source| DiscoverError::Read { path, source })
+    };
+    Ok((read("/proc/self/mountinfo")?, read("/proc/self/cgroup")?))
+}
+
 impl CgroupRoot {
-    /// Finds a writable cgroup v2 hierarchy and creates our subtree in it.
-    /// `Ok(None)` with a reason when cgroups cannot be used here.
-    pub fn discover(setting: &CgroupSetting, tag: &str) -> Result<CgroupRoot, String> {
+    /// Finds a writable cgroup v2 hierarchy and creates our subtree in it;
+    /// the reason when cgroups cannot be used here.
+    pub fn discover(setting: &CgroupSetting, tag: &str) -> Result<CgroupRoot, DiscoverError> {
         if *setting == CgroupSetting::Off {
-            return Err("disabled by [supervisor] cgroup = \"off\"".into());
+            return Err(DiscoverError::Off);
         }
-        let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-            .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
-        let own = std::fs::read_to_string("/proc/self/cgroup")
-            .map_err(|e| format!("reading /proc/self/cgroup: {e}"))?;
+        let (mountinfo, own) = read_proc()?;
         Self::discover_in(setting, tag, &parse_mountinfo(&mountinfo), &own)
     }
 
     /// Where a supervisor with this setting and tag keeps its instances'
     /// cgroups (nothing is created). For tools and tests.
-    pub fn base_for(setting: &CgroupSetting, tag: &str) -> Result<PathBuf, String> {
-        let mountinfo =
-            std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
-        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| e.to_string())?;
+    pub fn base_for(setting: &CgroupSetting, tag: &str) -> Result<PathBuf, DiscoverError> {
+        let (mountinfo, own) = read_proc()?;
         let (own_v2, _) = own_paths(&own);
         let mounts = parse_mountinfo(&mountinfo);
-        let mount = mounts.iter().find(|m| m.v2).ok_or("no cgroup2 mount")?;
+        let mount = mounts
+            .iter()
+            .find(|m| m.v2)
+            .ok_or(DiscoverError::NoCgroup2)?;
         Self::base_in(setting, tag, mount, own_v2)
     }
 
@@ -169,15 +207,14 @@ impl CgroupRoot {
         tag: &str,
         mount: &Mount,
         own_v2: Option<String>,
-    ) -> Result<PathBuf, String> {
+    ) -> Result<PathBuf, DiscoverError> {
         Ok(match setting {
             CgroupSetting::Under(p) => {
                 if !p.starts_with(&mount.point) {
-                    return Err(format!(
-                        "[supervisor] cgroup = {:?} is not inside the cgroup2 mount {}",
-                        p,
-                        mount.point.display()
-                    ));
+                    return Err(DiscoverError::NotInMount {
+                        setting: p.clone(),
+                        mount: mount.point.clone(),
+                    });
                 }
                 p.join(tag)
             }
@@ -193,18 +230,25 @@ impl CgroupRoot {
         tag: &str,
         mounts: &[Mount],
         own: &str,
-    ) -> Result<CgroupRoot, String> {
+    ) -> Result<CgroupRoot, DiscoverError> {
         let (own_v2, own_v1) = own_paths(own);
-        let mount = mounts.iter().find(|m| m.v2).cloned().ok_or_else(|| {
-            "no cgroup2 file system is mounted here (see /proc/self/mountinfo)".to_string()
-        })?;
+        let mount = mounts
+            .iter()
+            .find(|m| m.v2)
+            .cloned()
+            .ok_or(DiscoverError::NoCgroup2)?;
         let base = Self::base_in(setting, tag, &mount, own_v2)?;
-        std::fs::create_dir_all(&base)
-            .map_err(|e| format!("cannot create {}: {e}", base.display()))?;
+        std::fs::create_dir_all(&base).map_err(|source| DiscoverError::Create {
+            path: base.clone(),
+            source,
+        })?;
         // Probe that we may move processes here: cgroup.procs must be writable.
         let procs = base.join("cgroup.procs");
-        if let Err(e) = std::fs::OpenOptions::new().write(true).open(&procs) {
-            return Err(format!("{} is not writable: {e}", procs.display()));
+        if let Err(source) = std::fs::OpenOptions::new().write(true).open(&procs) {
+            return Err(DiscoverError::NotWritable {
+                path: procs,
+                source,
+            });
         }
         let has_kill = base.join("cgroup.kill").exists();
         let mut v1 = Vec::new();
