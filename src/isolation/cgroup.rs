@@ -150,42 +150,7 @@ impl CgroupRoot {
         let v2_ctrls = std::fs::read_to_string(self.mount.point.join("cgroup.controllers"))
             .unwrap_or_default();
         let v2_has = |c: &str| v2_ctrls.split_whitespace().any(|x| x == c);
-        let mut wanted: Vec<(&str, &str, String, String)> = Vec::new();
-        // (controller, setting, v2 file+value, v1 file+value) per limit.
-        if let Some(m) = limits.memory_max {
-            wanted.push((
-                "memory",
-                "memory_max",
-                format!("memory.max={m}"),
-                format!("memory.limit_in_bytes={m}"),
-            ));
-        }
-        if let Some(p) = limits.pids_max {
-            wanted.push((
-                "pids",
-                "pids_max",
-                format!("pids.max={p}"),
-                format!("pids.max={p}"),
-            ));
-        }
-        if let Some(w) = limits.cpu_weight {
-            // cgroup v1 cpu.shares (2..262144, default 1024) from v2 weight (1..10000, default 100).
-            let shares = (w * 1024 / 100).clamp(2, 262_144);
-            wanted.push((
-                "cpu",
-                "cpu_weight",
-                format!("cpu.weight={w}"),
-                format!("cpu.shares={shares}"),
-            ));
-        }
-        if let Some((q, p)) = limits.cpu_max {
-            wanted.push((
-                "cpu",
-                "cpu_max",
-                format!("cpu.max={q} {p}"),
-                format!("cpu.cfs_period_us={p};cpu.cfs_quota_us={q}"),
-            ));
-        }
+        let wanted = wanted_limits(limits);
         for (ctrl, setting, v2, v1) in wanted {
             if v2_has(ctrl) {
                 self.enable_v2(ctrl)?;
@@ -281,6 +246,47 @@ impl CgroupRoot {
             }
         }
     }
+}
+
+/// (controller, setting, v2 file=value, v1 file=value) for each limit set;
+/// `write_settings` takes `;`-separated pairs.
+fn wanted_limits(limits: &Limits) -> Vec<(&'static str, &'static str, String, String)> {
+    let mut wanted = Vec::new();
+    if let Some(m) = limits.memory_max {
+        wanted.push((
+            "memory",
+            "memory_max",
+            format!("memory.max={m}"),
+            format!("memory.limit_in_bytes={m}"),
+        ));
+    }
+    if let Some(p) = limits.pids_max {
+        wanted.push((
+            "pids",
+            "pids_max",
+            format!("pids.max={p}"),
+            format!("pids.max={p}"),
+        ));
+    }
+    if let Some(w) = limits.cpu_weight {
+        // cgroup v1 cpu.shares (2..262144, default 1024) from v2 weight (1..10000, default 100).
+        let shares = (w * 1024 / 100).clamp(2, 262_144);
+        wanted.push((
+            "cpu",
+            "cpu_weight",
+            format!("cpu.weight={w}"),
+            format!("cpu.shares={shares}"),
+        ));
+    }
+    if let Some((q, p)) = limits.cpu_max {
+        wanted.push((
+            "cpu",
+            "cpu_max",
+            format!("cpu.max={q} {p}"),
+            format!("cpu.cfs_period_us={p};cpu.cfs_quota_us={q}"),
+        ));
+    }
+    wanted
 }
 
 /// v1 blkio counts a group's bytes (blkio.throttle.io_service_bytes) only
