@@ -8,6 +8,32 @@ use crate::model::Check;
 use crate::supervisor::Daemon;
 use crate::supervisor::fsm::State;
 use crate::supervisor::instance::WaitFor;
+use crate::supervisor::requests::code;
+
+/// What `monitor` answers, in the OCF monitor action's terms (see
+/// `integration::ocf`): the daemon replies with [`Verdict::code`], which
+/// `ops::exit::Exit::from_code` reads back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Running, every process there and healthy.
+    Running,
+    /// Cleanly stopped: nothing of it runs.
+    Stopped,
+    /// Failed, partial, unhealthy or between states.
+    NotFine,
+}
+
+impl Verdict {
+    /// The reply code (the CLI's exit status).
+    pub fn code(self) -> i32 {
+        match self {
+            Verdict::Running => code::OK,
+            // OCF_NOT_RUNNING; `requests::code` has no name for it yet.
+            Verdict::Stopped => 7,
+            Verdict::NotFine => code::FAILED,
+        }
+    }
+}
 
 impl Daemon {
     /// Logs and announces (hooks) a change of the health verdict.
@@ -143,32 +169,33 @@ impl Daemon {
     }
 
     fn answer_monitor(&mut self, idx: usize, conn: u64) {
-        let (code, msg) = self.monitor_verdict(idx);
-        self.reply_done(conn, code, msg, None);
+        let (verdict, msg) = self.monitor_verdict(idx);
+        self.reply_done(conn, verdict.code(), msg, None);
     }
 
-    /// OCF-style verdict: 0 running and healthy, 7 cleanly stopped, 1 otherwise.
-    pub fn monitor_verdict(&self, idx: usize) -> (i32, String) {
+    /// The `monitor` verdict and what to say with it.
+    pub fn monitor_verdict(&self, idx: usize) -> (Verdict, String) {
         let inst = &self.insts[idx];
         let id = inst.id();
         match inst.state() {
-            State::Stopped => (7, format!("{id} is stopped")),
+            State::Stopped => (Verdict::Stopped, format!("{id} is stopped")),
             State::Failed => {
                 let why = inst.fsm.last_failure.as_deref().unwrap_or("unknown reason");
                 match self.partial(idx) {
-                    Some(p) if inst.procs.iter().any(|x| x.alive()) => {
-                        (1, format!("{id} failed: {why} (partial: {p})"))
-                    }
-                    _ => (1, format!("{id} failed: {why}")),
+                    Some(p) if inst.procs.iter().any(|x| x.alive()) => (
+                        Verdict::NotFine,
+                        format!("{id} failed: {why} (partial: {p})"),
+                    ),
+                    _ => (Verdict::NotFine, format!("{id} failed: {why}")),
                 }
             }
             State::Running => {
                 if let Some(partial) = self.partial(idx) {
-                    return (1, format!("{id} is partial: {partial}"));
+                    return (Verdict::NotFine, format!("{id} is partial: {partial}"));
                 }
                 let (healthy, why) = self.health_verdict(idx);
                 if !healthy {
-                    return (1, format!("{id} is unhealthy: {why}"));
+                    return (Verdict::NotFine, format!("{id} is unhealthy: {why}"));
                 }
                 if let Some(p) = &inst.ready_probe
                     && inst.health.is_empty()
@@ -177,13 +204,13 @@ impl Daemon {
                     && r.at > inst.fsm.since
                 {
                     return (
-                        1,
+                        Verdict::NotFine,
                         format!("{id} is unhealthy: {}: {}", p.check.describe(), r.message),
                     );
                 }
-                (0, format!("{id} is running"))
+                (Verdict::Running, format!("{id} is running"))
             }
-            s => (1, format!("{id} is {}", s.as_str())),
+            s => (Verdict::NotFine, format!("{id} is {}", s.as_str())),
         }
     }
 
