@@ -11,6 +11,7 @@ use super::{
     Creds, DEFAULT_PATH, ExecPlan, ORIGINAL_NOFILE, Output, Spawn, SpawnError, cstr, dev_null,
     environment, find_program, high, os, resolve_creds,
 };
+use crate::model::{Isolation, RunContext};
 
 impl ExecPlan {
     /// A plan with every look-up on the host: the user and group (NSS),
@@ -42,30 +43,14 @@ impl ExecPlan {
     fn build(s: Spawn<'_>, creds: Option<Creds>, check: bool) -> Result<ExecPlan, SpawnError> {
         let run = s.run;
         let env = environment(run, creds.as_ref(), &run.pass_env);
-        let path_var = env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.as_str())
-            .unwrap_or(DEFAULT_PATH);
-        let argv0 = s.argv.first().ok_or(SpawnError::NotFound {
-            cmd: String::new(),
-            path: String::new(),
-        })?;
-        let program = if !check && argv0.contains('/') {
-            PathBuf::from(argv0)
-        } else {
-            find_program(argv0, path_var)?
-        };
+        let program = program(s.argv, &env, check)?;
         let argv: Vec<CString> = s.argv.iter().map(cstr).collect::<Result<_, _>>()?;
         let envp: Vec<CString> = env
             .iter()
             .map(|(k, v)| cstr(format!("{k}={v}")))
             .collect::<Result<_, _>>()?;
-        let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|c| c.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
-        let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|c| c.as_ptr()).collect();
-        envp_ptrs.push(std::ptr::null());
-
+        let argv_ptrs = null_terminated(&argv);
+        let envp_ptrs = null_terminated(&envp);
         let devnull = dev_null().map_err(os("opening /dev/null"))?;
         let mut owned = Vec::new();
         let mut keep = |fd: RawFd| -> Result<RawFd, SpawnError> {
@@ -92,59 +77,20 @@ impl ExecPlan {
             .map(|f| keep(f.as_raw_fd()))
             .collect::<Result<Vec<_>, _>>()?;
         let inherit = s.inherit.map(&mut keep).transpose()?;
-        let cgroup_dir = match s.into_cgroup {
-            Some(d) => {
-                let n = d.as_raw_fd();
-                owned.push(d);
-                Some(n)
-            }
-            None => None,
-        };
-
+        let cgroup_dir = s.into_cgroup.map(|d| {
+            let n = d.as_raw_fd();
+            owned.push(d);
+            n
+        });
         let iso = &run.isolate;
-        let mut unshare_flags = 0;
-        if iso.uts {
-            unshare_flags |= libc::CLONE_NEWUTS;
-        }
-        if iso.needs_mount_ns() {
-            unshare_flags |= libc::CLONE_NEWNS;
-        }
-        let binds = iso
-            .bind
-            .iter()
-            .map(|(inside, shown)| {
-                Ok((
-                    cstr(shown.as_os_str().as_bytes())?,
-                    cstr(inside.as_os_str().as_bytes())?,
-                ))
-            })
-            .collect::<Result<Vec<_>, SpawnError>>()?;
-        let hostname = match (&run.hostname, iso.uts) {
-            (Some(h), true) => Some(cstr(h)?),
-            _ => None,
-        };
-        let mut rlimits: Vec<(libc::c_int, libc::rlimit)> = run
-            .rlimits
-            .iter()
-            .map(|r| {
-                let v = |x: Option<u64>| x.unwrap_or(libc::RLIM_INFINITY);
-                (
-                    r.resource as libc::c_int,
-                    libc::rlimit {
-                        rlim_cur: v(r.soft),
-                        rlim_max: v(r.hard),
-                    },
-                )
-            })
-            .collect();
-        if let Some(orig) = ORIGINAL_NOFILE.get()
-            && !rlimits
-                .iter()
-                .any(|(r, _)| *r == libc::RLIMIT_NOFILE as libc::c_int)
-        {
-            rlimits.push((libc::RLIMIT_NOFILE as libc::c_int, *orig));
-        }
-        let display = s.argv.join(" ");
+        let binds = binds(iso)?;
+        let hostname = run
+            .hostname
+            .as_ref()
+            .filter(|_| iso.uts)
+            .map(cstr)
+            .transpose()?;
+        let rlimits = rlimits(run);
         Ok(ExecPlan {
             program: cstr(program.as_os_str().as_bytes())?,
             argv,
@@ -160,7 +106,7 @@ impl ExecPlan {
             inherit,
             owned,
             setsid: s.setsid,
-            unshare_flags,
+            unshare_flags: unshare_flags(iso),
             mount_private: iso.needs_mount_ns(),
             binds,
             private_tmp: iso.private_tmp,
@@ -169,7 +115,7 @@ impl ExecPlan {
             umask: run.umask.map(|m| m as libc::mode_t),
             creds: creds.map(|c| (c.uid, c.gid, c.groups)),
             reset_signals: non_default_signals(),
-            display,
+            display: s.argv.join(" "),
         })
     }
 
@@ -180,4 +126,82 @@ impl ExecPlan {
     pub fn env(&self) -> &[CString] {
         &self.envp
     }
+}
+
+/// The program to exec: `argv[0]` as given when it has a `/` and no check
+/// is asked for, else found along the child's own `PATH`.
+fn program(argv: &[String], env: &[(String, String)], check: bool) -> Result<PathBuf, SpawnError> {
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str())
+        .unwrap_or(DEFAULT_PATH);
+    let argv0 = argv.first().ok_or(SpawnError::NotFound {
+        cmd: String::new(),
+        path: String::new(),
+    })?;
+    if !check && argv0.contains('/') {
+        Ok(PathBuf::from(argv0))
+    } else {
+        find_program(argv0, path_var)
+    }
+}
+
+/// The pointer array execve(2) takes, pointing into `strings`.
+fn null_terminated(strings: &[CString]) -> Vec<*const libc::c_char> {
+    let mut ptrs: Vec<*const libc::c_char> = strings.iter().map(|c| c.as_ptr()).collect();
+    ptrs.push(std::ptr::null());
+    ptrs
+}
+
+/// The namespaces the child unshares.
+fn unshare_flags(iso: &Isolation) -> libc::c_int {
+    let mut flags = 0;
+    if iso.uts {
+        flags |= libc::CLONE_NEWUTS;
+    }
+    if iso.needs_mount_ns() {
+        flags |= libc::CLONE_NEWNS;
+    }
+    flags
+}
+
+/// (source shown, mount point inside) of each bind, as C strings.
+fn binds(iso: &Isolation) -> Result<Vec<(CString, CString)>, SpawnError> {
+    iso.bind
+        .iter()
+        .map(|(inside, shown)| {
+            Ok((
+                cstr(shown.as_os_str().as_bytes())?,
+                cstr(inside.as_os_str().as_bytes())?,
+            ))
+        })
+        .collect()
+}
+
+/// The child's resource limits: its own, and the supervisor's original
+/// soft RLIMIT_NOFILE back unless it sets `nofile` (see `ORIGINAL_NOFILE`).
+fn rlimits(run: &RunContext) -> Vec<(libc::c_int, libc::rlimit)> {
+    let mut rlimits: Vec<(libc::c_int, libc::rlimit)> = run
+        .rlimits
+        .iter()
+        .map(|r| {
+            let v = |x: Option<u64>| x.unwrap_or(libc::RLIM_INFINITY);
+            (
+                r.resource as libc::c_int,
+                libc::rlimit {
+                    rlim_cur: v(r.soft),
+                    rlim_max: v(r.hard),
+                },
+            )
+        })
+        .collect();
+    if let Some(orig) = ORIGINAL_NOFILE.get()
+        && !rlimits
+            .iter()
+            .any(|(r, _)| *r == libc::RLIMIT_NOFILE as libc::c_int)
+    {
+        rlimits.push((libc::RLIMIT_NOFILE as libc::c_int, *orig));
+    }
+    rlimits
 }
