@@ -317,30 +317,8 @@ impl<'a> Resolver<'a> {
 
     fn resolve(mut self) -> InstanceSpec {
         let ri = self.ri;
-        let address = ri
-            .address
-            .as_ref()
-            .and_then(|a| match a.v.parse::<IpAddr>() {
-                Ok(ip) => Some(ip),
-                Err(_) => {
-                    self.err(&a.at, format!("address {:?} is not an IP address", a.v));
-                    None
-                }
-            });
-        let hostname = ri.hostname.as_ref().and_then(|h| {
-            if valid_hostname(&h.v) {
-                Some(h.v.clone())
-            } else {
-                self.err(
-                    &h.at,
-                    format!(
-                        "hostname {:?} is not a valid host name (RFC 1123, at most 64 bytes)",
-                        h.v
-                    ),
-                );
-                None
-            }
-        });
+        let address = self.resolve_address();
+        let hostname = self.resolve_hostname();
         let port = ri.port.as_ref().map(|p| p.v as u16);
 
         self.vars.set("id", Some(ri.id.v.clone()));
@@ -376,12 +354,7 @@ impl<'a> Resolver<'a> {
             );
         }
         let after = ri.after.as_ref().map(|a| a.v.clone()).unwrap_or_default();
-        let limits = Limits {
-            memory_max: self.c.memory_max.as_ref().and_then(|m| m.v),
-            pids_max: self.c.pids_max.as_ref().and_then(|m| m.v),
-            cpu_weight: self.c.cpu_weight.as_ref().map(|w| w.v as u64),
-            cpu_max: self.c.cpu_max.as_ref().and_then(|m| m.v),
-        };
+        let limits = self.resolve_limits();
         InstanceSpec {
             id: ri.id.v.clone(),
             service: self.svc.name.v.clone(),
@@ -406,6 +379,48 @@ impl<'a> Resolver<'a> {
             autostart: ri.autostart.as_ref().is_some_and(|a| a.v),
             enabled: ri.enabled.as_ref().is_none_or(|e| e.v),
             limits,
+        }
+    }
+
+    /// `address`, which must be an IP address.
+    fn resolve_address(&self) -> Option<IpAddr> {
+        self.ri
+            .address
+            .as_ref()
+            .and_then(|a| match a.v.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    self.err(&a.at, format!("address {:?} is not an IP address", a.v));
+                    None
+                }
+            })
+    }
+
+    /// `hostname`, which must be a valid host name.
+    fn resolve_hostname(&self) -> Option<String> {
+        self.ri.hostname.as_ref().and_then(|h| {
+            if valid_hostname(&h.v) {
+                Some(h.v.clone())
+            } else {
+                self.err(
+                    &h.at,
+                    format!(
+                        "hostname {:?} is not a valid host name (RFC 1123, at most 64 bytes)",
+                        h.v
+                    ),
+                );
+                None
+            }
+        })
+    }
+
+    /// The cgroup limits.
+    fn resolve_limits(&self) -> Limits {
+        Limits {
+            memory_max: self.c.memory_max.as_ref().and_then(|m| m.v),
+            pids_max: self.c.pids_max.as_ref().and_then(|m| m.v),
+            cpu_weight: self.c.cpu_weight.as_ref().map(|w| w.v as u64),
+            cpu_max: self.c.cpu_max.as_ref().and_then(|m| m.v),
         }
     }
 
