@@ -87,6 +87,52 @@ impl Resolver<'_> {
         paths: &BTreeMap<String, PathBuf>,
     ) -> RunContext {
         let c = &self.c;
+        let env = self.resolve_env(address, port, hostname, paths);
+        if let Some(pass) = &c.pass_env {
+            for name in &pass.v {
+                if !valid_env_name(name) {
+                    self.err(
+                        &pass.at,
+                        format!("pass_env: {name:?} is not a valid variable name"),
+                    );
+                }
+            }
+        }
+        let cwd = match &c.cwd {
+            Some(s) => self
+                .sub_path(s, "cwd")
+                .unwrap_or_else(|| PathBuf::from("/")),
+            None => paths
+                .get("data")
+                .cloned()
+                .unwrap_or_else(|| PathBuf::from("/")),
+        };
+        let isolate = self.resolve_isolate(hostname);
+        RunContext {
+            env: env.into_iter().collect(),
+            pass_env: c.pass_env.as_ref().map(|p| p.v.clone()).unwrap_or_default(),
+            cwd,
+            user: c.user.as_ref().map(|u| u.v.clone()),
+            group: c.group.as_ref().map(|g| g.v.clone()),
+            umask: c.umask.as_ref().map(|u| u.v),
+            rlimits: c.rlimits.as_ref().map(|r| r.v.clone()).unwrap_or_default(),
+            isolate,
+            hostname: hostname.clone(),
+            shell: c.shell.as_ref().is_some_and(|s| s.v),
+        }
+    }
+
+    /// The environment the instance's processes get: its `env` (names
+    /// checked, `${}` substituted), then the `COHOST_*` identity and the
+    /// `hostname_env` name.
+    fn resolve_env(
+        &self,
+        address: Option<IpAddr>,
+        port: Option<u16>,
+        hostname: &Option<String>,
+        paths: &BTreeMap<String, PathBuf>,
+    ) -> BTreeMap<String, String> {
+        let c = &self.c;
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         for (k, v) in c.env.iter().flatten() {
             if !valid_env_name(&k.v) {
@@ -139,38 +185,7 @@ impl Resolver<'_> {
                 );
             }
         }
-        if let Some(pass) = &c.pass_env {
-            for name in &pass.v {
-                if !valid_env_name(name) {
-                    self.err(
-                        &pass.at,
-                        format!("pass_env: {name:?} is not a valid variable name"),
-                    );
-                }
-            }
-        }
-        let cwd = match &c.cwd {
-            Some(s) => self
-                .sub_path(s, "cwd")
-                .unwrap_or_else(|| PathBuf::from("/")),
-            None => paths
-                .get("data")
-                .cloned()
-                .unwrap_or_else(|| PathBuf::from("/")),
-        };
-        let isolate = self.resolve_isolate(hostname);
-        RunContext {
-            env: env.into_iter().collect(),
-            pass_env: c.pass_env.as_ref().map(|p| p.v.clone()).unwrap_or_default(),
-            cwd,
-            user: c.user.as_ref().map(|u| u.v.clone()),
-            group: c.group.as_ref().map(|g| g.v.clone()),
-            umask: c.umask.as_ref().map(|u| u.v),
-            rlimits: c.rlimits.as_ref().map(|r| r.v.clone()).unwrap_or_default(),
-            isolate,
-            hostname: hostname.clone(),
-            shell: c.shell.as_ref().is_some_and(|s| s.v),
-        }
+        env
     }
 
     pub(super) fn resolve_isolate(&self, hostname: &Option<String>) -> Isolation {
