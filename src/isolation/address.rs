@@ -408,4 +408,27 @@ mod tests {
         // TEST-NET-3 (RFC 5737): documentation only, never configured.
         assert!(!is_local("203.0.113.77".parse().unwrap()).unwrap());
     }
+
+    #[test]
+    fn an_address_request_is_laid_out_as_rtnetlink_says() {
+        let m = addr_message(libc::RTM_NEWADDR, "10.0.0.7".parse().unwrap(), 24, 3);
+        // nlmsghdr (16) + ifaddrmsg (8) + two 8-byte attributes.
+        assert_eq!(m.len(), 40);
+        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 40);
+        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), libc::RTM_NEWADDR);
+        let flags = u16::from_ne_bytes([m[6], m[7]]) as libc::c_int;
+        assert_ne!(flags & libc::NLM_F_EXCL, 0, "adding never replaces");
+        assert_eq!((m[16], m[17]), (libc::AF_INET as u8, 24));
+        assert_eq!(u32::from_ne_bytes(m[20..24].try_into().unwrap()), 3);
+        for at in [24, 32] {
+            assert_eq!(u16::from_ne_bytes([m[at], m[at + 1]]), 8);
+            assert_eq!(&m[at + 4..at + 8], &[10, 0, 0, 7]);
+        }
+        let d = addr_message(libc::RTM_DELADDR, "2001:db8::7".parse().unwrap(), 64, 3);
+        assert_eq!(d.len(), 16 + 8 + 2 * 20);
+        assert_eq!(
+            u16::from_ne_bytes([d[6], d[7]]) as libc::c_int & libc::NLM_F_CREATE,
+            0
+        );
+    }
 }
