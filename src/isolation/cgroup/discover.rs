@@ -371,4 +371,35 @@ mod tests {
         assert_eq!(unescape("/mnt/with\\040space"), "/mnt/with space");
         assert_eq!(unescape("/plain"), "/plain");
     }
+
+    #[test]
+    fn the_base_is_under_our_own_cgroup_or_the_configured_parent() {
+        let m = Mount {
+            point: "/sys/fs/cgroup".into(),
+            root: "/".into(),
+            controllers: vec![],
+            v2: true,
+        };
+        let own = Some("/system.slice/x.service".to_string());
+        assert_eq!(
+            CgroupRoot::base_in(&CgroupSetting::Auto, "t", &m, own).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/system.slice/x.service/cohost/t")
+        );
+        let under = CgroupSetting::Under("/sys/fs/cgroup/ha".into());
+        assert_eq!(
+            CgroupRoot::base_in(&under, "t", &m, None).unwrap(),
+            PathBuf::from("/sys/fs/cgroup/ha/t")
+        );
+        let outside = CgroupSetting::Under("/tmp/x".into());
+        let e = CgroupRoot::base_in(&outside, "t", &m, None).unwrap_err();
+        assert!(matches!(e, DiscoverError::NotInMount { .. }), "{e:?}");
+        assert_eq!(
+            e.to_string(),
+            "[supervisor] cgroup = \"/tmp/x\" is not inside the cgroup2 mount /sys/fs/cgroup"
+        );
+        assert!(matches!(
+            CgroupRoot::discover(&CgroupSetting::Off, "t"),
+            Err(DiscoverError::Off)
+        ));
+    }
 }
