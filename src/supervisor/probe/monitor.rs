@@ -238,3 +238,16 @@ impl Daemon {
         (!missing.is_empty()).then(|| missing.join(", "))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Verdict;
+    use crate::ops::exit::Exit;
+
+    #[test]
+    fn verdicts_read_back_as_the_cli_exits() {
+        assert_eq!(Exit::from_code(Verdict::Running.code()), Exit::Ok);
+        assert_eq!(Exit::from_code(Verdict::Stopped.code()), Exit::Stopped);
+        assert_eq!(Exit::from_code(Verdict::NotFine.code()), Exit::Failed);
+    }
+}
