@@ -17,6 +17,11 @@ use toml::de::{DeTable, DeValue};
 
 use crate::model::Origin;
 
+mod nested;
+mod suggest;
+
+pub use suggest::did_you_mean;
+
 /// One problem in the instances file, printed as `FILE:LINE: message`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Diag {
@@ -338,135 +343,6 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    /// A sub-table (inline or `[a.b]`).
-    pub fn table(&self, key: &str, what: String, known: Known) -> Option<Table<'a, 'i>> {
-        let v = self.raw(key)?;
-        match v.get_ref() {
-            DeValue::Table(t) => Some(Table::new(self.src, self.diags, t, what, v.span(), known)),
-            _ => {
-                self.type_error(key, v, "a table");
-                None
-            }
-        }
-    }
-
-    /// A child table under a free-form key (`[service.NAME]`); `at` is the
-    /// line of its key, where the operator wrote the name.
-    pub fn child_table(&self, key: &str, what: String, known: Known) -> Option<Table<'a, 'i>> {
-        let (k, v) = self.table.get_key_value(key)?;
-        match v.get_ref() {
-            DeValue::Table(t) => Some(Table::new(self.src, self.diags, t, what, k.span(), known)),
-            _ => None,
-        }
-    }
-
-    /// A list of tables (`[[a.b]]` or `b = [{...}, {...}]`).
-    pub fn tables(&self, key: &str, what: &str, known: Known) -> Option<Vec<Table<'a, 'i>>> {
-        let v = self.raw(key)?;
-        let DeValue::Array(a) = v.get_ref() else {
-            self.type_error(key, v, "a list of tables");
-            return None;
-        };
-        let mut out = Vec::with_capacity(a.len());
-        for (i, item) in a.iter().enumerate() {
-            match item.get_ref() {
-                DeValue::Table(t) => out.push(Table::new(
-                    self.src,
-                    self.diags,
-                    t,
-                    format!("{what}[{}]", i + 1),
-                    item.span(),
-                    known,
-                )),
-                _ => {
-                    self.type_error(key, item, "a list of tables");
-                    return None;
-                }
-            }
-        }
-        Some(out)
-    }
-
-    /// A table whose values are all strings: `env`, `paths`, `bind`.
-    pub fn string_map(&self, key: &str) -> Option<Vec<(At<String>, At<String>)>> {
-        let v = self.raw(key)?;
-        let DeValue::Table(t) = v.get_ref() else {
-            self.type_error(key, v, "a table of strings");
-            return None;
-        };
-        let mut out = Vec::with_capacity(t.len());
-        for (k, val) in t.iter() {
-            let kat = self.src.origin(k.span());
-            match val.get_ref() {
-                DeValue::String(s) => out.push((
-                    At {
-                        v: k.get_ref().to_string(),
-                        at: kat,
-                    },
-                    At {
-                        v: s.to_string(),
-                        at: self.src.origin(val.span()),
-                    },
-                )),
-                _ => self.error(
-                    &self.src.origin(val.span()),
-                    format!(
-                        "`{key}.{}` in {} must be a string, not {}",
-                        k.get_ref(),
-                        self.what,
-                        val.get_ref().type_str()
-                    ),
-                ),
-            }
-        }
-        Some(out)
-    }
-
-    /// A table of string-or-integer values: `rlimits`.
-    pub fn scalar_map(&self, key: &str) -> Option<Vec<(At<String>, At<String>)>> {
-        let v = self.raw(key)?;
-        let DeValue::Table(t) = v.get_ref() else {
-            self.type_error(key, v, "a table");
-            return None;
-        };
-        let mut out = Vec::with_capacity(t.len());
-        for (k, val) in t.iter() {
-            let s = match val.get_ref() {
-                DeValue::String(s) => s.to_string(),
-                DeValue::Integer(i) => match parse_int(i.as_str(), i.radix()) {
-                    Some(n) => n.to_string(),
-                    None => {
-                        self.error(&self.src.origin(val.span()), "integer out of range");
-                        continue;
-                    }
-                },
-                other => {
-                    self.error(
-                        &self.src.origin(val.span()),
-                        format!(
-                            "`{key}.{}` in {} must be a number or a string, not {}",
-                            k.get_ref(),
-                            self.what,
-                            other.type_str()
-                        ),
-                    );
-                    continue;
-                }
-            };
-            out.push((
-                At {
-                    v: k.get_ref().to_string(),
-                    at: self.src.origin(k.span()),
-                },
-                At {
-                    v: s,
-                    at: self.src.origin(val.span()),
-                },
-            ));
-        }
-        Some(out)
-    }
-
     /// A size or count: an integer, or a string like "512M" / "max".
     pub fn size(&self, key: &str) -> Option<At<Option<u64>>> {
         let v = self.raw(key)?;
@@ -528,41 +404,9 @@ pub fn parse_size(s: &str) -> Option<Option<u64>> {
     n.checked_mul(mult).map(Some)
 }
 
-/// The closest known word within a small edit distance.
-pub fn did_you_mean<'k>(word: &str, known: &[&'k str]) -> Option<&'k str> {
-    known
-        .iter()
-        .map(|k| (edit_distance(word, k), *k))
-        .filter(|(d, k)| *d <= 2.max(k.len() / 4))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, k)| k)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur.push((prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1));
-        }
-        prev = cur;
-    }
-    prev[b.len()]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn suggestions() {
-        let known = &["command", "ready", "restart", "stop", "env"];
-        assert_eq!(did_you_mean("comand", known), Some("command"));
-        assert_eq!(did_you_mean("restrat", known), Some("restart"));
-        assert_eq!(did_you_mean("xyzzy", known), None);
-    }
 
     #[test]
     fn sizes() {

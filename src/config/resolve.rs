@@ -2,17 +2,24 @@
 //! substituted, every value checked, cross-instance rules enforced. Pure: no
 //! host lookups (users, interfaces, files) happen here; see `preflight`.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
-use std::path::{Component, Path, PathBuf};
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crate::config::checks;
-use crate::config::parse::{RawCheck, RawCheckKind, RawCommon, RawDir, RawInstance, RawService};
+use crate::config::parse::{RawCommon, RawDir, RawInstance, RawService};
 use crate::config::reader::{At, Diags, did_you_mean};
 use crate::config::subst::{SubstError, Vars};
 use crate::model::*;
+
+mod names;
+mod policy;
+mod run;
+
+use names::{clean_absolute, valid_hostname};
+pub use names::{paths_overlap, valid_id};
 
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -20,69 +27,6 @@ pub const DEFAULT_HOOK_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_HEALTH_INTERVAL: Duration = Duration::from_secs(10);
 const DEFAULT_HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 const BUILTIN_VARS: &[&str] = &["id", "service", "address", "port", "hostname"];
-
-/// `[A-Za-z0-9_.-]+`, not starting with `.` or `-`, no `..` (IDs become
-/// file and cgroup names; `..` or `-x` there would be trouble).
-pub fn valid_id(id: &str) -> bool {
-    !id.is_empty()
-        && id.len() <= 64
-        && !id.starts_with(['.', '-'])
-        && !id.contains("..")
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'.' || b == b'-')
-}
-
-fn valid_env_name(s: &str) -> bool {
-    let mut b = s.bytes();
-    matches!(b.next(), Some(c) if c.is_ascii_alphabetic() || c == b'_')
-        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
-}
-
-fn valid_hostname(s: &str) -> bool {
-    // sethostname(2): at most HOST_NAME_MAX (64) bytes; RFC 1123 labels.
-    s.len() <= 64
-        && !s.is_empty()
-        && s.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-                && l.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-')
-        })
-}
-
-/// Absolute and without `.`/`..`: what a path in the instances file must be.
-fn clean_absolute(p: &str) -> Option<PathBuf> {
-    let path = Path::new(p);
-    if !path.is_absolute() || p.contains('\0') {
-        return None;
-    }
-    let mut out = PathBuf::from("/");
-    for c in path.components() {
-        match c {
-            Component::RootDir => {}
-            Component::Normal(n) => out.push(n),
-            Component::CurDir | Component::ParentDir | Component::Prefix(_) => return None,
-        }
-    }
-    Some(out)
-}
-
-/// The kernel's own trees a bind may not cover: /proc and /sys and
-/// anything in them, and /dev itself (a device node below it, like
-/// /dev/shm, may be an instance's own).
-fn kernel_tree(inside: &Path) -> Option<&'static str> {
-    ["/proc", "/sys"]
-        .into_iter()
-        .find(|k| inside.starts_with(k))
-        .or_else(|| (inside == Path::new("/dev")).then_some("/dev"))
-}
-
-/// One path lies inside the other (or they are the same).
-pub fn paths_overlap(a: &Path, b: &Path) -> bool {
-    a.starts_with(b) || b.starts_with(a)
-}
 
 pub fn resolve(raw: RawDir, dir: &Path, diags: &Diags) -> Config {
     let supervisor = resolve_supervisor(&raw, diags);
@@ -373,30 +317,8 @@ impl<'a> Resolver<'a> {
 
     fn resolve(mut self) -> InstanceSpec {
         let ri = self.ri;
-        let address = ri
-            .address
-            .as_ref()
-            .and_then(|a| match a.v.parse::<IpAddr>() {
-                Ok(ip) => Some(ip),
-                Err(_) => {
-                    self.err(&a.at, format!("address {:?} is not an IP address", a.v));
-                    None
-                }
-            });
-        let hostname = ri.hostname.as_ref().and_then(|h| {
-            if valid_hostname(&h.v) {
-                Some(h.v.clone())
-            } else {
-                self.err(
-                    &h.at,
-                    format!(
-                        "hostname {:?} is not a valid host name (RFC 1123, at most 64 bytes)",
-                        h.v
-                    ),
-                );
-                None
-            }
-        });
+        let address = self.resolve_address();
+        let hostname = self.resolve_hostname();
         let port = ri.port.as_ref().map(|p| p.v as u16);
 
         self.vars.set("id", Some(ri.id.v.clone()));
@@ -432,12 +354,7 @@ impl<'a> Resolver<'a> {
             );
         }
         let after = ri.after.as_ref().map(|a| a.v.clone()).unwrap_or_default();
-        let limits = Limits {
-            memory_max: self.c.memory_max.as_ref().and_then(|m| m.v),
-            pids_max: self.c.pids_max.as_ref().and_then(|m| m.v),
-            cpu_weight: self.c.cpu_weight.as_ref().map(|w| w.v as u64),
-            cpu_max: self.c.cpu_max.as_ref().and_then(|m| m.v),
-        };
+        let limits = self.resolve_limits();
         InstanceSpec {
             id: ri.id.v.clone(),
             service: self.svc.name.v.clone(),
@@ -462,6 +379,48 @@ impl<'a> Resolver<'a> {
             autostart: ri.autostart.as_ref().is_some_and(|a| a.v),
             enabled: ri.enabled.as_ref().is_none_or(|e| e.v),
             limits,
+        }
+    }
+
+    /// `address`, which must be an IP address.
+    fn resolve_address(&self) -> Option<IpAddr> {
+        self.ri
+            .address
+            .as_ref()
+            .and_then(|a| match a.v.parse::<IpAddr>() {
+                Ok(ip) => Some(ip),
+                Err(_) => {
+                    self.err(&a.at, format!("address {:?} is not an IP address", a.v));
+                    None
+                }
+            })
+    }
+
+    /// `hostname`, which must be a valid host name.
+    fn resolve_hostname(&self) -> Option<String> {
+        self.ri.hostname.as_ref().and_then(|h| {
+            if valid_hostname(&h.v) {
+                Some(h.v.clone())
+            } else {
+                self.err(
+                    &h.at,
+                    format!(
+                        "hostname {:?} is not a valid host name (RFC 1123, at most 64 bytes)",
+                        h.v
+                    ),
+                );
+                None
+            }
+        })
+    }
+
+    /// The cgroup limits.
+    fn resolve_limits(&self) -> Limits {
+        Limits {
+            memory_max: self.c.memory_max.as_ref().and_then(|m| m.v),
+            pids_max: self.c.pids_max.as_ref().and_then(|m| m.v),
+            cpu_weight: self.c.cpu_weight.as_ref().map(|w| w.v as u64),
+            cpu_max: self.c.cpu_max.as_ref().and_then(|m| m.v),
         }
     }
 
@@ -498,446 +457,5 @@ impl<'a> Resolver<'a> {
             }
         }
         out
-    }
-
-    fn resolve_processes(&self) -> Vec<ProcessSpec> {
-        let svc = self.svc;
-        let mut out = Vec::new();
-        match (&svc.command, svc.processes.is_empty()) {
-            (Some(cmd), true) => {
-                if let Some(argv) = self.sub_argv(cmd, "command") {
-                    out.push(ProcessSpec {
-                        name: svc.name.v.clone(),
-                        argv,
-                        count: 1,
-                    });
-                }
-            }
-            (None, false) => {
-                if svc.kind == ServiceKind::Forking {
-                    self.err(
-                        &svc.name.at,
-                        format!(
-                            "[service.{}] is forking: it has one start `command`; count its daemons with a health check {{ process = \"NAME\", count = N }}",
-                            svc.name.v
-                        ),
-                    );
-                }
-                let mut seen = BTreeSet::new();
-                for p in &svc.processes {
-                    if !valid_id(&p.name.v) {
-                        self.err(
-                            &p.name.at,
-                            format!(
-                                "process name {:?}: use letters, digits, `_`, `.`, `-`",
-                                p.name.v
-                            ),
-                        );
-                    } else if !seen.insert(p.name.v.clone()) {
-                        self.err(
-                            &p.name.at,
-                            format!("process name `{}` is used twice", p.name.v),
-                        );
-                    }
-                    if let Some(argv) =
-                        self.sub_argv(&p.command, &format!("process {} command", p.name.v))
-                    {
-                        out.push(ProcessSpec {
-                            name: p.name.v.clone(),
-                            argv,
-                            count: p.count,
-                        });
-                    }
-                }
-            }
-            (Some(cmd), false) => self.err(
-                &cmd.at,
-                format!(
-                    "[service.{}] has both `command` and [[service.{}.process]]: keep one",
-                    svc.name.v, svc.name.v
-                ),
-            ),
-            (None, true) => self.err(
-                &svc.name.at,
-                format!(
-                    "[service.{}] needs `command = [...]` or [[service.{}.process]] entries",
-                    svc.name.v, svc.name.v
-                ),
-            ),
-        }
-        out
-    }
-
-    fn resolve_run(
-        &self,
-        address: Option<IpAddr>,
-        port: Option<u16>,
-        hostname: &Option<String>,
-        paths: &BTreeMap<String, PathBuf>,
-    ) -> RunContext {
-        let c = &self.c;
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
-        for (k, v) in c.env.iter().flatten() {
-            if !valid_env_name(&k.v) {
-                self.err(
-                    &k.at,
-                    format!("env name {:?} is not a valid variable name", k.v),
-                );
-                continue;
-            }
-            if k.v.starts_with("COHOST_") {
-                self.err(
-                    &k.at,
-                    format!("env name {} is reserved (COHOST_* are set by cohost)", k.v),
-                );
-                continue;
-            }
-            if let Some(val) = self.sub(v, &format!("env.{}", k.v)) {
-                env.insert(k.v.clone(), val);
-            }
-        }
-        // Contract: the instance's own identity, nothing of another instance.
-        env.insert("COHOST_INSTANCE".into(), self.id.to_string());
-        if let Some(a) = address {
-            env.insert("COHOST_ADDRESS".into(), a.to_string());
-        }
-        if let Some(p) = port {
-            env.insert("COHOST_PORT".into(), p.to_string());
-        }
-        if let Some(h) = hostname {
-            env.insert("COHOST_HOSTNAME".into(), h.clone());
-        }
-        for (k, p) in paths {
-            env.insert(
-                format!("COHOST_PATH_{}", k.to_ascii_uppercase()),
-                p.display().to_string(),
-            );
-        }
-        if let Some(h) = &c.hostname_env {
-            if !valid_env_name(&h.v) {
-                self.err(
-                    &h.at,
-                    format!("hostname_env {:?} is not a valid variable name", h.v),
-                );
-            } else if let Some(name) = hostname {
-                env.insert(h.v.clone(), name.clone());
-            } else {
-                self.err(
-                    &h.at,
-                    "hostname_env is set but the instance has no `hostname`",
-                );
-            }
-        }
-        if let Some(pass) = &c.pass_env {
-            for name in &pass.v {
-                if !valid_env_name(name) {
-                    self.err(
-                        &pass.at,
-                        format!("pass_env: {name:?} is not a valid variable name"),
-                    );
-                }
-            }
-        }
-        let cwd = match &c.cwd {
-            Some(s) => self
-                .sub_path(s, "cwd")
-                .unwrap_or_else(|| PathBuf::from("/")),
-            None => paths
-                .get("data")
-                .cloned()
-                .unwrap_or_else(|| PathBuf::from("/")),
-        };
-        let isolate = self.resolve_isolate(hostname);
-        RunContext {
-            env: env.into_iter().collect(),
-            pass_env: c.pass_env.as_ref().map(|p| p.v.clone()).unwrap_or_default(),
-            cwd,
-            user: c.user.as_ref().map(|u| u.v.clone()),
-            group: c.group.as_ref().map(|g| g.v.clone()),
-            umask: c.umask.as_ref().map(|u| u.v),
-            rlimits: c.rlimits.as_ref().map(|r| r.v.clone()).unwrap_or_default(),
-            isolate,
-            hostname: hostname.clone(),
-            shell: c.shell.as_ref().is_some_and(|s| s.v),
-        }
-    }
-
-    fn resolve_isolate(&self, hostname: &Option<String>) -> Isolation {
-        let c = &self.c;
-        let raw = c.isolate.clone().unwrap_or_default();
-        let mut iso = Isolation {
-            uts: raw.uts.as_ref().is_some_and(|b| b.v),
-            mount: raw.mount.as_ref().is_some_and(|b| b.v),
-            private_tmp: raw.private_tmp.as_ref().is_some_and(|b| b.v),
-            bind: Vec::new(),
-        };
-        if iso.uts && hostname.is_none() {
-            let at = raw
-                .uts
-                .as_ref()
-                .map(|b| b.at.clone())
-                .unwrap_or_else(|| self.ri.id.at.clone());
-            self.err(&at, "isolate.uts needs the instance's `hostname`");
-        }
-        for (dst, src) in c.bind.iter().flatten() {
-            let Some(inside) = clean_absolute(&dst.v) else {
-                self.err(
-                    &dst.at,
-                    format!("bind: {:?} must be an absolute path", dst.v),
-                );
-                continue;
-            };
-            if inside == Path::new("/") {
-                self.err(&dst.at, "bind: cannot bind over /");
-                continue;
-            }
-            if let Some(k) = kernel_tree(&inside) {
-                self.err(
-                    &dst.at,
-                    format!(
-                        "bind: cannot bind over {} ({k} belongs to the kernel: the instance's processes and cohost's own checks need the real one); bind somewhere else",
-                        inside.display()
-                    ),
-                );
-                continue;
-            }
-            if let Some(shown) = self.sub_path(src, &format!("bind.\"{}\"", dst.v)) {
-                iso.bind.push((inside, shown));
-            }
-        }
-        if iso.private_tmp {
-            // A private /tmp is an empty tmpfs over /tmp: anything of the
-            // instance's own below /tmp would vanish from its view.
-            let tmp = Path::new("/tmp");
-            let hidden: Vec<String> = self
-                .ri
-                .paths
-                .iter()
-                .filter_map(|(k, v)| {
-                    clean_absolute(&v.v)
-                        .filter(|p| p.starts_with(tmp))
-                        .map(|_| format!("paths.{}", k.v))
-                })
-                .chain(
-                    iso.bind
-                        .iter()
-                        .filter(|(i, s)| i.starts_with(tmp) || s.starts_with(tmp))
-                        .map(|(i, _)| format!("bind \"{}\"", i.display())),
-                )
-                .collect();
-            if !hidden.is_empty() {
-                let at = raw
-                    .private_tmp
-                    .as_ref()
-                    .map(|b| b.at.clone())
-                    .unwrap_or_else(|| self.ri.id.at.clone());
-                self.err(
-                    &at,
-                    format!("isolate.private_tmp hides /tmp, where {} live(s); move them out of /tmp or drop private_tmp", hidden.join(", ")),
-                );
-            }
-        }
-        iso
-    }
-
-    fn check(&self, rc: &RawCheck, what: &str) -> Option<Check> {
-        Some(match rc.kind.as_ref()? {
-            RawCheckKind::Tcp(s) => {
-                let v = self.sub(s, &format!("{what}.tcp"))?;
-                let addr = match v.parse::<SocketAddr>() {
-                    Ok(a) => a,
-                    Err(_) => {
-                        self.err(&s.at, format!("{what}.tcp {v:?} is not ADDRESS:PORT"));
-                        return None;
-                    }
-                };
-                Check::Tcp {
-                    addr,
-                    send: match &rc.send {
-                        Some(s) => Some(self.sub(s, &format!("{what}.send"))?),
-                        None => None,
-                    },
-                    expect: match &rc.expect {
-                        Some(s) => Some(self.sub(s, &format!("{what}.expect"))?),
-                        None => None,
-                    },
-                }
-            }
-            RawCheckKind::Command(argv) => {
-                Check::Command(self.sub_argv(argv, &format!("{what}.command"))?)
-            }
-            RawCheckKind::File(f) => Check::File(self.sub_path(f, &format!("{what}.file"))?),
-            RawCheckKind::Process(name, count) => Check::Process {
-                name: name.v.clone(),
-                count: *count,
-            },
-            RawCheckKind::FileFresh(f, age) => Check::FileFresh {
-                path: self.sub_path(f, &format!("{what}.file_fresh"))?,
-                max_age: *age,
-            },
-        })
-    }
-
-    fn resolve_ready(&self) -> ReadySpec {
-        match &self.c.ready {
-            None => ReadySpec {
-                check: None,
-                timeout: DEFAULT_START_TIMEOUT,
-            },
-            Some(r) => ReadySpec {
-                check: self.check(r, "ready"),
-                timeout: r.timeout.as_ref().map_or(DEFAULT_START_TIMEOUT, |t| t.v),
-            },
-        }
-    }
-
-    fn resolve_stop(&self) -> StopSpec {
-        let s = self.c.stop.as_ref();
-        StopSpec {
-            command: s
-                .and_then(|s| s.command.as_ref())
-                .and_then(|c| self.sub_argv(c, "stop.command")),
-            timeout: s
-                .and_then(|s| s.timeout.as_ref())
-                .map_or(DEFAULT_STOP_TIMEOUT, |t| t.v),
-            signal: s
-                .and_then(|s| s.signal.as_ref())
-                .map_or(libc::SIGTERM, |s| s.v),
-        }
-    }
-
-    fn resolve_restart(&self) -> RestartSpec {
-        let mut spec = RestartSpec {
-            policy: RestartPolicy::No,
-            max: 3,
-            window: Duration::from_secs(300),
-            backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(60),
-        };
-        let Some(r) = &self.c.restart else {
-            return spec;
-        };
-        if let Some(p) = &r.policy {
-            spec.policy = match p.v.as_str() {
-                "no" => RestartPolicy::No,
-                "on-failure" => RestartPolicy::OnFailure,
-                "always" => RestartPolicy::Always,
-                other => {
-                    self.err(
-                        &p.at,
-                        format!(
-                            "restart.policy is \"no\", \"on-failure\" or \"always\", not {other:?}"
-                        ),
-                    );
-                    RestartPolicy::No
-                }
-            };
-        }
-        if let Some(m) = &r.max {
-            spec.max = m.v as u32;
-        }
-        if let Some(w) = &r.window {
-            spec.window = w.v;
-        }
-        if let Some(b) = &r.backoff {
-            spec.backoff = b.v;
-        }
-        if let Some(b) = &r.max_backoff {
-            spec.max_backoff = b.v;
-        }
-        if spec.max_backoff < spec.backoff {
-            self.err(&r.at, "restart.max_backoff is shorter than restart.backoff");
-        }
-        spec
-    }
-
-    fn resolve_health(&self) -> Vec<HealthCheck> {
-        let mut out = Vec::new();
-        for (i, rc) in self.c.health.iter().flatten().enumerate() {
-            if rc.kind.is_none() {
-                self.err(
-                    &rc.at,
-                    format!(
-                        "health[{}] names no check: add tcp, command, file, process or file_fresh",
-                        i + 1
-                    ),
-                );
-                continue;
-            }
-            if let Some(check) = self.check(rc, &format!("health[{}]", i + 1)) {
-                out.push(HealthCheck {
-                    check,
-                    interval: rc
-                        .interval
-                        .as_ref()
-                        .map_or(DEFAULT_HEALTH_INTERVAL, |d| d.v),
-                    timeout: rc.timeout.as_ref().map_or(DEFAULT_HEALTH_TIMEOUT, |d| d.v),
-                });
-            }
-        }
-        for h in &out {
-            if h.interval.is_zero() || h.timeout.is_zero() {
-                self.err(
-                    &self.ri.id.at,
-                    "health check interval and timeout must be above zero",
-                );
-            }
-        }
-        out
-    }
-
-    fn resolve_address_mode(&self, address: Option<IpAddr>) -> AddressMode {
-        let ri = self.ri;
-        let mode = ri.address_mode.as_ref().map(|m| m.v.as_str());
-        match (mode, address) {
-            (None, Some(_)) | (Some("check"), Some(_)) => AddressMode::Check,
-            (None, None) | (Some("none"), _) => AddressMode::None,
-            (Some("own"), Some(a)) => {
-                let Some(iface) = &ri.interface else {
-                    self.err(
-                        &ri.address_mode.as_ref().unwrap().at,
-                        "address_mode = \"own\" needs `interface = \"eth0\"` (where to add the address)",
-                    );
-                    return AddressMode::None;
-                };
-                let max: i64 = if a.is_ipv4() { 32 } else { 128 };
-                let prefix = ri.prefix.as_ref().map_or(max, |p| p.v);
-                if prefix > max {
-                    self.err(
-                        &ri.prefix.as_ref().unwrap().at,
-                        format!("prefix {prefix} is too long for {a}"),
-                    );
-                }
-                AddressMode::Own {
-                    interface: iface.v.clone(),
-                    prefix: prefix as u8,
-                }
-            }
-            (Some("check" | "own"), None) => {
-                self.err(
-                    &ri.address_mode.as_ref().unwrap().at,
-                    "address_mode needs `address`",
-                );
-                AddressMode::None
-            }
-            (Some(other), _) => {
-                self.err(
-                    &ri.address_mode.as_ref().unwrap().at,
-                    format!("address_mode is \"check\", \"own\" or \"none\", not {other:?}"),
-                );
-                AddressMode::None
-            }
-        }
-    }
-
-    fn resolve_lock(&self, paths: &BTreeMap<String, PathBuf>) -> Option<PathBuf> {
-        let wanted = self.ri.lock.as_ref().is_none_or(|l| l.v);
-        if !wanted {
-            return None;
-        }
-        // The instance's first shared path: `data` by convention, else the
-        // first key. The lock travels with the disk.
-        let dir = paths.get("data").or_else(|| paths.values().next())?;
-        Some(dir.join(".cohost.lock"))
     }
 }

@@ -284,11 +284,17 @@ fn change(op: u16, addr: IpAddr, prefix: u8, iface: &str) -> Result<(), AddrErro
     if index == 0 {
         return Err(AddrError::NoInterface(iface.into()));
     }
+    let msg = addr_message(op, addr, prefix, index);
+    netlink_request(&msg).map_err(nl_err)
+}
+
+/// An RTM_NEWADDR/RTM_DELADDR request: nlmsghdr + ifaddrmsg + IFA_LOCAL +
+/// IFA_ADDRESS (netlink(7), rtnetlink(7)).
+fn addr_message(op: u16, addr: IpAddr, prefix: u8, index: u32) -> Vec<u8> {
     let (family, bytes): (u8, Vec<u8>) = match addr {
         IpAddr::V4(a) => (libc::AF_INET as u8, a.octets().to_vec()),
         IpAddr::V6(a) => (libc::AF_INET6 as u8, a.octets().to_vec()),
     };
-    // nlmsghdr + ifaddrmsg + IFA_LOCAL + IFA_ADDRESS (netlink(7), rtnetlink(7)).
     let mut msg: Vec<u8> = Vec::with_capacity(64);
     let attr_len = 4 + bytes.len();
     let attr_space = (attr_len + 3) & !3;
@@ -316,6 +322,12 @@ fn change(op: u16, addr: IpAddr, prefix: u8, iface: &str) -> Result<(), AddrErro
         msg.extend_from_slice(&bytes);
         msg.resize(msg.len() + (attr_space - attr_len), 0);
     }
+    msg
+}
+
+/// Sends one request on a new NETLINK_ROUTE socket and reads its ACK
+/// (an NLMSG_ERROR with error 0); 5 s at most for the answer.
+fn netlink_request(msg: &[u8]) -> io::Result<()> {
     // SAFETY: new netlink socket, owned below.
     let fd = unsafe {
         libc::socket(
@@ -325,7 +337,7 @@ fn change(op: u16, addr: IpAddr, prefix: u8, iface: &str) -> Result<(), AddrErro
         )
     };
     if fd < 0 {
-        return Err(nl_err(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     // SAFETY: fd is new.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
@@ -358,19 +370,19 @@ fn change(op: u16, addr: IpAddr, prefix: u8, iface: &str) -> Result<(), AddrErro
         )
     };
     if n < 0 {
-        return Err(nl_err(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     let mut buf = [0u8; 4096];
     // SAFETY: recv into a stack buffer.
     let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
     if n < 0 {
-        return Err(nl_err(io::Error::last_os_error()));
+        return Err(io::Error::last_os_error());
     }
     // NLMSG_ERROR carries the result: error 0 is the ACK.
     if n as usize >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == libc::NLMSG_ERROR as u16 {
         let code = i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]);
         if code != 0 {
-            return Err(nl_err(io::Error::from_raw_os_error(-code)));
+            return Err(io::Error::from_raw_os_error(-code));
         }
     }
     Ok(())
@@ -395,5 +407,28 @@ mod tests {
         assert!(is_local("127.0.0.1".parse().unwrap()).unwrap());
         // TEST-NET-3 (RFC 5737): documentation only, never configured.
         assert!(!is_local("203.0.113.77".parse().unwrap()).unwrap());
+    }
+
+    #[test]
+    fn an_address_request_is_laid_out_as_rtnetlink_says() {
+        let m = addr_message(libc::RTM_NEWADDR, "10.0.0.7".parse().unwrap(), 24, 3);
+        // nlmsghdr (16) + ifaddrmsg (8) + two 8-byte attributes.
+        assert_eq!(m.len(), 40);
+        assert_eq!(u32::from_ne_bytes(m[0..4].try_into().unwrap()), 40);
+        assert_eq!(u16::from_ne_bytes([m[4], m[5]]), libc::RTM_NEWADDR);
+        let flags = u16::from_ne_bytes([m[6], m[7]]) as libc::c_int;
+        assert_ne!(flags & libc::NLM_F_EXCL, 0, "adding never replaces");
+        assert_eq!((m[16], m[17]), (libc::AF_INET as u8, 24));
+        assert_eq!(u32::from_ne_bytes(m[20..24].try_into().unwrap()), 3);
+        for at in [24, 32] {
+            assert_eq!(u16::from_ne_bytes([m[at], m[at + 1]]), 8);
+            assert_eq!(&m[at + 4..at + 8], &[10, 0, 0, 7]);
+        }
+        let d = addr_message(libc::RTM_DELADDR, "2001:db8::7".parse().unwrap(), 64, 3);
+        assert_eq!(d.len(), 16 + 8 + 2 * 20);
+        assert_eq!(
+            u16::from_ne_bytes([d[6], d[7]]) as libc::c_int & libc::NLM_F_CREATE,
+            0
+        );
     }
 }

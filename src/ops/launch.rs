@@ -77,30 +77,7 @@ pub fn launch_daemon_with(ctx: &Ctx, extra: &[&str]) -> Result<u32, (i32, String
     // deleted with the dir): starting a second one would give every
     // instance a second supervisor. Say what to do instead.
     if let Some(pid) = crate::rundir::holder(dir.path()) {
-        // A daemon that is still starting holds the dir before its socket
-        // listens (systemd may have just started it for another unit):
-        // give it the time a start takes before calling it unreachable.
-        let until = std::time::Instant::now() + HOLDER_GRACE;
-        // (The guard is asked once: each question takes a place in its
-        // small backlog. Whether the holder lives is kill(pid, 0).)
-        // SAFETY: kill(2) with signal 0 sends nothing.
-        while std::time::Instant::now() < until
-            && pid.is_none_or(|p| unsafe { libc::kill(p as i32, 0) } == 0)
-        {
-            if client::connect(rt).is_ok() {
-                return Ok(0);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        if client::connect(rt).is_ok() {
-            return Ok(0);
-        }
-        let e = crate::rundir::RunDirError::AlreadyRunning {
-            path: dir.path().to_path_buf(),
-            pid,
-            orphaned: true,
-        };
-        return Err((1, e.to_string()));
+        return wait_for_holder(rt, &dir, pid);
     }
     // Inside a systemd service, a child of ours would live and die in that
     // unit's cgroup: let systemd start the daemon as a unit (super::systemd).
@@ -143,6 +120,36 @@ pub fn launch_daemon_with(ctx: &Ctx, extra: &[&str]) -> Result<u32, (i32, String
             rt.join("daemon.log").display()
         ),
     ))
+}
+
+/// A daemon holds the runtime dir (`pid`, when known) but did not answer:
+/// `Ok(0)` if it comes up within `HOLDER_GRACE`, else why no second one
+/// is started.
+fn wait_for_holder(rt: &Path, dir: &RuntimeDir, pid: Option<u32>) -> Result<u32, (i32, String)> {
+    // A daemon that is still starting holds the dir before its socket
+    // listens (systemd may have just started it for another unit):
+    // give it the time a start takes before calling it unreachable.
+    let until = std::time::Instant::now() + HOLDER_GRACE;
+    // (The guard is asked once: each question takes a place in its
+    // small backlog. Whether the holder lives is kill(pid, 0).)
+    // SAFETY: kill(2) with signal 0 sends nothing.
+    while std::time::Instant::now() < until
+        && pid.is_none_or(|p| unsafe { libc::kill(p as i32, 0) } == 0)
+    {
+        if client::connect(rt).is_ok() {
+            return Ok(0);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if client::connect(rt).is_ok() {
+        return Ok(0);
+    }
+    let e = crate::rundir::RunDirError::AlreadyRunning {
+        path: dir.path().to_path_buf(),
+        pid,
+        orphaned: true,
+    };
+    Err((1, e.to_string()))
 }
 
 fn file_err(dir: &RuntimeDir, name: &str, e: std::io::Error) -> (i32, String) {

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{Capacity, Host};
+use super::{Capacity, Host, ProgramError};
 
 pub struct Real {
     /// Running local instances: (memory, pids) now, from the daemon.
@@ -27,13 +27,12 @@ impl Host for Real {
         matches!(nix::unistd::Group::from_name(name), Ok(Some(_)))
     }
 
-    fn program(&self, argv0: &str, path_var: &str) -> Result<(), String> {
+    fn program(&self, argv0: &str, path_var: &str) -> Result<(), ProgramError> {
         if argv0.contains('/') && !Path::new(argv0).exists() {
-            return Err("does not exist".into());
+            return Err(ProgramError::Missing);
         }
-        crate::process::spawn::find_program(argv0, path_var)
-            .map(|_| ())
-            .map_err(|e| e.to_string())
+        crate::process::spawn::find_program(argv0, path_var)?;
+        Ok(())
     }
 
     fn exists(&self, path: &Path) -> bool {

@@ -73,12 +73,23 @@ pub struct Capacity {
     pub running: BTreeMap<String, (u64, u64)>,
 }
 
+/// Why a command's program cannot be executed on this host.
+#[derive(Debug, thiserror::Error)]
+pub enum ProgramError {
+    /// A path (`/opt/x/bin/y`) that is not there.
+    #[error("does not exist")]
+    Missing,
+    /// Not found along `PATH`, or not executable.
+    #[error(transparent)]
+    Lookup(#[from] crate::process::spawn::SpawnError),
+}
+
 /// What the plan needs to know about this host.
 pub trait Host {
     fn user_exists(&self, name: &str) -> bool;
     fn group_exists(&self, name: &str) -> bool;
     /// `Err(why)` when the program cannot be executed here.
-    fn program(&self, argv0: &str, path_var: &str) -> Result<(), String>;
+    fn program(&self, argv0: &str, path_var: &str) -> Result<(), ProgramError>;
     fn exists(&self, path: &Path) -> bool;
     fn capacity(&self) -> Capacity;
 }

@@ -33,11 +33,11 @@ impl Host for Fake {
     fn group_exists(&self, n: &str) -> bool {
         self.users.contains(n)
     }
-    fn program(&self, a: &str, _: &str) -> Result<(), String> {
+    fn program(&self, a: &str, _: &str) -> Result<(), ProgramError> {
         if self.programs.contains(a) {
             Ok(())
         } else {
-            Err("no such file".into())
+            Err(ProgramError::Missing)
         }
     }
     fn exists(&self, p: &Path) -> bool {

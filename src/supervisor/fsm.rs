@@ -370,3 +370,7 @@ impl Fsm {
 #[cfg(test)]
 #[path = "fsm_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "fsm_pairs_tests.rs"]
+mod pairs_tests;

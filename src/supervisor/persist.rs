@@ -264,19 +264,7 @@ impl Daemon {
     /// decides the state.
     fn adopt(&mut self, saved: Saved) -> bool {
         let Some(idx) = self.idx_of(&saved.id) else {
-            let live: Vec<String> = saved
-                .procs
-                .iter()
-                .filter(|p| procfs::start_time(p.pid) == Some(p.start_time))
-                .map(|p| p.pid.to_string())
-                .collect();
-            if !live.is_empty() {
-                tracing::error!(
-                    instance = %saved.id,
-                    "is no longer in the instances file but its processes {} still run: left untouched; put it back and reload to manage it",
-                    live.join(" ")
-                );
-            }
+            report_unconfigured(&saved);
             return false;
         };
         let was = State::parse(&saved.state).unwrap_or(State::Stopped);
@@ -317,25 +305,7 @@ impl Daemon {
                 self.take_lock_back(idx, &procs);
             }
         }
-        let dead_main = (self.insts[idx].spec.kind == ServiceKind::Simple)
-            .then(|| {
-                procs
-                    .iter()
-                    .find(|p| p.role == ProcRole::Main && !p.alive())
-                    .map(|p| (p.name.clone(), p.exit.clone().unwrap_or_default()))
-            })
-            .flatten()
-            .or_else(|| {
-                (!alive).then(|| {
-                    let name = self.insts[idx]
-                        .spec
-                        .processes
-                        .first()
-                        .map(|p| p.name.clone())
-                        .unwrap_or_else(|| saved.id.clone());
-                    (name, DIED_WHILE_DOWN.to_string())
-                })
-            });
+        let dead_main = self.dead_main(idx, &procs, alive, &saved.id);
         let pids: Vec<String> = procs
             .iter()
             .filter(|p| p.alive())
@@ -362,6 +332,37 @@ impl Daemon {
             self.check_empty(idx);
         }
         alive
+    }
+
+    /// The main process that died while the supervisor was down (a simple
+    /// service whose recorded main is gone), or the first process when
+    /// nothing of the instance is left: what the table reports as the exit.
+    fn dead_main(
+        &self,
+        idx: usize,
+        procs: &[Proc],
+        alive: bool,
+        id: &str,
+    ) -> Option<(String, String)> {
+        (self.insts[idx].spec.kind == ServiceKind::Simple)
+            .then(|| {
+                procs
+                    .iter()
+                    .find(|p| p.role == ProcRole::Main && !p.alive())
+                    .map(|p| (p.name.clone(), p.exit.clone().unwrap_or_default()))
+            })
+            .flatten()
+            .or_else(|| {
+                (!alive).then(|| {
+                    let name = self.insts[idx]
+                        .spec
+                        .processes
+                        .first()
+                        .map(|p| p.name.clone())
+                        .unwrap_or_else(|| id.to_string());
+                    (name, DIED_WHILE_DOWN.to_string())
+                })
+            })
     }
 
     /// Holds the lock again: the same open file description as the
@@ -463,4 +464,22 @@ fn adopted_procs(saved: &Saved) -> Vec<Proc> {
         });
     }
     procs
+}
+
+/// A saved instance that the instances file no longer has: its processes
+/// that still run are left alone, and the operator is told.
+fn report_unconfigured(saved: &Saved) {
+    let live: Vec<String> = saved
+        .procs
+        .iter()
+        .filter(|p| procfs::start_time(p.pid) == Some(p.start_time))
+        .map(|p| p.pid.to_string())
+        .collect();
+    if !live.is_empty() {
+        tracing::error!(
+            instance = %saved.id,
+            "is no longer in the instances file but its processes {} still run: left untouched; put it back and reload to manage it",
+            live.join(" ")
+        );
+    }
 }

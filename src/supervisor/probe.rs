@@ -7,27 +7,29 @@
 //!
 //! Slot 0 is the readiness probe, slot i+1 health check i.
 
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd};
 use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::epoll::EpollFlags;
 
 use super::children::Role;
 use super::fsm::{Event, State};
-use super::instance::{Probe, ProbeResult, ProbeRole, Running, TcpStage, WaitFor};
+use super::instance::{Probe, ProbeResult, ProbeRole, Running, TcpStage};
 use super::{Daemon, Outcome, timers, tok};
 use crate::model::Check;
 use crate::process::procfs;
 use crate::process::spawn::{ExecPlan, Output, Spawn};
+
+mod checks;
+mod monitor;
+
+use checks::{file_check, read_until, socket_error, tcp_connect, write_all};
 
 /// Readiness retries: quick at first (most services bind within
 /// milliseconds), then at most every 250 ms.
 fn retry_delay(attempt: u32) -> Duration {
     Duration::from_millis((2u64 << attempt.min(7)).min(250))
 }
-
-const MAX_READ: usize = 64 * 1024;
 
 impl Daemon {
     fn probe_mut(&mut self, idx: usize, slot: usize) -> Option<&mut Probe> {
@@ -375,321 +377,5 @@ impl Daemon {
         for c in waiters {
             self.maybe_answer_monitor(idx, c);
         }
-    }
-
-    /// Logs and announces (hooks) a change of the health verdict.
-    fn health_verdict_changed(&mut self, idx: usize) {
-        let (healthy, why) = self.health_verdict(idx);
-        let inst = &mut self.insts[idx];
-        if inst.healthy == Some(healthy) {
-            return;
-        }
-        let first = inst.healthy.is_none();
-        inst.healthy = Some(healthy);
-        if first && healthy {
-            return;
-        }
-        let id = inst.id().to_string();
-        let (event, reason) = if healthy {
-            ("healthy", "health checks pass again".to_string())
-        } else {
-            ("unhealthy", why)
-        };
-        if healthy {
-            tracing::info!(instance = %id, "{reason}");
-        } else {
-            tracing::warn!(instance = %id, "unhealthy: {reason}");
-        }
-        self.run_hooks(idx, event, State::Running, State::Running, &reason);
-        self.dirty.insert(idx);
-    }
-
-    /// (healthy, why not) from the latest results of the health checks.
-    pub fn health_verdict(&self, idx: usize) -> (bool, String) {
-        for p in &self.insts[idx].health {
-            if let Some(r) = &p.last
-                && !r.ok
-            {
-                return (false, format!("{}: {}", p.check.describe(), r.message));
-            }
-        }
-        (true, String::new())
-    }
-
-    // ------------------------------------------------------------ monitor
-
-    /// `monitor`: answer now from memory, or run the stale probes and answer
-    /// when they are done.
-    pub(super) fn monitor(&mut self, conn: u64, idx: usize, depth: u8) {
-        let now = Instant::now();
-        if self.insts[idx].state() == State::Running {
-            // Process counts are process state, cheap and exact: evaluated
-            // at every monitor, at any depth, never from a cache.
-            for slot in 1..=self.insts[idx].health.len() {
-                if matches!(
-                    self.insts[idx].health[slot - 1].check,
-                    Check::Process { .. }
-                ) {
-                    self.run_probe(idx, slot, now);
-                }
-            }
-        }
-        if self.insts[idx].state() != State::Running || depth == 0 {
-            self.answer_monitor(idx, conn);
-            return;
-        }
-        // Which probes to (re)run: stale health checks; with no health check,
-        // the readiness check (a service that stopped answering is not fine).
-        let slots: Vec<usize> = if self.insts[idx].health.is_empty() {
-            if self.insts[idx].ready_probe.is_some() {
-                vec![0]
-            } else {
-                vec![]
-            }
-        } else {
-            (1..=self.insts[idx].health.len())
-                .filter(|s| {
-                    !self
-                        .probe_ref(idx, *s)
-                        .is_some_and(|p| p.fresh(now) || p.running.is_some())
-                })
-                .collect()
-        };
-        for &s in &slots {
-            self.run_probe(idx, s, now);
-        }
-        let running: Vec<usize> = (0..=self.insts[idx].health.len())
-            .filter(|s| self.probe_ref(idx, *s).is_some_and(|p| p.running.is_some()))
-            .filter(|s| *s != 0 || slots.contains(&0))
-            .collect();
-        if running.is_empty() {
-            self.answer_monitor(idx, conn);
-            return;
-        }
-        for s in running {
-            if let Some(p) = self.probe_mut(idx, s) {
-                p.waiters.push(conn);
-            }
-        }
-        self.insts[idx].waiters.push((conn, WaitFor::Monitor));
-    }
-
-    fn maybe_answer_monitor(&mut self, idx: usize, conn: u64) {
-        let busy = (0..=self.insts[idx].health.len()).any(|s| {
-            self.probe_ref(idx, s)
-                .is_some_and(|p| p.waiters.contains(&conn))
-        });
-        if !busy {
-            self.insts[idx]
-                .waiters
-                .retain(|(c, w)| !(*c == conn && *w == WaitFor::Monitor));
-            self.answer_monitor(idx, conn);
-        }
-    }
-
-    /// Every monitor waiting on this instance gets its answer (the state
-    /// changed under it).
-    pub(super) fn answer_monitors(&mut self, idx: usize) {
-        let waiting: Vec<u64> = self.insts[idx]
-            .waiters
-            .iter()
-            .filter(|(_, w)| *w == WaitFor::Monitor)
-            .map(|(c, _)| *c)
-            .collect();
-        self.insts[idx]
-            .waiters
-            .retain(|(_, w)| *w != WaitFor::Monitor);
-        for slot in 0..=self.insts[idx].health.len() {
-            if let Some(p) = self.probe_mut(idx, slot) {
-                p.waiters.retain(|c| !waiting.contains(c));
-            }
-        }
-        for c in waiting {
-            self.answer_monitor(idx, c);
-        }
-    }
-
-    fn answer_monitor(&mut self, idx: usize, conn: u64) {
-        let (code, msg) = self.monitor_verdict(idx);
-        self.reply_done(conn, code, msg, None);
-    }
-
-    /// OCF-style verdict: 0 running and healthy, 7 cleanly stopped, 1 otherwise.
-    pub fn monitor_verdict(&self, idx: usize) -> (i32, String) {
-        let inst = &self.insts[idx];
-        let id = inst.id();
-        match inst.state() {
-            State::Stopped => (7, format!("{id} is stopped")),
-            State::Failed => {
-                let why = inst.fsm.last_failure.as_deref().unwrap_or("unknown reason");
-                match self.partial(idx) {
-                    Some(p) if inst.procs.iter().any(|x| x.alive()) => {
-                        (1, format!("{id} failed: {why} (partial: {p})"))
-                    }
-                    _ => (1, format!("{id} failed: {why}")),
-                }
-            }
-            State::Running => {
-                if let Some(partial) = self.partial(idx) {
-                    return (1, format!("{id} is partial: {partial}"));
-                }
-                let (healthy, why) = self.health_verdict(idx);
-                if !healthy {
-                    return (1, format!("{id} is unhealthy: {why}"));
-                }
-                if let Some(p) = &inst.ready_probe
-                    && inst.health.is_empty()
-                    && let Some(r) = &p.last
-                    && !r.ok
-                    && r.at > inst.fsm.since
-                {
-                    return (
-                        1,
-                        format!("{id} is unhealthy: {}: {}", p.check.describe(), r.message),
-                    );
-                }
-                (0, format!("{id} is running"))
-            }
-            s => (1, format!("{id} is {}", s.as_str())),
-        }
-    }
-
-    /// "xmofts 2/3" when a simple service's process is missing.
-    fn partial(&self, idx: usize) -> Option<String> {
-        let inst = &self.insts[idx];
-        if inst.spec.kind != crate::model::ServiceKind::Simple
-            || inst.adopted && inst.procs.is_empty()
-        {
-            return None;
-        }
-        let mut missing = Vec::new();
-        for p in &inst.spec.processes {
-            let alive = inst
-                .procs
-                .iter()
-                .filter(|x| {
-                    x.alive() && (x.name == p.name || x.name.starts_with(&format!("{}.", p.name)))
-                })
-                .count() as u32;
-            if alive < p.count {
-                missing.push(format!("{} {alive}/{}", p.name, p.count));
-            }
-        }
-        (!missing.is_empty()).then(|| missing.join(", "))
-    }
-}
-
-fn round_s(d: Duration) -> Duration {
-    Duration::from_secs(d.as_secs())
-}
-
-/// A non-blocking connect in progress.
-fn tcp_connect(addr: std::net::SocketAddr) -> io::Result<OwnedFd> {
-    let domain = if addr.is_ipv4() {
-        libc::AF_INET
-    } else {
-        libc::AF_INET6
-    };
-    // SAFETY: socket(2): a new fd we own.
-    let fd = unsafe {
-        libc::socket(
-            domain,
-            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            0,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is new.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let sa: nix::sys::socket::SockaddrStorage = addr.into();
-    match nix::sys::socket::connect(fd.as_raw_fd(), &sa) {
-        Ok(()) | Err(nix::Error::EINPROGRESS) => Ok(fd),
-        Err(e) => Err(e.into()),
-    }
-}
-
-fn socket_error(fd: &OwnedFd) -> Option<io::Error> {
-    match nix::sys::socket::getsockopt(fd, nix::sys::socket::sockopt::SocketError) {
-        Ok(0) => None,
-        Ok(e) => Some(io::Error::from_raw_os_error(e)),
-        Err(e) => Some(e.into()),
-    }
-}
-
-fn write_all(fd: &OwnedFd, mut bytes: &[u8]) -> nix::Result<()> {
-    while !bytes.is_empty() {
-        match nix::unistd::write(fd, bytes) {
-            Ok(n) => bytes = &bytes[n..],
-            Err(nix::Error::EINTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Reads what is there; a verdict once `expect` arrived, the peer closed,
-/// or too much came without it.
-fn read_until(fd: &OwnedFd, buf: &mut Vec<u8>, expect: &str) -> Option<(bool, String)> {
-    let mut chunk = [0u8; 4096];
-    loop {
-        match nix::unistd::read(fd, &mut chunk) {
-            Ok(0) => {
-                return Some((
-                    false,
-                    format!("connection closed before {expect:?} arrived"),
-                ));
-            }
-            Ok(n) => {
-                buf.extend_from_slice(&chunk[..n]);
-                if String::from_utf8_lossy(buf).contains(expect) {
-                    return Some((true, format!("answered {expect:?}")));
-                }
-                if buf.len() > MAX_READ {
-                    return Some((false, format!("{MAX_READ} bytes without {expect:?}")));
-                }
-            }
-            Err(nix::Error::EAGAIN) => return None,
-            Err(nix::Error::EINTR) => {}
-            Err(e) => return Some((false, format!("read: {e}"))),
-        }
-    }
-}
-
-/// The file checks (`file = …`, `file_fresh = …`), on a worker thread.
-fn file_check(check: &Check, now: SystemTime) -> (bool, String) {
-    match check {
-        Check::File(path) => {
-            if path.exists() {
-                (true, "exists".into())
-            } else {
-                (false, format!("{} does not exist", path.display()))
-            }
-        }
-        Check::FileFresh { path, max_age } => {
-            match std::fs::metadata(path).and_then(|m| m.modified()) {
-                Ok(t) => {
-                    let age = now.duration_since(t).unwrap_or_default();
-                    if age <= *max_age {
-                        (
-                            true,
-                            format!("modified {} ago", humantime::format_duration(round_s(age))),
-                        )
-                    } else {
-                        (
-                            false,
-                            format!(
-                                "{} not modified for {}",
-                                path.display(),
-                                humantime::format_duration(round_s(age))
-                            ),
-                        )
-                    }
-                }
-                Err(e) => (false, format!("{}: {e}", path.display())),
-            }
-        }
-        _ => (false, "not a file check".into()),
     }
 }

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use super::fsm::Answer;
 use super::instance::WaitFor;
+use super::requests::code;
 use super::worker::JobId;
 use super::{Daemon, Outcome};
 
@@ -17,22 +18,22 @@ impl Daemon {
         match a {
             Answer::Started => {
                 let msg = self.ready_message(idx);
-                self.answer_waiters(idx, WaitFor::Start, 0, msg);
+                self.answer_waiters(idx, WaitFor::Start, code::OK, msg);
             }
             Answer::StartFailed(reason) => self.answer_start_failure(idx, &reason, now),
             Answer::StartCancelled(reason) => self.answer_waiters(
                 idx,
                 WaitFor::Start,
-                1,
+                code::FAILED,
                 format!("start of {id} cancelled: {reason}"),
             ),
             Answer::Stopped => {
-                self.answer_waiters(idx, WaitFor::Stop, 0, format!("{id} is stopped"))
+                self.answer_waiters(idx, WaitFor::Stop, code::OK, format!("{id} is stopped"))
             }
             Answer::StoppedFailed(reason) => self.answer_waiters(
                 idx,
                 WaitFor::Stop,
-                0,
+                code::OK,
                 format!("{id} is stopped (failed: {reason})"),
             ),
             Answer::StopStuck => {
@@ -44,7 +45,7 @@ impl Daemon {
                 self.answer_waiters(
                     idx,
                     WaitFor::Stop,
-                    1,
+                    code::FAILED,
                     format!(
                         "{id}: processes {} did not exit after SIGKILL (uninterruptible I/O?)",
                         left.join(" ")
@@ -131,7 +132,7 @@ impl Daemon {
         // logs: another read would only hang beside it.
         if inst.preparing.is_some() || inst.tail_job.is_some() {
             for c in conns {
-                self.reply_done(c, 1, base.clone(), None);
+                self.reply_done(c, code::FAILED, base.clone(), None);
             }
             return;
         }
@@ -177,7 +178,7 @@ impl Daemon {
         if let Some(pos) = inst.failure_replies.iter().position(|r| r.job == job) {
             let r = inst.failure_replies.remove(pos);
             for c in r.conns {
-                self.reply_done(c, 1, format!("{}{text}", r.message), None);
+                self.reply_done(c, code::FAILED, format!("{}{text}", r.message), None);
             }
         }
     }
@@ -194,7 +195,7 @@ impl Daemon {
                 humantime::format_duration(TAIL_WAIT)
             );
             for c in r.conns {
-                self.reply_done(c, 1, msg.clone(), None);
+                self.reply_done(c, code::FAILED, msg.clone(), None);
             }
         }
     }

@@ -311,7 +311,9 @@ pub(super) fn take_signals() -> Result<SignalFd, DaemonError> {
 /// Instance cgroups under the daemon's own (or the configured parent),
 /// with the clone3 probe; the reason where they cannot be used.
 pub(super) fn discover_cgroups(config: &Config, rt: &Path) -> Result<CgroupRoot, String> {
-    let cgroot = CgroupRoot::discover(&config.supervisor.cgroup, &cgroup::tag_for(rt));
+    let cgroot = CgroupRoot::discover(&config.supervisor.cgroup, &cgroup::tag_for(rt))
+        // The daemon keeps the reason as text (`Daemon::cgroot`, shown by status).
+        .map_err(|e| e.to_string());
     match &cgroot {
         Ok(c) => {
             tracing::info!(cgroup = %c.base.display(), "tracking instances with cgroups");

@@ -52,55 +52,89 @@ struct Run {
     ctx: Vec<u8>,
 }
 
-fn run_in(prog: &[Insn], mut ctx: Vec<u8>, env: &Env) -> Run {
-    let mut stack = vec![0xAAu8; 512];
-    let value = env
-        .owner
-        .map(|o| as_v6(o).octets().to_vec())
-        .unwrap_or_default();
-    let mut r = [0u64; 11];
-    r[1] = CTX;
-    r[10] = STACK_TOP;
-    let mut out = Run::default();
+fn run_in(prog: &[Insn], ctx: Vec<u8>, env: &Env) -> Run {
+    let mut vm = Vm::new(ctx, env);
     let mut pc = 0usize;
-    let mut steps = 0;
-    // Resolves an address to (memory, index).
-    fn at<'a>(ctx: &'a mut [u8], stack: &'a mut [u8], addr: u64, len: usize) -> &'a mut [u8] {
-        if (CTX..CTX + ctx.len() as u64).contains(&addr) {
-            let i = (addr - CTX) as usize;
-            &mut ctx[i..i + len]
-        } else {
-            let base = STACK_TOP - stack.len() as u64;
-            assert!(
-                addr >= base && addr + len as u64 <= STACK_TOP,
-                "bad address {addr:#x}"
-            );
-            let i = (addr - base) as usize;
-            &mut stack[i..i + len]
+    for _ in 1..1000 {
+        let i = prog[pc];
+        pc += 1;
+        if vm.exec(i, prog, &mut pc) {
+            return vm.out;
         }
     }
-    loop {
-        steps += 1;
-        assert!(steps < 1000, "runaway program");
-        let i = prog[pc];
+    panic!("runaway program");
+}
+
+/// Resolves an address in the ctx or the stack to its memory.
+fn at<'a>(ctx: &'a mut [u8], stack: &'a mut [u8], addr: u64, len: usize) -> &'a mut [u8] {
+    if (CTX..CTX + ctx.len() as u64).contains(&addr) {
+        let i = (addr - CTX) as usize;
+        &mut ctx[i..i + len]
+    } else {
+        let base = STACK_TOP - stack.len() as u64;
+        assert!(
+            addr >= base && addr + len as u64 <= STACK_TOP,
+            "bad address {addr:#x}"
+        );
+        let i = (addr - base) as usize;
+        &mut stack[i..i + len]
+    }
+}
+
+/// The interpreter's machine: registers, the ctx and the stack, the
+/// owners map's value, and what the program did.
+struct Vm<'e> {
+    r: [u64; 11],
+    ctx: Vec<u8>,
+    stack: Vec<u8>,
+    value: Vec<u8>,
+    env: &'e Env,
+    out: Run,
+}
+
+impl<'e> Vm<'e> {
+    fn new(ctx: Vec<u8>, env: &'e Env) -> Vm<'e> {
+        let mut r = [0u64; 11];
+        r[1] = CTX;
+        r[10] = STACK_TOP;
+        Vm {
+            r,
+            ctx,
+            stack: vec![0xAAu8; 512],
+            value: env
+                .owner
+                .map(|o| as_v6(o).octets().to_vec())
+                .unwrap_or_default(),
+            env,
+            out: Run::default(),
+        }
+    }
+
+    fn mem(&mut self, addr: u64, len: usize) -> &mut [u8] {
+        at(&mut self.ctx, &mut self.stack, addr, len)
+    }
+
+    /// Runs one instruction (`pc` already past it); true at exit.
+    fn exec(&mut self, i: Insn, prog: &[Insn], pc: &mut usize) -> bool {
         let (d, s) = (i.dst as usize, i.src as usize);
         let ea = |base: u64| base.wrapping_add(i.off as i64 as u64);
-        pc += 1;
+        let jump = |pc: &mut usize| *pc = (*pc as i64 + i.off as i64) as usize;
+        let r = &mut self.r;
         match i.code {
             0x18 => {
                 assert_eq!(i.src, 1, "a map fd load");
-                assert_eq!(prog[pc].encode(), [0; 8], "second slot");
+                assert_eq!(prog[*pc].encode(), [0; 8], "second slot");
                 r[d] = MAP + i.imm as u64;
-                pc += 1;
+                *pc += 1;
             }
             0x15 | 0x55 => {
                 if (r[d] == i.imm as i64 as u64) == (i.code == 0x15) {
-                    pc = (pc as i64 + i.off as i64) as usize;
+                    jump(pc);
                 }
             }
             0x5e => {
                 if r[d] as u32 != r[s] as u32 {
-                    pc = (pc as i64 + i.off as i64) as usize;
+                    jump(pc);
                 }
             }
             0xbf => r[d] = r[s],
@@ -109,88 +143,87 @@ fn run_in(prog: &[Insn], mut ctx: Vec<u8>, env: &Env) -> Run {
             0x07 => r[d] = r[d].wrapping_add(i.imm as i64 as u64),
             0x61 => {
                 let a = ea(r[s]);
-                let m = if (VALUE..VALUE + 16).contains(&a) {
+                let m: &[u8] = if (VALUE..VALUE + 16).contains(&a) {
                     let i = (a - VALUE) as usize;
-                    &value[i..i + 4]
+                    &self.value[i..i + 4]
                 } else {
-                    at(&mut ctx, &mut stack, a, 4)
+                    at(&mut self.ctx, &mut self.stack, a, 4)
                 };
-                r[d] = u32::from_ne_bytes(m.try_into().unwrap()) as u64;
+                self.r[d] = u32::from_ne_bytes(m.try_into().unwrap()) as u64;
             }
             0x63 => {
-                at(&mut ctx, &mut stack, ea(r[d]), 4).copy_from_slice(&(r[s] as u32).to_ne_bytes())
+                let (a, v) = (ea(r[d]), r[s] as u32);
+                self.mem(a, 4).copy_from_slice(&v.to_ne_bytes())
             }
-            0x7b => at(&mut ctx, &mut stack, ea(r[d]), 8).copy_from_slice(&r[s].to_ne_bytes()),
-            0x6a => {
+            0x7b => {
+                let (a, v) = (ea(r[d]), r[s]);
+                self.mem(a, 8).copy_from_slice(&v.to_ne_bytes())
+            }
+            // BPF_ST, half word or word.
+            0x6a | 0x62 => {
                 assert!(
                     r[d] >= STACK_TOP - 512,
                     "BPF_ST into ctx is refused by the verifier"
                 );
-                at(&mut ctx, &mut stack, ea(r[d]), 2).copy_from_slice(&(i.imm as u16).to_ne_bytes())
-            }
-            0x62 => {
-                assert!(
-                    r[d] >= STACK_TOP - 512,
-                    "BPF_ST into ctx is refused by the verifier"
-                );
-                at(&mut ctx, &mut stack, ea(r[d]), 4).copy_from_slice(&i.imm.to_ne_bytes())
+                let a = ea(r[d]);
+                let v = match i.code {
+                    0x6a => (i.imm as u16).to_ne_bytes().to_vec(),
+                    _ => i.imm.to_ne_bytes().to_vec(),
+                };
+                self.mem(a, v.len()).copy_from_slice(&v)
             }
             0x16 | 0x56 => {
                 let eq = r[d] as u32 == i.imm as u32;
                 if eq == (i.code == 0x16) {
-                    pc = (pc as i64 + i.off as i64) as usize;
+                    jump(pc);
                 }
             }
-            0x05 => pc = (pc as i64 + i.off as i64) as usize,
+            0x05 => jump(pc),
             0x85 => {
-                match i.imm {
-                    HELPER_SET_RETVAL => out.retval = Some(r[1] as i32),
-                    HELPER_GET_CURRENT_CGROUP_ID => {
-                        r[0] = CGID;
-                        for x in &mut r[1..6] {
-                            *x = 0xdead;
-                        }
-                        continue;
-                    }
-                    HELPER_MAP_LOOKUP_ELEM if r[1] == MAP + MAPS.owners as u64 => {
-                        let key = at(&mut ctx, &mut stack, r[2], 8);
-                        assert_eq!(u64::from_ne_bytes(key.try_into().unwrap()), CGID);
-                        r[0] = if env.owner.is_some() { VALUE } else { 0 };
-                        for x in &mut r[1..6] {
-                            *x = 0xdead;
-                        }
-                        continue;
-                    }
-                    HELPER_MAP_LOOKUP_ELEM => {
-                        assert_eq!(r[1], MAP + MAPS.addrs as u64);
-                        let key: [u8; 16] = at(&mut ctx, &mut stack, r[2], 16).try_into().unwrap();
-                        let key = Ipv6Addr::from(key);
-                        let hit = env.set.iter().any(|a| as_v6(*a) == key);
-                        out.looked_up = Some(key);
-                        r[0] = if hit { FOUND } else { 0 };
-                        for x in &mut r[1..6] {
-                            *x = 0xdead;
-                        }
-                        continue;
-                    }
-                    HELPER_BIND => {
-                        assert_eq!(r[1], CTX, "bpf_bind's first argument is the ctx");
-                        let len = r[3] as usize;
-                        out.bound = Some(at(&mut ctx, &mut stack, r[2], len).to_vec());
-                    }
-                    h => panic!("unexpected helper {h}"),
-                }
-                r[0] = 0;
-                for x in &mut r[1..6] {
+                self.r[0] = self.call(i.imm);
+                for x in &mut self.r[1..6] {
                     *x = 0xdead; // clobbered by the call
                 }
             }
             0x95 => {
-                out.ret = r[0];
-                out.ctx = ctx;
-                return out;
+                self.out.ret = r[0];
+                self.out.ctx = std::mem::take(&mut self.ctx);
+                return true;
             }
             c => panic!("opcode {c:#x} not in the interpreter"),
+        }
+        false
+    }
+
+    /// A helper call: what it returns in r0.
+    fn call(&mut self, helper: i32) -> u64 {
+        let r = self.r;
+        match helper {
+            HELPER_SET_RETVAL => {
+                self.out.retval = Some(r[1] as i32);
+                0
+            }
+            HELPER_GET_CURRENT_CGROUP_ID => CGID,
+            HELPER_MAP_LOOKUP_ELEM if r[1] == MAP + MAPS.owners as u64 => {
+                let key = self.mem(r[2], 8);
+                assert_eq!(u64::from_ne_bytes(key.try_into().unwrap()), CGID);
+                if self.env.owner.is_some() { VALUE } else { 0 }
+            }
+            HELPER_MAP_LOOKUP_ELEM => {
+                assert_eq!(r[1], MAP + MAPS.addrs as u64);
+                let key: [u8; 16] = self.mem(r[2], 16).try_into().unwrap();
+                let key = Ipv6Addr::from(key);
+                let hit = self.env.set.iter().any(|a| as_v6(*a) == key);
+                self.out.looked_up = Some(key);
+                if hit { FOUND } else { 0 }
+            }
+            HELPER_BIND => {
+                assert_eq!(r[1], CTX, "bpf_bind's first argument is the ctx");
+                let len = r[3] as usize;
+                self.out.bound = Some(self.mem(r[2], len).to_vec());
+                0
+            }
+            h => panic!("unexpected helper {h}"),
         }
     }
 }
