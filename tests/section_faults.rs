@@ -791,3 +791,73 @@ fn a_frozen_cgroup_never_stalls_the_daemon() {
     h.run(&["stop", "fz"]).ok();
     h.run(&["stop", "o2"]).ok();
 }
+
+/// Installs, in the calling process (a `pre_exec` of the daemon), a
+/// seccomp filter that kills any process making pidfd_getfd(2): what a
+/// systemd unit with `SystemCallFilter=~@debug` does (its default action
+/// kills; @debug lists pidfd_getfd with ptrace). Inherited by every child.
+fn kill_on_pidfd_getfd() -> std::io::Result<()> {
+    const LD_ABS_W: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const RET_K: u16 = 0x06;
+    const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
+    const KILL_PROCESS: u32 = 0x8000_0000;
+    const ALLOW: u32 = 0x7fff_0000;
+    let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
+    let prog = [
+        f(LD_ABS_W, 0, 0, 4),
+        f(JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
+        f(LD_ABS_W, 0, 0, 0),
+        f(JEQ_K, 0, 1, libc::SYS_pidfd_getfd as u32),
+        f(RET_K, 0, 0, KILL_PROCESS),
+        f(RET_K, 0, 0, ALLOW),
+    ];
+    let fprog = libc::sock_fprog {
+        len: prog.len() as u16,
+        filter: prog.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prctl(2) with a filter that lives through the call.
+    unsafe {
+        if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &fprog as *const libc::sock_fprog,
+            ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
+/// A daemon that may not use pidfd_getfd (seccomp kills the caller, as a
+/// hardened unit does) finds it out at its start and gives its children
+/// copies of its files instead: every instance starts. (Its probe child
+/// had died of SIGSYS, which the daemon took for "has taken its files":
+/// then every child of every instance died at birth.)
+#[test]
+fn a_daemon_denied_pidfd_getfd_by_seccomp_still_starts_its_instances() {
+    use std::os::unix::process::CommandExt;
+    if !cfg!(target_arch = "x86_64") {
+        return;
+    }
+    require_root_cgroups();
+    let h = Harness::new();
+    serving_config(&h, &["sc1"], "");
+    let mut daemon = h.command(&["daemon"]);
+    // SAFETY: pre_exec runs two prctl(2) calls, async-signal-safe.
+    unsafe { daemon.pre_exec(kill_on_pidfd_getfd) };
+    let out = run_cmd(daemon).ok();
+    let dpid = h.daemon_pid().unwrap_or_else(|| panic!("a daemon: {out}"));
+    let _daemon = KillOnDrop::new(dpid);
+    let seccomp = std::fs::read_to_string(format!("/proc/{dpid}/status")).unwrap();
+    assert!(seccomp.contains("Seccomp:\t2"), "filtered: {seccomp}");
+    let out = h.run(&["start", "sc1", "--timeout", "20"]);
+    assert_eq!(out.code, 0, "sc1 start: {out}\n{}", h.daemon_log());
+    let got = ask(&format!("{}:9003", h.addr(2))).unwrap();
+    assert!(got.starts_with("ok"), "sc1 answered {got:?}");
+    h.run(&["stop", "sc1"]).ok();
+    h.run(&["shutdown"]).ok();
+    h.wait_for("daemon gone", || !alive(dpid));
+}
