@@ -73,6 +73,11 @@ pub enum FetchUnavailable {
     },
     #[error("a test child could not take its files from the supervisor: {0}")]
     Probe(#[source] Box<SpawnError>),
+    /// Its death before taking them looks like success to the parent's
+    /// wait (the kernel clears the word at any exit): a seccomp filter
+    /// that kills on pidfd_getfd (systemd's `SystemCallFilter=~@debug`).
+    #[error("a test child taking its files from the supervisor died: {0}")]
+    ProbeDied(String),
 }
 
 /// Stdio open, a pidfd of ours at [`DAEMON_PIDFD`], 4..64 filled (see
@@ -168,9 +173,23 @@ pub fn enable_fetch(keep: &mut Option<RawFd>) -> Result<(), FetchUnavailable> {
     .and_then(ExecPlan::spawn);
     match probe {
         Ok(mut child) => {
-            let _ = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child.pid), None);
+            let ws = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(child.pid), None);
             drop(child.release());
-            Ok(())
+            match ws {
+                // Exec'd /bin/true, or (no /bin/true) exited 127: either way
+                // it took its files.
+                Ok(nix::sys::wait::WaitStatus::Exited(..)) => Ok(()),
+                other => {
+                    FETCH.store(false, std::sync::atomic::Ordering::Relaxed);
+                    Err(FetchUnavailable::ProbeDied(match other {
+                        Ok(nix::sys::wait::WaitStatus::Signaled(_, sig, _)) => {
+                            format!("killed by {sig}")
+                        }
+                        Ok(ws) => format!("{ws:?}"),
+                        Err(e) => e.to_string(),
+                    }))
+                }
+            }
         }
         Err(e) => {
             FETCH.store(false, std::sync::atomic::Ordering::Relaxed);
