@@ -797,11 +797,19 @@ fn a_frozen_cgroup_never_stalls_the_daemon() {
 /// systemd unit with `SystemCallFilter=~@debug` does (its default action
 /// kills; @debug lists pidfd_getfd with ptrace). Inherited by every child.
 fn kill_on_pidfd_getfd() -> std::io::Result<()> {
+    deny_pidfd_getfd(0x8000_0000)
+}
+
+/// The same filter failing the call with EPERM (Docker's default profile).
+fn eperm_on_pidfd_getfd() -> std::io::Result<()> {
+    deny_pidfd_getfd(0x0005_0000 | libc::EPERM as u32)
+}
+
+fn deny_pidfd_getfd(action: u32) -> std::io::Result<()> {
     const LD_ABS_W: u16 = 0x20;
     const JEQ_K: u16 = 0x15;
     const RET_K: u16 = 0x06;
     const AUDIT_ARCH_X86_64: u32 = 0xC000_003E;
-    const KILL_PROCESS: u32 = 0x8000_0000;
     const ALLOW: u32 = 0x7fff_0000;
     let f = |code, jt, jf, k| libc::sock_filter { code, jt, jf, k };
     let prog = [
@@ -809,7 +817,7 @@ fn kill_on_pidfd_getfd() -> std::io::Result<()> {
         f(JEQ_K, 0, 3, AUDIT_ARCH_X86_64),
         f(LD_ABS_W, 0, 0, 0),
         f(JEQ_K, 0, 1, libc::SYS_pidfd_getfd as u32),
-        f(RET_K, 0, 0, KILL_PROCESS),
+        f(RET_K, 0, 0, action),
         f(RET_K, 0, 0, ALLOW),
     ];
     let fprog = libc::sock_fprog {
@@ -838,16 +846,26 @@ fn kill_on_pidfd_getfd() -> std::io::Result<()> {
 /// then every child of every instance died at birth.)
 #[test]
 fn a_daemon_denied_pidfd_getfd_by_seccomp_still_starts_its_instances() {
+    denied_pidfd_getfd(kill_on_pidfd_getfd, "killed by SIGSYS");
+}
+
+#[test]
+fn a_daemon_refused_pidfd_getfd_by_seccomp_still_starts_its_instances() {
+    denied_pidfd_getfd(eperm_on_pidfd_getfd, "Operation not permitted");
+}
+
+fn denied_pidfd_getfd(filter: fn() -> std::io::Result<()>, why: &str) {
     use std::os::unix::process::CommandExt;
-    if !cfg!(target_arch = "x86_64") {
-        return;
-    }
+    assert!(
+        cfg!(target_arch = "x86_64"),
+        "the seccomp filter of this test is written for x86-64 (its audit arch and syscall number)"
+    );
     require_root_cgroups();
     let h = Harness::new();
     serving_config(&h, &["sc1"], "");
     let mut daemon = h.command(&["daemon"]);
     // SAFETY: pre_exec runs two prctl(2) calls, async-signal-safe.
-    unsafe { daemon.pre_exec(kill_on_pidfd_getfd) };
+    unsafe { daemon.pre_exec(filter) };
     let out = run_cmd(daemon).ok();
     let dpid = h.daemon_pid().unwrap_or_else(|| panic!("a daemon: {out}"));
     let _daemon = KillOnDrop::new(dpid);
@@ -857,6 +875,11 @@ fn a_daemon_denied_pidfd_getfd_by_seccomp_still_starts_its_instances() {
     assert_eq!(out.code, 0, "sc1 start: {out}\n{}", h.daemon_log());
     let got = ask(&format!("{}:9003", h.addr(2))).unwrap();
     assert!(got.starts_with("ok"), "sc1 answered {got:?}");
+    assert!(
+        h.daemon_log().contains(why),
+        "the daemon said why it gives copies: {}",
+        h.daemon_log()
+    );
     h.run(&["stop", "sc1"]).ok();
     h.run(&["shutdown"]).ok();
     h.wait_for("daemon gone", || !alive(dpid));

@@ -274,6 +274,37 @@ impl ChildArg {
         };
     }
 
+    /// In the parent: waits (5 s at most) until a child that failed to take
+    /// its files has left our memory (exited: the kernel zeroes the word).
+    fn wait_gone(&self) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let now = self.state.load(SeqCst);
+            if now == 0 {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            let ts = libc::timespec {
+                tv_sec: left.as_secs() as libc::time_t,
+                tv_nsec: left.subsec_nanos() as libc::c_long,
+            };
+            // SAFETY: FUTEX_WAIT on our word while it holds `now`, bounded.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.state.as_ptr(),
+                    libc::FUTEX_WAIT,
+                    now,
+                    &ts as *const libc::timespec,
+                )
+            };
+        }
+    }
+
     /// In the parent: waits, at most `TAKE_WAIT`, until the child has taken
     /// its files, exec'd or died. Err(errno) if it could not take them;
     /// Ok(false) if the wait was given up (the child will say so on the
@@ -510,11 +541,19 @@ fn finish_clone(
                 f.late_fds = std::mem::take(&mut parent_fds);
             }
             Err(errno) => {
-                // It exits at once (the reaper sees it); what it ran on is
-                // freed when its pipe says so.
+                // It exits at once (the reaper sees it). What it ran on is
+                // freed once it has left our memory: not at its pipe's EOF,
+                // which may come first when it never took the pipe (and its
+                // exit still writes its word).
                 drop(w);
                 if let Some(f) = in_flight.take() {
-                    bury(r, f);
+                    if f.arg.wait_gone() {
+                        drop(f);
+                    } else {
+                        // Stuck in the kernel on its way out: never free
+                        // what it may still touch.
+                        Box::leak(f);
+                    }
                 }
                 return Err(SpawnError::Child {
                     step: "taking its files from the supervisor (pidfd_getfd)".into(),
