@@ -652,15 +652,15 @@ fn holds_only_its_own_files(h: &Harness, id: &str) {
             })
             .collect();
         fds.sort();
-        let lock = h
-            .path(&format!("{id}/data/.cohost.lock"))
-            .display()
-            .to_string();
+        let lock = h.path(&format!("{id}/data/.cohost.lock"));
+        // fd 3 is the lock where the instance has one (data in its paths).
+        let locked = lock.exists();
+        let lock = lock.display().to_string();
         for (n, target) in &fds {
             let expected = match n.as_str() {
                 "0" => target == "/dev/null",
                 "1" | "2" => target.ends_with(&format!("/logs/{id}/s.log")),
-                "3" => *target == lock,
+                "3" if locked => *target == lock,
                 // the service's own listening socket
                 _ => target.starts_with("socket:"),
             };
@@ -888,4 +888,47 @@ fn denied_pidfd_getfd(filter: fn() -> std::io::Result<()>, why: &str) {
     h.run(&["stop", "sc1"]).ok();
     h.run(&["shutdown"]).ok();
     h.wait_for("daemon gone", || !alive(dpid));
+}
+
+/// Whoever runs `cohost start` may hold files without close-on-exec (a
+/// shell's `exec 9>/u01/lock; flock 9`): the daemon it launches inherits
+/// them. Not the daemon's: closed at its start, so that no child ever
+/// holds (and closes: a close on a hung disk waits) a copy of one.
+#[test]
+fn a_file_inherited_from_whoever_starts_the_daemon_reaches_no_child() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    require_root_cgroups();
+    let h = Harness::new();
+    serving_config(&h, &["in1"], "");
+    let caller = h.path("caller.lock");
+    let f = std::fs::File::create(&caller).unwrap();
+    let raw = f.as_raw_fd();
+    let mut c = h.command(&["start", "in1"]);
+    // SAFETY: dup2(2) in the child before exec; no allocation.
+    unsafe {
+        c.pre_exec(move || {
+            if libc::dup2(raw, 9) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = run_cmd(c);
+    assert_eq!(out.code, 0, "{out}");
+    drop(f);
+    let holds = |pid: i32| {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| std::fs::read_link(e.path()).ok())
+            .any(|l| l == caller)
+    };
+    let daemon = h.daemon_pid().unwrap();
+    assert!(!holds(daemon), "the daemon kept the caller's file");
+    for p in h.members("in1") {
+        assert!(!holds(p), "in1's process {p} holds the caller's file");
+    }
+    holds_only_its_own_files(&h, "in1");
+    h.run(&["stop", "in1"]).ok();
 }

@@ -133,15 +133,17 @@ fn reserve_low_fds(keep: &mut Option<RawFd>) -> Result<(), FetchUnavailable> {
         // SAFETY: the old number is ours (moved); closed so it is refilled.
         unsafe { libc::close(k) };
     }
+    // Whatever else sits there was inherited from whoever started us (a
+    // shell's `exec 9>/u01/lock`): not ours, and it would reach every
+    // child; closed (daemon(7)), as a daemon closes what it inherits.
     for fd in DAEMON_PIDFD + 1..COPIED_ANYWAY {
-        // SAFETY: F_GETFD probes a number; dup3 of /dev/null onto a free
-        // one (never onto one in use).
-        unsafe {
-            if libc::fcntl(fd, libc::F_GETFD) < 0
-                && libc::dup3(null.as_raw_fd(), fd, libc::O_CLOEXEC) < 0
-            {
-                return Err(err("reserving fds 4..64")(io::Error::last_os_error()));
-            }
+        if fd == null.as_raw_fd() {
+            continue;
+        }
+        // SAFETY: dup3 of our /dev/null onto a number that is free or holds
+        // an inherited file nobody here owns.
+        if unsafe { libc::dup3(null.as_raw_fd(), fd, libc::O_CLOEXEC) } < 0 {
+            return Err(err("reserving fds 4..64")(io::Error::last_os_error()));
         }
     }
     Ok(())
