@@ -199,7 +199,7 @@ mod tests {
             revents: 0,
         };
         // SAFETY: poll(2) on one valid pollfd; bounded so a bug cannot hang.
-        let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+        let n = unsafe { libc::poll(&mut pfd, 1, 60_000) };
         assert_eq!(n, 1, "the eventfd became readable");
     }
 
@@ -220,6 +220,12 @@ mod tests {
             got = w.take();
         }
         assert_eq!(got, vec![(b, "quick")], "the second job finished first");
+        // The hung job runs on a thread of its own, which may not have
+        // reached its first line yet when the quick one is done.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while pa.get() != "paths.data /hung" && std::time::Instant::now() < deadline {
+            std::thread::yield_now();
+        }
         assert_eq!(pa.get(), "paths.data /hung", "the step is visible");
         assert_eq!(w.threads(), 2, "a thread for the hung one, one more");
         release.send(()).unwrap();
