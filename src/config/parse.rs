@@ -16,7 +16,7 @@ macro_rules! common_keys {
     ($($extra:literal),*) => {
         &[$($extra,)* "env", "pass_env", "ready", "stop", "restart", "health", "user", "group",
           "umask", "rlimits", "cwd", "shell", "isolate", "bind", "hostname_env", "strict_bind",
-          "on_event", "memory_max", "pids_max", "cpu_weight", "cpu_max"]
+          "force_bind", "force_source", "on_event", "memory_max", "pids_max", "cpu_weight", "cpu_max"]
     };
 }
 pub const SERVICE: Known = common_keys!("type", "command", "process");
@@ -116,6 +116,8 @@ pub struct RawCommon {
     pub bind: Option<StrMap>,
     pub hostname_env: Option<At<String>>,
     pub strict_bind: Option<At<bool>>,
+    pub force_bind: Option<At<bool>>,
+    pub force_source: Option<At<bool>>,
     pub on_event: Option<At<Vec<String>>>,
     pub memory_max: Option<At<Option<u64>>>,
     pub pids_max: Option<At<Option<u64>>>,
@@ -159,6 +161,8 @@ impl RawCommon {
             bind: pick!(bind),
             hostname_env: pick!(hostname_env),
             strict_bind: pick!(strict_bind),
+            force_bind: pick!(force_bind),
+            force_source: pick!(force_source),
             on_event: pick!(on_event),
             memory_max: pick!(memory_max),
             pids_max: pick!(pids_max),
@@ -405,6 +409,8 @@ fn parse_common(t: &Table) -> RawCommon {
         bind: t.string_map("bind"),
         hostname_env: t.string("hostname_env"),
         strict_bind: t.boolean("strict_bind"),
+        force_bind: t.boolean("force_bind"),
+        force_source: t.boolean("force_source"),
         on_event: t.strings("on_event"),
         memory_max: t.size("memory_max"),
         pids_max: t.size("pids_max"),

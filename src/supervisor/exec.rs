@@ -283,7 +283,7 @@ impl Daemon {
                 // A killed cgroup is never reused (InstanceCgroup::killed);
                 // should the rmdir fail, the next start's create retries.
                 self.unwatch_cgroup(idx);
-                cg.remove();
+                self.remove_cgroup(cg);
             } else {
                 // Kept (empty, watched) for the next start.
                 let limits = self.insts[idx].spec.limits.clone();

@@ -41,6 +41,8 @@ impl Daemon {
         }
         let spec = self.insts[idx].spec.clone();
         self.reuse_or_make_cgroup(idx)?;
+        // Before the first fork: children are born in the cgroup (clone3).
+        self.apply_force_bind(idx)?;
         let mut slots = Vec::new();
         for p in &spec.processes {
             for k in 1..=p.count {
@@ -104,7 +106,7 @@ impl Daemon {
             }
             Some((cg, _)) => {
                 self.unwatch_cgroup(idx);
-                cg.remove();
+                self.remove_cgroup(cg);
             }
             None => {}
         }
@@ -350,7 +352,7 @@ impl Daemon {
     pub(super) fn release_spare_cgroup(&mut self, idx: usize) {
         if let Some((cg, _)) = self.insts[idx].spare_cgroup.take() {
             self.unwatch_cgroup(idx);
-            cg.remove();
+            self.remove_cgroup(cg);
         }
     }
 }

@@ -16,6 +16,7 @@ mod batch;
 mod children;
 mod conn;
 mod exec;
+mod forcebind;
 pub mod hooks;
 mod launch;
 mod persist;
@@ -212,6 +213,8 @@ pub(crate) struct Daemon {
     pub to_release: Vec<Box<dyn std::any::Any + Send>>,
     /// Instances whose `old_lock` waits to be closed.
     pub old_locks: Vec<usize>,
+    /// force_bind / force_source programs and address set (forcebind.rs).
+    pub(crate) kernel: forcebind::Kernel,
 }
 
 pub fn run(opts: Options) -> i32 {
@@ -396,8 +399,10 @@ impl Daemon {
             worker,
             to_release: Vec::new(),
             old_locks: Vec::new(),
+            kernel: forcebind::Kernel::default(),
         };
         d.adopt_all();
+        d.init_force_bind();
         tracing::info!(
             pid = std::process::id(),
             config = %d.opts.config_dir.display(),
