@@ -49,6 +49,11 @@ pub fn instance_ids(ctx: &Ctx) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The instance's definition in the instances file.
+pub fn spec(ctx: &Ctx, id: &str) -> Result<std::sync::Arc<InstanceSpec>, (i32, String)> {
+    instance(ctx, id)
+}
+
 pub fn known_instance(ctx: &Ctx, id: &str) -> Result<(), (i32, String)> {
     instance(ctx, id).map(|_| ())
 }
