@@ -656,3 +656,28 @@ fn without_cgroup_v2_validate_passes_and_start_names_what_is_missing() {
     );
     assert!(h.members("nocg").is_empty(), "nothing was started");
 }
+
+#[test]
+fn verify_names_force_bind_programs_taken_off_the_cgroup() {
+    require();
+    let h = Harness::new();
+    let (cfg, _) = isolated(&h, "off", &h.addr(1), free_port(), "force_bind = true");
+    h.write_config("a.toml", &cfg);
+    h.run(&["start", "off"]).ok();
+    verify(&h, "off").ok();
+    let dir = h.status_json("off")["tracking"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("cgroup ")
+        .to_string();
+    let fd = bpf::open_cgroup(Path::new(&dir)).unwrap();
+    // Another tool takes the IPv6 one off: the IPv4 one still leads
+    // verify to the address set.
+    assert_eq!(bpf::detach(fd.as_fd(), &[Hook::Bind6]).unwrap(), 1);
+    let out = verify(&h, "off").code(1);
+    assert!(
+        out.stdout
+            .contains("FAIL force_bind: cgroup/bind6: cohost_bind6 is not attached"),
+        "{out}"
+    );
+}

@@ -9,7 +9,6 @@
 //! the instance's state and cgroup, so a slow check never holds its loop.
 
 use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -18,7 +17,7 @@ use serde::Serialize;
 
 use super::Ctx;
 use super::exit::Exit;
-use crate::isolation::bpf::{self, AddressSet, Hook};
+use crate::isolation::bpf::{self, AddressSet, ForceBind, ForceSource};
 use crate::isolation::sockets;
 use crate::model::InstanceSpec;
 
@@ -510,71 +509,59 @@ fn check_limits(r: &Running) -> Vec<Check> {
     out
 }
 
+/// The programs on the instance's cgroup, compared with what this cohost
+/// loads for the address set they use (by id, or by instruction hash and
+/// maps: [`bpf::ForceBind::status`]), and the cgroup's registration.
 fn check_programs(r: &Running) -> Vec<Check> {
-    let mut out = Vec::new();
-    let wanted = [
-        (
-            "force_bind",
-            r.spec.force_bind,
-            &[Hook::Bind4, Hook::Bind6][..],
-        ),
-        (
-            "force_source",
-            r.spec.force_source,
-            &[
-                Hook::Connect4,
-                Hook::Connect6,
-                Hook::Sendmsg4,
-                Hook::Sendmsg6,
-            ][..],
-        ),
-    ];
-    if !wanted.iter().any(|w| w.1) {
-        return out;
-    }
+    let wanted: Vec<&str> = [
+        ("force_bind", r.spec.force_bind),
+        ("force_source", r.spec.force_source),
+    ]
+    .into_iter()
+    .filter_map(|(n, on)| on.then_some(n))
+    .collect();
+    let Some(&first) = wanted.first() else {
+        return vec![];
+    };
     let (Some(dir), Some(addr)) = (&r.cgroup, r.spec.address) else {
-        return vec![fail(
-            "force_bind",
-            "the instance has no cgroup or no address",
-        )];
+        return vec![fail(first, "the instance has no cgroup or no address")];
     };
     let fd = match bpf::open_cgroup(dir) {
         Ok(fd) => fd,
-        Err(e) => return vec![fail("force_bind", e.to_string())],
+        Err(e) => return vec![fail(first, e.to_string())],
     };
-    let attached = match bpf::query(fd.as_fd()) {
-        Ok(a) => a,
-        Err(e) => return vec![fail("force_bind", e.to_string())],
+    let fd = fd.as_fd();
+    let set = match AddressSet::adopt(fd) {
+        Ok(Some(set)) => set,
+        Ok(None) => {
+            return wanted
+                .iter()
+                .map(|n| {
+                    fail(
+                        n,
+                        format!("none of cohost's programs is attached to {}", dir.display()),
+                    )
+                })
+                .collect();
+        }
+        Err(e) => return vec![fail(first, e.to_string())],
     };
-    let owner = AddressSet::adopt(fd.as_fd())
-        .ok()
-        .flatten()
-        .and_then(|s| s.owner(bpf::cgroup_id(fd.as_fd()).ok()?).ok().flatten());
-    for (name, on, hooks) in wanted.into_iter().filter(|w| w.1) {
-        let missing: Vec<String> = hooks
-            .iter()
-            .filter(|h| !attached.iter().any(|a| a.hook == **h && a.is_ours()))
-            .map(|h| format!("{h}"))
-            .collect();
-        let _ = on;
-        if !missing.is_empty() {
-            out.push(fail(
-                name,
-                format!("not attached to {}: {}", dir.display(), missing.join(", ")),
-            ));
-        } else if owner != Some(addr) {
-            out.push(fail(
-                name,
-                format!(
-                    "attached, but the cgroup is registered for {}, not {addr}",
-                    owner.map_or("no address".to_string(), |o: IpAddr| o.to_string())
-                ),
-            ));
+    let mut out = Vec::new();
+    for name in wanted {
+        let status = if name == "force_bind" {
+            set.try_clone()
+                .and_then(ForceBind::load)
+                .and_then(|fb| fb.status(fd, addr))
         } else {
-            out.push(pass(
+            ForceSource::load(&set).and_then(|fs| fs.status(fd, addr))
+        };
+        match status {
+            Ok(st) if st.ok() => out.push(pass(
                 name,
                 format!("attached to {}, registered for {addr}", dir.display()),
-            ));
+            )),
+            Ok(st) => out.extend(st.problems().into_iter().map(|p| fail(name, p))),
+            Err(e) => out.push(fail(name, e.to_string())),
         }
     }
     out
