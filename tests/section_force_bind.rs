@@ -681,3 +681,45 @@ fn verify_names_force_bind_programs_taken_off_the_cgroup() {
         "{out}"
     );
 }
+
+#[test]
+fn reload_turning_force_bind_off_takes_the_programs_off_at_the_next_start() {
+    require();
+    let h = Harness::new();
+    let port = free_port();
+    let any = format!("0.0.0.0:{port}");
+    let a = h.addr(1);
+    let write = |on: bool| {
+        let mut cfg = service(&h, "s", "tcp", &any, &format!("force_bind = {on}"));
+        cfg += &instance("r1", "s", &a, port, "");
+        h.write_config("a.toml", &cfg);
+    };
+    write(true);
+    h.run(&["start", "r1"]).ok();
+    assert!(log_of(&h, "r1", "s").contains(&format!("bound {a}:{port}")));
+    let cgroup_ino = |h: &Harness| {
+        let dir = h.status_json("r1")["tracking"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("cgroup ")
+            .to_string();
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(dir).unwrap())
+    };
+    let before = cgroup_ino(&h);
+    h.run(&["stop", "r1"]).ok();
+    write(false);
+    h.run(&["reload"]).ok();
+    // The cgroup of the last run is kept for this start (same limits):
+    // its programs must go.
+    h.run(&["start", "r1"]).ok();
+    let log = log_of(&h, "r1", "s");
+    assert!(log.contains(&format!("bound 0.0.0.0:{port}")), "{log}");
+    assert_eq!(cgroup_ino(&h), before, "the kept cgroup was reused");
+    let dir = h.status_json("r1")["tracking"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("cgroup ")
+        .to_string();
+    let fd = bpf::open_cgroup(Path::new(&dir)).unwrap();
+    assert!(bpf::query(fd.as_fd()).unwrap().is_empty());
+}

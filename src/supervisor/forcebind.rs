@@ -111,12 +111,14 @@ impl Daemon {
     }
 
     /// After the instance's cgroup exists, before any of its forks: attach
-    /// what the spec asks for, detach what it no longer asks for (a cgroup
-    /// kept from a run before a reload).
-    pub(super) fn apply_force_bind(&mut self, idx: usize) -> Result<(), String> {
+    /// what the spec asks for, and on a cgroup `kept` from an earlier run
+    /// (maybe before a reload) detach what it no longer asks for. A new
+    /// cgroup holds no program: nothing to look for (four queries less per
+    /// start).
+    pub(super) fn apply_force_bind(&mut self, idx: usize, kept: bool) -> Result<(), String> {
         let spec = self.insts[idx].spec.clone();
         let want = spec.force_bind || spec.force_source;
-        if !want && matches!(self.kernel, Kernel::Unused | Kernel::Missing(_)) {
+        if !want && (!kept || matches!(self.kernel, Kernel::Unused | Kernel::Missing(_))) {
             return Ok(());
         }
         let what = if spec.force_bind {
@@ -148,13 +150,15 @@ impl Daemon {
         let r = (|| {
             match (spec.force_bind, addr) {
                 (true, Some(a)) => fb.attach(fd, a)?,
-                _ => {
+                _ if kept => {
                     bpf::detach(fd, &ForceBind::HOOKS)?;
                 }
+                _ => {}
             }
             match (spec.force_source, addr) {
                 (true, Some(a)) => fs.attach(fd, a)?,
-                _ => fs.detach(fd)?,
+                _ if kept => fs.detach(fd)?,
+                _ => {}
             }
             if !want {
                 fb.set().unassign(bpf::cgroup_id(fd).unwrap_or(0))?;

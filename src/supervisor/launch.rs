@@ -40,9 +40,12 @@ impl Daemon {
             ));
         }
         let spec = self.insts[idx].spec.clone();
+        // A cgroup kept from the last run may hold programs that the spec
+        // no longer wants; a new one holds none.
+        let kept = self.insts[idx].cgroup.is_some() || self.insts[idx].spare_cgroup.is_some();
         self.reuse_or_make_cgroup(idx)?;
         // Before the first fork: children are born in the cgroup (clone3).
-        self.apply_force_bind(idx)?;
+        self.apply_force_bind(idx, kept)?;
         let mut slots = Vec::new();
         for p in &spec.processes {
             for k in 1..=p.count {
