@@ -68,9 +68,11 @@ impl Daemon {
         }
     }
 
-    /// The programs, made on first use.
+    /// The programs, made on first use; tried again at each start while
+    /// they cannot be made (a failing bpf() call is cheap), so a start
+    /// works as soon as the cause is gone, without a daemon restart.
     fn kernel(&mut self) -> Result<&(ForceBind, ForceSource), String> {
-        if matches!(self.kernel, Kernel::Unused) {
+        if matches!(self.kernel, Kernel::Unused | Kernel::Missing(_)) {
             self.kernel = make(None);
             self.sync_addresses();
         }
