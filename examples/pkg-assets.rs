@@ -222,7 +222,7 @@ const MAN8_TAIL: &str = r#".SH EXIT STATUS
 success; for \fBmonitor\fR: running and healthy
 .TP
 .B 1
-failure, with the reason on standard error; for \fBmonitor\fR: failed, partial or unhealthy
+failure, with the reason on standard error; for \fBmonitor\fR: failed, partial or unhealthy; for \fBverify\fR: a violation, each named
 .TP
 .B 2
 invalid instances file (each problem as FILE:LINE: message) or unknown instance
@@ -231,7 +231,7 @@ invalid instances file (each problem as FILE:LINE: message) or unknown instance
 \fBstatus\fR: the instance is not running
 .TP
 .B 7
-\fBmonitor\fR: cleanly stopped
+\fBmonitor\fR: cleanly stopped; \fBverify\fR and \fBexec \-\-join\fR: the instance is not running
 .PP
 \fBocf\fR and \fBlsb\fR answer with the OCF and LSB codes of their specifications.
 .SH ENVIRONMENT

@@ -280,6 +280,11 @@ pub struct InstanceSpec {
     /// Directory receiving `<process>.log`; `None`: the runtime dir's `logs/ID`.
     pub log_dir: Option<PathBuf>,
     pub strict_bind: bool,
+    /// Wildcard binds become binds to `address`; binds to another
+    /// instance's address are refused (cgroup BPF, isolation::bpf).
+    pub force_bind: bool,
+    /// Outgoing connections and datagrams leave from `address`.
+    pub force_source: bool,
     pub on_event: Vec<Vec<String>>,
     pub autostart: bool,
     pub enabled: bool,

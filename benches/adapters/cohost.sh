@@ -16,6 +16,8 @@ setup)
         # instance starts with the daemon (the harness's cold start).
         # shellcheck disable=SC2016 # ${address} is for cohost, not the shell
         printf '[service.listener]\ncommand = ["%s", "${address}", "${port}"]\n' "$BENCH_LISTENER"
+        # COHOST_BENCH_FORCE_BIND=1: the same with force_bind (force_bind_ab.sh).
+        [ "${COHOST_BENCH_FORCE_BIND:-0}" = 1 ] && printf 'force_bind = true\n'
         for i in $(seq 1 "$BENCH_N"); do
             printf '\n[instance.inst%d]\nservice = "listener"\naddress = "127.10.%d.%d"\nport = %d\nautostart = true\n' \
                 "$i" $(( (i - 1) / 250 )) $(( (i - 1) % 250 + 1 )) "$BENCH_PORT"

@@ -14,6 +14,11 @@ use crate::process::spawn::{self, ExecPlan, Output, Spawn};
 pub use crate::ops::lookup::instance_ids;
 use crate::ops::lookup::{instance, load};
 
+/// The instance's definition in the instances file.
+pub fn spec(ctx: &Ctx, id: &str) -> Result<std::sync::Arc<InstanceSpec>, (i32, String)> {
+    instance(ctx, id)
+}
+
 fn fail((code, msg): (i32, String)) -> i32 {
     eprintln!("cohost: {msg}");
     code

@@ -8,12 +8,14 @@
 
 mod daemonctl;
 pub mod fast;
+mod join;
 mod local;
 mod metrics;
 mod observe;
 mod output;
 mod plan;
 mod top;
+mod verify;
 
 use std::path::PathBuf;
 
@@ -99,8 +101,19 @@ pub enum Cmd {
     /// Run a command in the instance's context (environment, user, host name, bind paths).
     Exec {
         id: String,
+        /// Inside the running instance: its mount and UTS namespaces, cgroup, user,
+        /// environment and cwd (without: a fresh context of its own).
+        #[arg(long)]
+        join: bool,
         #[arg(last = true, required = true, value_name = "CMD")]
         cmd: Vec<String>,
+    },
+    /// Proof of isolation: sockets, host name, bind paths, /tmp, lock, cgroup, user, force_bind
+    /// (exit 0 all pass, 1 naming each violation, 7 not running).
+    Verify {
+        id: String,
+        #[arg(long)]
+        json: bool,
     },
     /// OCF resource agent (OCF_RESKEY_instance, OCF_RESKEY_config, OCF_RESKEY_runtime_dir).
     Ocf { action: String },
@@ -185,7 +198,17 @@ pub fn run(cli: Cli) -> i32 {
         Cmd::Monitor { id, depth } => daemonctl::monitor(&ctx, &id, depth).0,
         Cmd::List { json } => daemonctl::status(&ctx, None, json),
         Cmd::Env { id } => local::env(&ctx, &id),
-        Cmd::Exec { id, cmd } => local::exec(&ctx, &id, &cmd),
+        Cmd::Exec {
+            id,
+            join: false,
+            cmd,
+        } => local::exec(&ctx, &id, &cmd),
+        Cmd::Exec {
+            id,
+            join: true,
+            cmd,
+        } => join::exec_join(&ctx, &id, &cmd),
+        Cmd::Verify { id, json } => verify::run(&ctx, &id, json),
         Cmd::Ocf { action } => crate::integration::ocf::run(&action),
         Cmd::Lsb { id, action } => crate::integration::lsb::run(&ctx, &id, &action),
         Cmd::Up => daemonctl::up_down(&ctx, true),

@@ -23,7 +23,7 @@ macro_rules! common_keys {
     ($($extra:literal),*) => {
         &[$($extra,)* "env", "pass_env", "ready", "stop", "restart", "health", "user", "group",
           "umask", "rlimits", "cwd", "shell", "isolate", "bind", "hostname_env", "strict_bind",
-          "on_event", "memory_max", "pids_max", "cpu_weight", "cpu_max"]
+          "force_bind", "force_source", "on_event", "memory_max", "pids_max", "cpu_weight", "cpu_max"]
     };
 }
 pub const SERVICE: Known = common_keys!("type", "command", "process");
@@ -244,6 +244,8 @@ fn parse_common(t: &Table) -> RawCommon {
         bind: t.string_map("bind"),
         hostname_env: t.string("hostname_env"),
         strict_bind: t.boolean("strict_bind"),
+        force_bind: t.boolean("force_bind"),
+        force_source: t.boolean("force_source"),
         on_event: t.strings("on_event"),
         memory_max: t.size("memory_max"),
         pids_max: t.size("pids_max"),

@@ -353,6 +353,18 @@ impl<'a> Resolver<'a> {
                 "strict_bind needs the instance's `address` and `port`",
             );
         }
+        let force_bind = self.c.force_bind.as_ref().is_some_and(|b| b.v);
+        let force_source = self.c.force_source.as_ref().is_some_and(|b| b.v);
+        for (on, what) in [(force_bind, "force_bind"), (force_source, "force_source")] {
+            if on && address.is_none() {
+                self.err(
+                    &ri.id.at,
+                    format!(
+                        "{what} needs the instance's `address` (the address the kernel keeps it on)"
+                    ),
+                );
+            }
+        }
         let after = ri.after.as_ref().map(|a| a.v.clone()).unwrap_or_default();
         let limits = self.resolve_limits();
         InstanceSpec {
@@ -375,6 +387,8 @@ impl<'a> Resolver<'a> {
             address_mode,
             lock,
             strict_bind,
+            force_bind,
+            force_source,
             on_event,
             autostart: ri.autostart.as_ref().is_some_and(|a| a.v),
             enabled: ri.enabled.as_ref().is_none_or(|e| e.v),

@@ -287,7 +287,7 @@ impl Daemon {
                 // A killed cgroup is never reused (InstanceCgroup::killed);
                 // should the rmdir fail, the next start's create retries.
                 self.unwatch_cgroup(idx);
-                self.host.cgroup_remove(&cg);
+                self.remove_cgroup(cg);
             } else {
                 // Kept (empty, watched) for the next start.
                 let limits = self.insts[idx].spec.limits.clone();

@@ -39,6 +39,8 @@ pub enum LaunchError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    ForceBind(#[from] super::forcebind::ForceBindError),
     #[error("{name}: {source}")]
     Spawn {
         name: String,
@@ -66,7 +68,12 @@ impl Daemon {
             });
         }
         let spec = self.insts[idx].spec.clone();
+        // A cgroup kept from the last run may hold programs that the spec
+        // no longer wants; a new one holds none.
+        let kept = self.insts[idx].cgroup.is_some() || self.insts[idx].spare_cgroup.is_some();
         self.reuse_or_make_cgroup(idx)?;
+        // Before the first fork: children are born in the cgroup (clone3).
+        self.apply_force_bind(idx, kept)?;
         let mut slots = Vec::new();
         for p in &spec.processes {
             for k in 1..=p.count {
@@ -133,7 +140,7 @@ impl Daemon {
             }
             Some((cg, _)) => {
                 self.unwatch_cgroup(idx);
-                self.host.cgroup_remove(&cg);
+                self.remove_cgroup(cg);
             }
             None => {}
         }
@@ -403,7 +410,7 @@ impl Daemon {
     pub(super) fn release_spare_cgroup(&mut self, idx: usize) {
         if let Some((cg, _)) = self.insts[idx].spare_cgroup.take() {
             self.unwatch_cgroup(idx);
-            self.host.cgroup_remove(&cg);
+            self.remove_cgroup(cg);
         }
     }
 }

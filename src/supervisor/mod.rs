@@ -19,6 +19,7 @@ mod event_loop;
 mod exec;
 #[cfg(test)]
 mod executor_tests;
+mod forcebind;
 pub mod hooks;
 pub mod host;
 mod launch;
@@ -221,6 +222,8 @@ pub(crate) struct Daemon {
     pub to_release: Vec<Box<dyn std::any::Any + Send>>,
     /// Instances whose `old_lock` waits to be closed.
     pub old_locks: Vec<usize>,
+    /// force_bind / force_source programs and address set (forcebind.rs).
+    pub(crate) kernel: forcebind::Kernel,
 }
 
 pub fn run(mut opts: Options) -> i32 {
@@ -336,8 +339,10 @@ impl Daemon {
             host,
             to_release: Vec::new(),
             old_locks: Vec::new(),
+            kernel: forcebind::Kernel::default(),
         };
         d.adopt_all();
+        d.init_force_bind();
         d.announce_ready();
         Ok(d)
     }

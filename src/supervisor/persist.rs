@@ -289,7 +289,7 @@ impl Daemon {
         let alive = cg_live || procs.iter().any(|p| p.alive());
         if !alive {
             if let Some(cg) = self.insts[idx].cgroup.take() {
-                cg.remove();
+                self.remove_cgroup(cg);
             }
             self.unwatch_cgroup(idx);
         } else {

@@ -447,6 +447,7 @@ impl Daemon {
             }
         }
         self.config = Arc::new(cfg);
+        self.sync_addresses();
         let msg = format!(
             "reloaded: {} added, {} changed (applied at their next start), {} removed (refused new starts)",
             list(&added),

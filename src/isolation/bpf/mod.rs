@@ -447,6 +447,21 @@ mod tests {
         assert!(e.to_string().contains("not a cgroup v2 directory"), "{e}");
     }
 
+    /// Needs root (CAP_BPF), as below.
+    #[test]
+    fn the_address_set_lists_what_was_inserted_and_not_what_was_removed() {
+        let set = AddressSet::create(16).unwrap_or_else(|e| panic!("{e}"));
+        assert!(set.addresses().unwrap().is_empty());
+        let (a, b): (IpAddr, IpAddr) = ("10.1.2.3".parse().unwrap(), "fd00::7".parse().unwrap());
+        set.insert(a).unwrap();
+        set.insert(b).unwrap();
+        let mut got = set.addresses().unwrap();
+        got.sort();
+        assert_eq!(got, vec![a, b]);
+        assert!(set.remove(a).unwrap());
+        assert_eq!(set.addresses().unwrap(), vec![b]);
+    }
+
     /// Needs root (CAP_BPF): the project's tests run as root and fail
     /// with the reason otherwise.
     #[test]

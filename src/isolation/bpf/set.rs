@@ -168,6 +168,21 @@ impl AddressSet {
             .map_err(set_err(format!("removing {ip} from the node's addresses")))
     }
 
+    /// Every address in the set (a reload removes the ones no longer
+    /// configured, also those an earlier daemon added).
+    pub fn addresses(&self) -> Result<Vec<IpAddr>, BpfError> {
+        let mut out = Vec::new();
+        let mut k = [0u8; 16];
+        let mut prev: Option<[u8; 16]> = None;
+        while sys::map_next_key(self.addrs.as_fd(), prev.as_ref().map(|p| &p[..]), &mut k)
+            .map_err(set_err("listing the node's addresses".into()))?
+        {
+            out.push(from_key(k));
+            prev = Some(k);
+        }
+        Ok(out)
+    }
+
     pub fn contains(&self, ip: IpAddr) -> Result<bool, BpfError> {
         let mut v = [0u8; 1];
         sys::map_lookup(self.addrs.as_fd(), &key(ip), &mut v)

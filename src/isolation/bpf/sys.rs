@@ -12,6 +12,7 @@ const BPF_MAP_CREATE: libc::c_long = 0;
 const BPF_MAP_LOOKUP_ELEM: libc::c_long = 1;
 const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
 const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+const BPF_MAP_GET_NEXT_KEY: libc::c_long = 4;
 const BPF_MAP_GET_FD_BY_ID: libc::c_long = 14;
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_ATTACH: libc::c_long = 8;
@@ -279,6 +280,20 @@ pub fn map_update(map: BorrowedFd, key: &[u8], value: &[u8]) -> io::Result<()> {
 /// Removes; false when the key was not there.
 pub fn map_delete(map: BorrowedFd, key: &[u8]) -> io::Result<bool> {
     match bpf(BPF_MAP_DELETE_ELEM, &mut elem(map, key, std::ptr::null())) {
+        Ok(_) => Ok(true),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// The key after `key` (the first with None) into `next`; false at the end.
+/// (`next_key` shares the place of `value` in the attr.)
+pub fn map_next_key(map: BorrowedFd, key: Option<&[u8]>, next: &mut [u8]) -> io::Result<bool> {
+    let mut attr = elem(map, key.unwrap_or(&[]), next.as_mut_ptr());
+    if key.is_none() {
+        attr.key = 0;
+    }
+    match bpf(BPF_MAP_GET_NEXT_KEY, &mut attr) {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
