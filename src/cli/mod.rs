@@ -272,7 +272,7 @@ pub fn reload_quiet(ctx: &Ctx) -> Outcome {
 /// `--timeout S`: a number of seconds above zero. Zero would fail every
 /// start at once (and "no limit" is not offered: cluster software always
 /// has one of its own, and a start that never ends blocks its recovery).
-fn positive_secs(s: &str) -> Result<f64, String> {
+pub(crate) fn positive_secs(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
