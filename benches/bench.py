@@ -169,6 +169,16 @@ def kill_tree(root):
 
 
 # ---------------------------------------------------------------- harness
+def split_env(argv):
+    """Leading NAME=VALUE words of an adapter's argv: that command's environment."""
+    env = {}
+    while argv and "=" in argv[0] and not argv[0].startswith("/"):
+        k, v = argv[0].split("=", 1)
+        env[k] = v
+        argv = argv[1:]
+    return env, argv
+
+
 def interleaved(argv, env, runs):
     """Medians (ms) of `argv` and of /bin/true as whole processes, run
     alternately (cmd, true, cmd, true, ...) so that both see the same
@@ -253,6 +263,42 @@ class Bench:
         return self.record("start_all", rep=rep, ms=res["up_ms"], cmd_ms=res["cmd_ms"],
                            cmd_rc=res["cmd_rc"], err=res.get("error"))
 
+    def start_each(self, rep, action="start-each"):
+        """N concurrent start commands, one per instance (as cluster software
+        starts resources): until every address accepts; cmd = all returned."""
+        env, argv = split_env(self.argv(action))
+        e = [w for k, v in env.items() for w in ("-E", f"{k}={v}")]
+        res = self.probe("up", "-f", *e, "-t", 120, self.n, self.port, "--", *argv)
+        return self.record(action.replace("-", "_"), rep=rep, ms=res["up_ms"],
+                           cmd_ms=res["cmd_ms"], cmd_rc=res["cmd_rc"], err=res.get("error"))
+
+    def stop_each(self, rep, action="stop-each"):
+        env, argv = split_env(self.argv(action))
+        e = [w for k, v in env.items() for w in ("-E", f"{k}={v}")]
+        res = self.probe("down", "-f", "-c", self.n, *e, "-t", 120, LISTENER, "--", *argv)
+        return self.record(action.replace("-", "_"), rep=rep, ms=res["gone_ms"],
+                           cmd_ms=res["cmd_ms"], cmd_rc=res["cmd_rc"], err=res.get("error"))
+
+    def timings(self, runs=10):
+        """validate, reload, list --json with N running: hyperfine medians."""
+        out = {}
+        for action in ("validate", "reload", "list-json"):
+            if not self.has_action(action):
+                continue
+            argv = self.argv(action)
+            js = os.path.join(self.work, "timing.json")
+            subprocess.run(["hyperfine", "-N", "-i", "--style", "none", "--warmup", "1",
+                            "--runs", str(runs), "--export-json", js, shlex.join(argv)],
+                           env=self.env, check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            with open(js) as f:
+                h = json.load(f)["results"][0]
+            rc = subprocess.run(argv, env=self.env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL).returncode
+            out[action.replace("-", "_") + "_ms"] = h["median"] * 1e3
+            out[action.replace("-", "_") + "_rc"] = rc
+        return self.record("timings", **out)
+
     def floor(self, rep):
         res = self.probe("floor", "-t", 120, self.n, self.port, LISTENER)
         time.sleep(0.2)
@@ -283,8 +329,9 @@ class Bench:
 
     def status(self, runs, action="status"):
         i = 42 if self.n >= 84 else max(1, self.n // 2)
-        argv = self.argv(action, i)
-        sample = subprocess.run(argv, env=self.env, stdout=subprocess.PIPE,
+        extra, argv = split_env(self.argv(action, i))
+        env = dict(self.env, **extra)
+        sample = subprocess.run(argv, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         js = os.path.join(self.work, "hyperfine.json")
         # /bin/true is measured in the same hyperfine run, right after: the
@@ -293,11 +340,11 @@ class Bench:
         subprocess.run(["hyperfine", "-N", "-i", "--style", "none", "--warmup", "3",
                         "--runs", str(runs), "--export-json", js, shlex.join(argv),
                         "/bin/true"],
-                       env=self.env, check=True, stdout=subprocess.DEVNULL,
+                       env=env, check=True, stdout=subprocess.DEVNULL,
                        stderr=open(os.path.join(self.work, "hyperfine.err"), "w"))
         with open(js) as f:
             h, t = json.load(f)["results"][:2]
-        inter, inter_true = interleaved(argv, self.env, 4 * runs)
+        inter, inter_true = interleaved(argv, env, 4 * runs)
         return self.record(action, inst=i, median_ms=h["median"] * 1e3,
                            mean_ms=h["mean"] * 1e3, min_ms=h["min"] * 1e3,
                            true_ms=t["median"] * 1e3,
@@ -384,6 +431,8 @@ def main():
     ap.add_argument("--name", default=None, help="label for result files")
     ap.add_argument("--listener", default=None,
                     help="the workload binary (default: listener.c, compiled here)")
+    ap.add_argument("--timings", action="store_true",
+                    help="also time validate, reload and list --json once per N")
     ap.add_argument("--idle", type=float, default=0,
                     help="seconds of idle measurement (CPU, wake-ups) once per N")
     args = ap.parse_args()
@@ -428,14 +477,25 @@ def main():
                         if args.idle > 0:
                             rows.append(b.idle(args.idle))
                         rows.append(b.status(args.status_runs))
-                        if b.has_action("monitor"):
-                            rows.append(b.status(args.status_runs, "monitor"))
+                        for extra in ("monitor", "monitor-default", "ocf-monitor"):
+                            if b.has_action(extra):
+                                rows.append(b.status(args.status_runs, extra))
+                        if args.timings:
+                            rows.append(b.timings())
                     rows.append(b.stop_all(rep))
                     time.sleep(0.3)
                     rows.append(b.floor(rep))
                     time.sleep(0.3)
                     rows.append(b.start_all(rep))
                     time.sleep(0.5)
+                    # Per instance, N at once: directly, then through the
+                    # OCF agent (stop first: everything runs after start-all).
+                    for kind in ("", "ocf-"):
+                        if b.has_action(kind + "start-each"):
+                            rows.append(b.stop_each(rep, kind + "stop-each"))
+                            time.sleep(0.3)
+                            rows.append(b.start_each(rep, kind + "start-each"))
+                            time.sleep(0.5)
                     rows.append(b.shutdown(rep))
                     time.sleep(0.3)
                     last = {r["kind"]: r for r in rows if r.get("rep") == rep and r["n"] == n}

@@ -44,6 +44,38 @@ def load(since):
     return out
 
 
+def per_instance(rs, fl):
+    """Per-instance starts and stops (N at once), the OCF agent, the default
+    build's monitor and the timings: medians, ratios per rep."""
+    k = lambda kind: [r for r in rs if r["kind"] == kind]
+    def x(measure, ref):
+        out = []
+        for r in measure:
+            f = next((y for y in ref if y.get("rep") == r.get("rep")), None)
+            base = f.get("sh_up_ms", f.get("ms", -1)) if f else -1
+            if base > 0 and r.get("ms", -1) > 0:
+                out.append(r["ms"] / base)
+        return out
+    sa, so = k("start_all"), k("stop_all")
+    d = {}
+    for kind in ("start_each", "stop_each", "ocf_start_each", "ocf_stop_each"):
+        m = k(kind)
+        d[kind] = med([r["ms"] for r in m])
+        # starts against the sh-floor (a caller's process per instance);
+        # stops against stop-all of the same rep
+        d[kind + "_x"] = med(x(m, fl if "start" in kind else so))
+        d[kind + "_rc"] = max([r.get("cmd_rc", 0) for r in m], default=0)
+    d["sh_floor_up"] = med([r.get("sh_up_ms", -1) for r in fl])
+    d["start_all_sh_x"] = med(x(sa, fl))
+    for q in ("monitor_default", "ocf_monitor"):
+        m = k(q.replace("_", "-")) or k(q)
+        d[q + "_inter"] = (m[0]["inter_ms"] - m[0]["inter_true_ms"]) if m and "inter_ms" in m[0] else float("nan")
+    t = k("timings")
+    for key in ("validate_ms", "reload_ms", "list_json_ms"):
+        d[key] = t[0].get(key, float("nan")) if t else float("nan")
+    return d
+
+
 def summarize(rows):
     true_ms = next((r["median_ms"] for r in rows if r["kind"] == "exec_floor"), float("nan"))
     by_n = {}
@@ -81,6 +113,7 @@ def summarize(rows):
             idle_secs=idle[0]["secs"] if idle else 0,
             wakeups=idle[0]["wakeups_per_s"] if idle else float("nan"),
             errors=sum(1 for r in rs if r.get("err")),
+            **per_instance(rs, fl),
         )
     return by_n
 
@@ -115,6 +148,23 @@ def main():
                 f"| {f1(d['stop'])} ({f1(d['stop_rng'][0])}-{f1(d['stop_rng'][1])}) | {f2(d['stop_x'])}x | {xs('stop_x')} "
                 f"| {fq(d['status'], d['status_true'])} | {fq(d['monitor'], d['monitor_true'])} | {f2(d['true'])} | {fd(d['status_inter'])}, {fd(d['monitor_inter'])} | {d['procs']} | {f1(d['rss'])} | {f1(d['pss'])} "
                 f"| {f1(d['idle_cpu'])} | {f2(d['wakeups'])} | {d['errors']} |")
+    # cohost alone: the per-instance path, the agent, the builds, timings
+    lines += ["", "cohost per instance (N commands at once; starts x the sh-floor, stops x stop-all of the same rep), "
+              "the OCF agent, `monitor` vs `/bin/true` alternated (static, default build, through the agent), "
+              "and validate/reload/list --json (hyperfine medians, ms) with N running:", "",
+              "| N | run | start-all x sh-floor | start-each ms | x sh-floor | stop-each ms | x stop-all | ocf start-each ms | x sh-floor "
+              "| ocf stop-each ms | x stop-all | monitor static | monitor default build | ocf monitor | status ms | validate ms | reload ms | list --json ms | RSS MiB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name in names:
+        if not name.startswith("cohost"):
+            continue
+        for n, d in sorted(runs[name].items()):
+            rc = lambda kd: "" if not d[kd + "_rc"] else f" (rc {d[kd + '_rc']})"
+            lines.append(
+                f"| {n} | {name} | {f2(d['start_all_sh_x'])}x | {f1(d['start_each'])}{rc('start_each')} | {f2(d['start_each_x'])}x "
+                f"| {f1(d['stop_each'])}{rc('stop_each')} | {f2(d['stop_each_x'])}x | {f1(d['ocf_start_each'])}{rc('ocf_start_each')} | {f2(d['ocf_start_each_x'])}x "
+                f"| {f1(d['ocf_stop_each'])}{rc('ocf_stop_each')} | {f2(d['ocf_stop_each_x'])}x | {fd(d['monitor_inter'])} | {fd(d['monitor_default_inter'])} "
+                f"| {fd(d['ocf_monitor_inter'])} | {f2(d['status'])} | {f1(d['validate_ms'])} | {f1(d['reload_ms'])} | {f1(d['list_json_ms'])} | {f1(d['rss'])} |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:

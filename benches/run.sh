@@ -4,14 +4,20 @@
 # the same workload, the fork/exec floor measured inside every run, and one
 # comparison table (results/comparison-STAMP.md).
 #
-#   benches/run.sh            about 16 minutes on a 2-core VM (N <= 500: 14)
+#   benches/run.sh            about 14 minutes on a 2-core VM
 #   benches/run.sh --quick    about 4 minutes (fewer reps, shorter idle)
+#   benches/run.sh --scale    cohost alone at N = 2000, 5000, 10000 (~10 min)
 #
 # Nothing else may listen on port 9003 meanwhile; state lives on /dev/shm.
 set -euo pipefail
 cd "$(dirname "$0")"
-QUICK=0
-[ "${1:-}" = --quick ] && QUICK=1
+MODE=full
+case "${1:-}" in
+--quick) MODE=quick ;;
+--scale) MODE=scale ;;
+"") ;;
+*) echo "usage: $0 [--quick | --scale]" >&2; exit 2 ;;
+esac
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "run as root: the listeners bind 127.10.x.y and cohost uses cgroups" >&2
@@ -28,20 +34,33 @@ if [ -n "$need" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $need >/dev/null
 fi
 
-echo "== building the listener and cohost (static: see BENCHMARKS.md)"
-(cd .. && cargo build -q --release --example listener \
+echo "== building the listener and cohost: the default build, then the static one"
+# The default build (what `cargo build --release` and `cargo install` make)
+# is kept beside the static one: its `monitor` is measured too.
+(cd .. && cargo build -q --release --example listener --bin cohost \
+    && cp target/release/cohost target/release/cohost-default \
     && cargo rustc -q --release --bin cohost -- -C target-feature=+crt-static)
 export COHOST_BIN="$PWD/../target/release/cohost"
+export COHOST_DEFAULT_BIN="$PWD/../target/release/cohost-default"
 LISTENER="$PWD/../target/release/examples/listener"
 STAMP=$(date +%Y%m%d-%H%M%S)
 
-if [ "$QUICK" = 1 ]; then
-    C=(--n "10,100,500,1000" --reps 2 --idle 10)
-    P=(--n "10,100,500" --reps 1 --idle 5)
-else
-    C=(--n "10,100,500,1000" --reps 5 --idle 60)
-    P=(--n "10,100,500" --reps 3 --idle 10)
-fi
+case "$MODE" in
+quick)
+    C=(--n "10,100,500,1000" --reps 2 --idle 10 --timings)
+    P=(--n "10,100,500" --reps 1 --idle 5) ;;
+full)
+    C=(--n "10,100,500,1000" --reps 5 --idle 20 --timings)
+    P=(--n "10,100,500" --reps 3 --idle 10) ;;
+scale)
+    # Every listener is a process with its own socket: 10,000 of them need
+    # the fd and process limits raised, and a cgroup each.
+    ulimit -n 65536
+    C=(--n "${SCALE_N:-2000,5000,10000}" --reps 2 --idle 20 --timings --status-runs 30)
+    ./bench.py adapters/cohost.sh "${C[@]}" --listener "$LISTENER" --name cohost-scale
+    python3 compare.py --since "$STAMP" --out "results/scale-$STAMP.md"
+    exit 0 ;;
+esac
 ./bench.py adapters/cohost.sh "${C[@]}" --listener "$LISTENER" --name cohost
 ./bench.py adapters/supervisord.sh "${P[@]}" --listener "$LISTENER" --name supervisord
 ./bench.py adapters/s6.sh "${P[@]}" --listener "$LISTENER" --name s6

@@ -7,6 +7,8 @@ W=$BENCH_WORK
 COHOST=${COHOST_BIN:-cohost}
 CFG=$W/instances.d
 RT=$W/run
+# The shipped OCF agent (what Pacemaker runs): one sh, then exec cohost.
+AGENT=$(cd "$(dirname "$0")/../../examples/ocf" && pwd)/cohost
 c() { printf '%s\n' "$COHOST" --config "$CFG" --runtime-dir "$RT" "$@"; }
 case "${1:-}" in
 setup)
@@ -31,6 +33,23 @@ argv)
     stop-all)  c down ;;
     status)    c status "inst$3" ;;
     monitor)   c monitor "inst$3" ;;
+    # The default build (`cargo build --release`), when run.sh built it.
+    monitor-default)
+        [ -n "${COHOST_DEFAULT_BIN:-}" ] || exit 2
+        printf '%s\n' "$COHOST_DEFAULT_BIN" --config "$CFG" --runtime-dir "$RT" monitor "inst$3" ;;
+    # Per instance, N at once (probe -f: %i is the instance number; leading
+    # NAME=VALUE words are that command's environment).
+    start-each) c start 'inst%i' ;;
+    stop-each)  c stop 'inst%i' ;;
+    ocf-start-each | ocf-stop-each | ocf-monitor)
+        i='%i'; [ "$2" = ocf-monitor ] && i=$3
+        printf '%s\n' "OCF_RESKEY_instance=inst$i" "OCF_RESKEY_config=$CFG" \
+            "OCF_RESKEY_runtime_dir=$RT" "COHOST_BIN=$COHOST" "$AGENT"
+        case "$2" in ocf-start-each) echo start ;; ocf-stop-each) echo stop ;; *) echo monitor ;; esac ;;
+    # Timed once with N instances running (--timings).
+    validate)  c validate ;;
+    reload)    c reload ;;
+    list-json) c list --json ;;
     *) echo "unknown action $2" >&2; exit 2 ;;
     esac
     ;;

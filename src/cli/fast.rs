@@ -1,8 +1,10 @@
-//! The fast path for the two commands cluster software runs every few
-//! seconds per instance: `monitor ID [--depth N]` and `status ID [--json]`.
+//! The fast path for the commands cluster software runs per instance:
+//! `monitor ID [--depth N]` and `status ID [--json]` every few seconds,
+//! `start ID` / `stop ID [--timeout S]` and `ocf ACTION` (the agent) once
+//! per resource, many at once when a node takes over.
 //!
 //! clap builds the description of every command before it parses a single
-//! argument. That is most of what these two calls cost beyond process start
+//! argument. That is most of what these calls cost beyond process start
 //! (see benches/README.md), so their plain forms are recognized by hand.
 //! Anything else, anything unusual, and every error goes to clap, so the
 //! behaviour is the same either way (tests/section_cli_fast.rs holds them
@@ -16,6 +18,9 @@ use super::{Ctx, daemonctl};
 enum Hot {
     Monitor { id: String, depth: u8 },
     Status { id: String, json: bool },
+    Start { id: String, timeout: Option<f64> },
+    Stop { id: String, timeout: Option<f64> },
+    Ocf { action: String },
 }
 
 struct Parsed {
@@ -32,6 +37,7 @@ fn parse(args: &[OsString]) -> Option<Parsed> {
     let mut id: Option<String> = None;
     let mut depth: Option<u8> = None;
     let mut json = false;
+    let mut timeout: Option<f64> = None;
     let mut it = args.iter().skip(1);
     while let Some(a) = it.next() {
         let a = a.to_str()?;
@@ -40,6 +46,15 @@ fn parse(args: &[OsString]) -> Option<Parsed> {
             "--runtime-dir" => runtime_dir = Some(PathBuf::from(it.next()?)),
             "--depth" if sub == Some("monitor") => depth = Some(it.next()?.to_str()?.parse().ok()?),
             "--json" if sub == Some("status") => json = true,
+            "--timeout" if matches!(sub, Some("start" | "stop")) && timeout.is_none() => {
+                timeout = Some(secs(it.next()?.to_str()?)?)
+            }
+            _ if a.starts_with("--timeout=")
+                && matches!(sub, Some("start" | "stop"))
+                && timeout.is_none() =>
+            {
+                timeout = Some(secs(&a["--timeout=".len()..])?)
+            }
             _ if a.starts_with("--config=") => {
                 config = Some(PathBuf::from(&a["--config=".len()..]))
             }
@@ -51,7 +66,7 @@ fn parse(args: &[OsString]) -> Option<Parsed> {
             }
             // Any other option (--help, -h, typos): clap's business.
             _ if a.starts_with('-') => return None,
-            "monitor" | "status" if sub.is_none() => sub = Some(a),
+            "monitor" | "status" | "start" | "stop" | "ocf" if sub.is_none() => sub = Some(a),
             _ if sub.is_some() && id.is_none() && !a.is_empty() => id = Some(a.to_string()),
             _ => return None,
         }
@@ -70,6 +85,11 @@ fn parse(args: &[OsString]) -> Option<Parsed> {
             id,
             depth: depth.unwrap_or(10),
         },
+        "start" => Hot::Start { id, timeout },
+        "stop" => Hot::Stop { id, timeout },
+        // `ocf` reads its parameters from the environment; its one word
+        // is the action, whatever it is (the agent answers unknown ones).
+        "ocf" => Hot::Ocf { action: id },
         _ => Hot::Status { id, json },
     };
     Some(Parsed {
@@ -77,6 +97,11 @@ fn parse(args: &[OsString]) -> Option<Parsed> {
         runtime_dir,
         cmd,
     })
+}
+
+/// A `--timeout` value clap would accept; anything else is clap's to report.
+fn secs(s: &str) -> Option<f64> {
+    super::positive_secs(s).ok()
 }
 
 /// Runs a hot command if `args` is one; otherwise `None`.
@@ -94,6 +119,10 @@ pub fn try_run(args: &[OsString]) -> Option<i32> {
     Some(match p.cmd {
         Hot::Monitor { id, depth } => daemonctl::monitor(&ctx, &id, depth).0,
         Hot::Status { id, json } => daemonctl::status(&ctx, Some(&id), json),
+        Hot::Start { id, timeout } => daemonctl::start(&ctx, &id, timeout, false),
+        Hot::Stop { id, timeout } => super::daemonctl::stop(&ctx, &id, timeout),
+        // Like clap's path: global options do not apply to `ocf`.
+        Hot::Ocf { action } => crate::integration::ocf::run(&action),
     })
 }
 
@@ -118,6 +147,9 @@ mod tests {
             match p.cmd {
                 Hot::Monitor { id, depth } => format!("monitor {id} {depth} {c} {r}"),
                 Hot::Status { id, json } => format!("status {id} {json} {c} {r}"),
+                Hot::Start { id, timeout } => format!("start {id} {timeout:?} {c} {r}"),
+                Hot::Stop { id, timeout } => format!("stop {id} {timeout:?} {c} {r}"),
+                Hot::Ocf { action } => format!("ocf {action} {c} {r}"),
             }
         })
     }
@@ -137,6 +169,16 @@ mod tests {
             p(&["status", "x", "--json", "--config=/c"]).as_deref(),
             Some("status x true /c ")
         );
+        assert_eq!(p(&["start", "x"]).as_deref(), Some("start x None  "));
+        assert_eq!(
+            p(&["--runtime-dir", "/r", "stop", "x", "--timeout", "2.5"]).as_deref(),
+            Some("stop x Some(2.5)  /r")
+        );
+        assert_eq!(
+            p(&["start", "--timeout=9", "x"]).as_deref(),
+            Some("start x Some(9.0)  ")
+        );
+        assert_eq!(p(&["ocf", "monitor"]).as_deref(), Some("ocf monitor  "));
         // Left to clap: help, unknown options, missing or extra arguments,
         // other commands, bad values, options of the other command.
         for args in [
@@ -149,7 +191,15 @@ mod tests {
             &["status", "x", "--depth", "0"],
             &["status"],
             &["list"],
-            &["start", "x"],
+            &["start", "x", "--with-deps"],
+            &["start", "x", "--timeout", "0"],
+            &["start", "x", "--timeout", "-1"],
+            &["stop", "x", "--timeout"],
+            &["stop", "x", "--json"],
+            &["stop", "x", "--timeout", "1", "--timeout=2"],
+            &["restart", "x"],
+            &["ocf"],
+            &["ocf", "start", "x"],
             &["--config"],
             &["--config=", "status", "x"],
             &["-h"],

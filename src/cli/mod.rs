@@ -239,7 +239,7 @@ pub fn run(cli: Cli) -> i32 {
 /// `--timeout S`: a number of seconds above zero. Zero would fail every
 /// start at once (and "no limit" is not offered: cluster software always
 /// has one of its own, and a start that never ends blocks its recovery).
-fn positive_secs(s: &str) -> Result<f64, String> {
+pub(crate) fn positive_secs(s: &str) -> Result<f64, String> {
     let v: f64 = s
         .parse()
         .map_err(|_| format!("{s:?} is not a number of seconds"))?;
