@@ -335,6 +335,12 @@ fn isolated(h: &Harness, id: &str, a: &str, port: u16, extra: &str) -> (String, 
     let view = h.path("view");
     std::fs::create_dir_all(&view).unwrap();
     h.mkdirs(&[&format!("{id}/etc"), &format!("{id}/data")]);
+    // The instance has a private /tmp: a checkout under /tmp (CI's clone)
+    // would hide the test binary from it. A copy beside the harness's files.
+    let bin = h.path("binder-copy");
+    if !bin.exists() {
+        std::fs::copy(example("binder"), &bin).unwrap();
+    }
     write(
         &h.path(&format!("{id}/etc/file")),
         &format!("{id}'s file\n"),
@@ -348,7 +354,7 @@ fn isolated(h: &Harness, id: &str, a: &str, port: u16, extra: &str) -> (String, 
          [instance.{id}]\nservice = \"iso\"\naddress = \"{a}\"\nport = {port}\nhostname = \"{id}.example\"\n\
          paths = {{ etc = \"{etc}\", data = \"{data}\" }}\n",
         view = view.display(),
-        b = binder(),
+        b = bin.display(),
         etc = h.path(&format!("{id}/etc")).display(),
         data = h.path(&format!("{id}/data")).display(),
     );
