@@ -65,19 +65,9 @@ fn ns_ino(pid: &str, ns: &str) -> Option<u64> {
 }
 
 pub fn exec_join(ctx: &Ctx, id: &str, cmd: &[String]) -> i32 {
-    let spec = match super::local::spec(ctx, id) {
-        Ok(s) => s,
-        Err((code, msg)) => {
-            eprintln!("cohost: {msg}");
-            return code;
-        }
-    };
-    let st = match crate::ops::status_code(ctx, id) {
-        Ok((st, _)) => st,
-        Err((code, msg)) => {
-            eprintln!("cohost: {msg}");
-            return code;
-        }
+    let (spec, st) = match super::local::spec_and_status(ctx, id) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     let Some(st) = st.filter(|s| !s.members.is_empty()) else {
         eprintln!(

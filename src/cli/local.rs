@@ -19,6 +19,22 @@ pub fn spec(ctx: &Ctx, id: &str) -> Result<std::sync::Arc<InstanceSpec>, (i32, S
     instance(ctx, id)
 }
 
+/// For commands that look inside a running instance (verify, exec --join):
+/// its definition and its status; on error the message is printed and the
+/// exit code returned.
+pub fn spec_and_status(
+    ctx: &Ctx,
+    id: &str,
+) -> Result<(std::sync::Arc<InstanceSpec>, Option<InstanceStatus>), i32> {
+    let fail = |(code, msg): (i32, String)| {
+        eprintln!("cohost: {msg}");
+        code
+    };
+    let spec = spec(ctx, id).map_err(fail)?;
+    let (st, _) = crate::ops::status_code(ctx, id).map_err(fail)?;
+    Ok((spec, st))
+}
+
 fn fail((code, msg): (i32, String)) -> i32 {
     eprintln!("cohost: {msg}");
     code

@@ -66,19 +66,9 @@ pub struct Running<'a> {
 }
 
 pub fn run(ctx: &Ctx, id: &str, json: bool) -> i32 {
-    let spec = match super::local::spec(ctx, id) {
-        Ok(s) => s,
-        Err((code, msg)) => {
-            eprintln!("cohost: {msg}");
-            return code;
-        }
-    };
-    let st = match crate::ops::status_code(ctx, id) {
-        Ok((st, _)) => st,
-        Err((code, msg)) => {
-            eprintln!("cohost: {msg}");
-            return code;
-        }
+    let (spec, st) = match super::local::spec_and_status(ctx, id) {
+        Ok(v) => v,
+        Err(code) => return code,
     };
     let running = st
         .as_ref()

@@ -274,6 +274,26 @@ impl ChildArg {
         };
     }
 
+    /// Sleeps while the word holds `expected`, at most `left` (a change, a
+    /// wake, a signal or the timeout end it: callers loop on the word).
+    fn futex_wait(&self, expected: u32, left: std::time::Duration) {
+        let ts = libc::timespec {
+            tv_sec: left.as_secs() as libc::time_t,
+            tv_nsec: left.subsec_nanos() as libc::c_long,
+        };
+        // SAFETY: FUTEX_WAIT (shared, like the kernel's CLONE_CHILD_CLEARTID
+        // wake) on our word with a relative timeout.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                self.state.as_ptr(),
+                libc::FUTEX_WAIT,
+                expected,
+                &ts as *const libc::timespec,
+            )
+        };
+    }
+
     /// In the parent: waits (5 s at most) until a child that failed to take
     /// its files has left our memory (exited: the kernel zeroes the word).
     fn wait_gone(&self) -> bool {
@@ -288,20 +308,7 @@ impl ChildArg {
             if left.is_zero() {
                 return false;
             }
-            let ts = libc::timespec {
-                tv_sec: left.as_secs() as libc::time_t,
-                tv_nsec: left.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: FUTEX_WAIT on our word while it holds `now`, bounded.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.state.as_ptr(),
-                    libc::FUTEX_WAIT,
-                    now,
-                    &ts as *const libc::timespec,
-                )
-            };
+            self.futex_wait(now, left);
         }
     }
 
@@ -325,21 +332,7 @@ impl ChildArg {
                 }
                 break;
             }
-            let ts = libc::timespec {
-                tv_sec: left.as_secs() as libc::time_t,
-                tv_nsec: left.subsec_nanos() as libc::c_long,
-            };
-            // SAFETY: FUTEX_WAIT on our word while it holds TAKING, with a
-            // relative timeout; EAGAIN/EINTR/ETIMEDOUT just loop.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.state.as_ptr(),
-                    libc::FUTEX_WAIT,
-                    TAKING,
-                    &ts as *const libc::timespec,
-                )
-            };
+            self.futex_wait(TAKING, left);
         }
         match self.errno.load(SeqCst) {
             0 => Ok(true),
