@@ -181,6 +181,12 @@ impl ExecPlan {
     /// The descriptor numbers this child uses, each once: its report pipe,
     /// stdio, the cgroup files it writes, the lock.
     fn ours(&self, errfd: RawFd, keep: &mut [RawFd; 24]) -> usize {
+        self.collect_fds(errfd, keep, false)
+    }
+
+    /// `ours`, and with `kept` also what the older way keeps: inherited
+    /// stdio (0..2 where the plan has none) and the cgroup directory.
+    fn collect_fds(&self, errfd: RawFd, keep: &mut [RawFd; 24], kept: bool) -> usize {
         let mut n = 0;
         let mut add = |fd: RawFd| {
             if fd >= 0 && n < keep.len() && !keep[..n].contains(&fd) {
@@ -189,10 +195,13 @@ impl ExecPlan {
             }
         };
         add(errfd);
-        for fd in [self.stdin, self.stdout, self.stderr] {
-            add(fd.unwrap_or(-1));
+        for (fd, std) in [(self.stdin, 0), (self.stdout, 1), (self.stderr, 2)] {
+            add(fd.unwrap_or(if kept { std } else { -1 }));
         }
         for &fd in &self.cgroups {
+            add(fd);
+        }
+        if kept && let Some(fd) = self.cgroup_dir {
             add(fd);
         }
         if let Some(fd) = self.inherit {
@@ -263,26 +272,7 @@ impl ExecPlan {
     /// are its lowest. No allocation: a fixed array on this stack.
     fn close_all_but_ours(&self, errfd: RawFd) {
         let mut keep = [-1 as RawFd; 24];
-        let mut n = 0;
-        let mut add = |fd: RawFd| {
-            if fd >= 0 && n < keep.len() && !keep[..n].contains(&fd) {
-                keep[n] = fd;
-                n += 1;
-            }
-        };
-        add(errfd);
-        for (fd, std) in [(self.stdin, 0), (self.stdout, 1), (self.stderr, 2)] {
-            add(fd.unwrap_or(std));
-        }
-        for &fd in &self.cgroups {
-            add(fd);
-        }
-        if let Some(fd) = self.cgroup_dir {
-            add(fd);
-        }
-        if let Some(fd) = self.inherit {
-            add(fd);
-        }
+        let n = self.collect_fds(errfd, &mut keep, true);
         let keep = &mut keep[..n];
         keep.sort_unstable();
         let mut lo: usize = 0;
