@@ -73,6 +73,7 @@ pub fn daemon(ctx: &Ctx, foreground: bool, format: &str, level: &str) -> i32 {
         log_level,
         notify_fd,
     })
+    .code()
 }
 
 pub fn start(ctx: &Ctx, id: &str, timeout: Option<f64>, with_deps: bool) -> i32 {

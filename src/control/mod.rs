@@ -1,8 +1,10 @@
-//! The control socket: protocol types (`proto`, `observe`), the client
+//! The control socket: protocol types (`proto`, `observe`, `exit`: the
+//! answer codes, which are the CLI's exit statuses), the client
 //! (`client`), and the server's connections and fairness (`server`; the
 //! supervisor's event loop drives them).
 
 pub mod client;
+pub mod exit;
 pub mod observe;
 pub mod proto;
 pub mod server;

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use super::Daemon;
 use super::fsm::{Event, State};
+use crate::control::exit::Exit;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -30,6 +31,14 @@ pub struct Batch {
     pub begun: Vec<(usize, Instant)>,
     /// For down: who is `after` whom, reversed (computed once: O(edges)).
     dependents: std::collections::HashMap<usize, Vec<usize>>,
+}
+
+/// What became of one instance of a batch.
+enum Ended {
+    /// It reached the state the batch asked for ("running", "stopped").
+    Reached(&'static str),
+    /// It did not, and why.
+    Failed(String),
 }
 
 impl Daemon {
@@ -88,15 +97,16 @@ impl Daemon {
             let state = inst.state();
             let id = inst.id().to_string();
             let outcome = match (self.batches[n].op, state) {
-                (Op::Up, State::Running) => Some(Ok("running".to_string())),
-                (Op::Up, State::Failed | State::Stopped) => Some(Err(inst
-                    .fsm
-                    .last_failure
-                    .clone()
-                    .unwrap_or_else(|| state.as_str().into()))),
-                (Op::Down, State::Stopped) => Some(Ok("stopped".into())),
+                (Op::Up, State::Running) => Some(Ended::Reached("running")),
+                (Op::Up, State::Failed | State::Stopped) => Some(Ended::Failed(
+                    inst.fsm
+                        .last_failure
+                        .clone()
+                        .unwrap_or_else(|| state.as_str().into()),
+                )),
+                (Op::Down, State::Stopped) => Some(Ended::Reached("stopped")),
                 (Op::Down, State::Failed) if !inst.procs.iter().any(|p| p.alive()) => {
-                    Some(Ok("stopped".into()))
+                    Some(Ended::Reached("stopped"))
                 }
                 _ => None,
             };
@@ -107,7 +117,7 @@ impl Daemon {
         }
     }
 
-    fn batch_result(&mut self, n: usize, idx: usize, id: &str, res: Result<String, String>) {
+    fn batch_result(&mut self, n: usize, idx: usize, id: &str, res: Ended) {
         let since = self.batches[n]
             .begun
             .iter()
@@ -120,13 +130,13 @@ impl Daemon {
         b.active.remove(&idx);
         let conn = b.conn;
         match res {
-            Ok(state) => {
+            Ended::Reached(state) => {
                 b.ok.push(id.to_string());
                 if let Some(c) = conn {
-                    self.progress(c, id, &state, format!("{id} {state}{took}"));
+                    self.progress(c, id, state, format!("{id} {state}{took}"));
                 }
             }
-            Err(why) => {
+            Ended::Failed(why) => {
                 b.failed.push((id.to_string(), why.clone()));
                 if let Some(c) = conn {
                     self.progress(c, id, "failed", format!("{id} failed{took}: {why}"));
@@ -145,7 +155,7 @@ impl Daemon {
                     Gate::Blocked(why) => {
                         self.batches[n].pending.remove(&idx);
                         let id = self.insts[idx].id().to_string();
-                        self.batch_result(n, idx, &id, Err(why));
+                        self.batch_result(n, idx, &id, Ended::Failed(why));
                         progressed = true;
                     }
                     Gate::Go => {
@@ -168,7 +178,7 @@ impl Daemon {
                 if b.failed.is_empty() {
                     self.reply_done(
                         c,
-                        0,
+                        Exit::Ok,
                         format!("{} instance(s) {verb} in {took:.1}s", b.ok.len()),
                         None,
                     );
@@ -177,7 +187,7 @@ impl Daemon {
                         b.failed.iter().map(|(i, w)| format!("{i}: {w}")).collect();
                     self.reply_done(
                         c,
-                        1,
+                        Exit::Failed,
                         format!(
                             "{} of {} failed:\n{}",
                             b.failed.len(),
@@ -198,10 +208,15 @@ impl Daemon {
         let now = Instant::now();
         match op {
             Op::Up if state == State::Running => {
-                self.batch_result(n, idx, &id, Ok("running".into()));
+                self.batch_result(n, idx, &id, Ended::Reached("running"));
             }
             Op::Up if self.insts[idx].removed => {
-                self.batch_result(n, idx, &id, Err("removed from the instances file".into()));
+                self.batch_result(
+                    n,
+                    idx,
+                    &id,
+                    Ended::Failed("removed from the instances file".into()),
+                );
             }
             Op::Up => {
                 self.batches[n].active.insert(idx);
@@ -214,7 +229,7 @@ impl Daemon {
             Op::Down
                 if state == State::Stopped && !self.insts[idx].procs.iter().any(|p| p.alive()) =>
             {
-                self.batch_result(n, idx, &id, Ok("stopped".into()));
+                self.batch_result(n, idx, &id, Ended::Reached("stopped"));
             }
             Op::Down => {
                 self.batches[n].active.insert(idx);

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::epoll::EpollFlags;
 
 use super::{Daemon, timers, tok};
+use crate::control::exit::Exit;
 use crate::control::proto::{MAX_REQUEST, Reply};
 pub use crate::control::server::{Conn, Fairness, Peer, Phase};
 use crate::control::server::{MAX_ACCEPTS_PER_WAKE, REQUEST_TIMEOUT, refuse};
@@ -142,7 +143,7 @@ impl Daemon {
         let got = c.fill();
         if let Some(line) = got.line {
             if let Err(why) = self.fair.start(c.peer.uid) {
-                self.reply_done(id, super::requests::code::FAILED, why.to_string(), None);
+                self.reply_done(id, Exit::Failed, why.to_string(), None);
                 return;
             }
             c.phase = Phase::Busy;
@@ -152,7 +153,7 @@ impl Daemon {
         if got.too_large {
             self.reply_done(
                 id,
-                2,
+                Exit::Invalid,
                 format!("request larger than {MAX_REQUEST} bytes refused"),
                 None,
             );
@@ -174,7 +175,7 @@ impl Daemon {
         {
             self.reply_done(
                 id,
-                2,
+                Exit::Invalid,
                 format!("no complete request within {}s", REQUEST_TIMEOUT.as_secs()),
                 None,
             );
@@ -203,14 +204,14 @@ impl Daemon {
     pub fn reply_done(
         &mut self,
         id: u64,
-        code: i32,
+        exit: Exit,
         message: impl Into<String>,
         data: Option<serde_json::Value>,
     ) {
         self.reply(
             id,
             &Reply::Done {
-                code,
+                code: exit.code(),
                 message: message.into(),
                 data,
             },

@@ -129,9 +129,8 @@ impl Daemon {
                     libc::SIGCHLD => self.reap(),
                     libc::SIGHUP => {
                         tracing::info!("SIGHUP: rereading the instances file");
-                        let (code, msg) = self.reload();
-                        if code != 0 {
-                            tracing::error!("reload refused: {msg}");
+                        if let Err(e) = self.reload() {
+                            tracing::error!("reload refused: {e}");
                         }
                     }
                     s @ (libc::SIGTERM | libc::SIGINT) => {

@@ -12,6 +12,7 @@
 
 use std::net::IpAddr;
 use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use super::Daemon;
 use crate::isolation::bpf::{self, AddressSet, ForceBind, ForceSource};
@@ -25,7 +26,7 @@ pub(crate) enum Kernel {
     Unused,
     Ready(Box<(ForceBind, ForceSource)>),
     /// bpf() or cgroup v2 is missing: every force_bind start names it.
-    Missing(String),
+    Missing(Arc<bpf::BpfError>),
 }
 
 impl Kernel {
@@ -42,8 +43,12 @@ impl Kernel {
 pub enum ForceBindError {
     #[error("{what} needs cgroup v2, which cannot be used here: {why}")]
     NeedsCgroupV2 { what: &'static str, why: String },
-    #[error("{what} cannot be enforced here: {why}")]
-    Unavailable { what: &'static str, why: String },
+    #[error("{what} cannot be enforced here: {source}")]
+    Unavailable {
+        what: &'static str,
+        #[source]
+        source: Arc<bpf::BpfError>,
+    },
     #[error("{what}: {source}")]
     Kernel {
         what: &'static str,
@@ -87,7 +92,7 @@ impl Daemon {
     /// they cannot be made (a failing bpf() call is cheap), so a start
     /// works as soon as the cause is gone, without a daemon restart.
     /// `Err`: why the programs cannot be made here.
-    fn kernel(&mut self) -> Result<&(ForceBind, ForceSource), String> {
+    fn kernel(&mut self) -> Result<&(ForceBind, ForceSource), Arc<bpf::BpfError>> {
         if matches!(self.kernel, Kernel::Unused | Kernel::Missing(_)) {
             self.kernel = make(None);
             self.sync_addresses();
@@ -153,7 +158,7 @@ impl Daemon {
                 return Ok(());
             }
             let why = match &self.cgroot {
-                Err(why) => why.clone(),
+                Err(why) => why.to_string(),
                 Ok(_) => "the instance has no cgroup".into(),
             };
             return Err(ForceBindError::NeedsCgroupV2 { what, why });
@@ -161,7 +166,7 @@ impl Daemon {
         let addr = spec.address;
         let k = match self.kernel() {
             Ok(k) => k,
-            Err(why) if want => return Err(ForceBindError::Unavailable { what, why }),
+            Err(source) if want => return Err(ForceBindError::Unavailable { what, source }),
             Err(_) => return Ok(()),
         };
         let fd = bpf::open_cgroup(&cg).map_err(|source| ForceBindError::Kernel { what, source })?;
@@ -226,7 +231,7 @@ fn make(adopted: Option<ForceBind>) -> Kernel {
         }
         Err(e) => {
             tracing::warn!("force_bind and force_source are not available: {e}");
-            Kernel::Missing(e.to_string())
+            Kernel::Missing(Arc::new(e))
         }
     }
 }

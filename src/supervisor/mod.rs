@@ -26,10 +26,12 @@ mod launch;
 mod persist;
 mod prepare;
 mod probe;
+mod reload;
 mod replies;
 mod requests;
 mod setup;
 mod statefile;
+mod status;
 mod timers;
 mod timing;
 pub mod worker;
@@ -46,7 +48,8 @@ use nix::sys::inotify::Inotify;
 use nix::sys::signalfd::SignalFd;
 
 use crate::config::{self, Diag, Trust};
-use crate::isolation::cgroup::CgroupRoot;
+use crate::control::exit::Exit;
+use crate::isolation::cgroup::{CgroupRoot, DiscoverError};
 use crate::model::Config;
 use fsm::Event;
 use instance::Inst;
@@ -114,10 +117,12 @@ pub enum DaemonError {
 }
 
 impl DaemonError {
-    pub fn exit_code(&self) -> i32 {
+    /// The daemon's exit status: an invalid instances file is the
+    /// caller's to fix, like `validate`'s.
+    pub fn exit(&self) -> Exit {
         match self {
-            DaemonError::Config(_) => 2,
-            _ => 1,
+            DaemonError::Config(_) => Exit::Invalid,
+            _ => Exit::Failed,
         }
     }
 }
@@ -182,7 +187,7 @@ pub(crate) struct Daemon {
     netlink: Option<OwnedFd>,
     /// Instances waiting for their address.
     pub waiting_address: BTreeSet<usize>,
-    pub cgroot: Result<CgroupRoot, String>,
+    pub cgroot: Result<CgroupRoot, DiscoverError>,
     pub conns: HashMap<u64, conn::Conn>,
     /// Per-user caps on connections and busy requests (guarantee 5).
     pub fair: conn::Fairness,
@@ -226,7 +231,7 @@ pub(crate) struct Daemon {
     pub(crate) kernel: forcebind::Kernel,
 }
 
-pub fn run(mut opts: Options) -> i32 {
+pub fn run(mut opts: Options) -> Exit {
     // First, before anything is opened that stays: children take their
     // own files from us and get nothing else of ours (process::spawn).
     // `COHOST_NO_FETCH=1`: the older way (a copy of the table, closed in
@@ -249,14 +254,14 @@ pub fn run(mut opts: Options) -> i32 {
         Err(e) => {
             tracing::error!("{e}");
             eprintln!("cohost daemon: {e}");
-            return e.exit_code();
+            return e.exit();
         }
     };
     match d.main_loop() {
-        Ok(()) => 0,
+        Ok(()) => Exit::Ok,
         Err(e) => {
             tracing::error!("event loop failed: {e}");
-            1
+            Exit::Failed
         }
     }
 }

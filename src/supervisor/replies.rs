@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use super::fsm::Answer;
 use super::instance::WaitFor;
-use super::requests::code;
 use super::worker::JobId;
 use super::{Daemon, Outcome};
+use crate::control::exit::Exit;
 
 impl Daemon {
     /// Words what the table decided to tell the waiting clients.
@@ -18,22 +18,22 @@ impl Daemon {
         match a {
             Answer::Started => {
                 let msg = self.ready_message(idx);
-                self.answer_waiters(idx, WaitFor::Start, code::OK, msg);
+                self.answer_waiters(idx, WaitFor::Start, Exit::Ok, msg);
             }
             Answer::StartFailed(reason) => self.answer_start_failure(idx, &reason, now),
             Answer::StartCancelled(reason) => self.answer_waiters(
                 idx,
                 WaitFor::Start,
-                code::FAILED,
+                Exit::Failed,
                 format!("start of {id} cancelled: {reason}"),
             ),
             Answer::Stopped => {
-                self.answer_waiters(idx, WaitFor::Stop, code::OK, format!("{id} is stopped"))
+                self.answer_waiters(idx, WaitFor::Stop, Exit::Ok, format!("{id} is stopped"))
             }
             Answer::StoppedFailed(reason) => self.answer_waiters(
                 idx,
                 WaitFor::Stop,
-                code::OK,
+                Exit::Ok,
                 format!("{id} is stopped (failed: {reason})"),
             ),
             Answer::StopStuck => {
@@ -45,7 +45,7 @@ impl Daemon {
                 self.answer_waiters(
                     idx,
                     WaitFor::Stop,
-                    code::FAILED,
+                    Exit::Failed,
                     format!(
                         "{id}: processes {} did not exit after SIGKILL (uninterruptible I/O?)",
                         left.join(" ")
@@ -55,7 +55,7 @@ impl Daemon {
         }
     }
 
-    pub(super) fn answer_waiters(&mut self, idx: usize, what: WaitFor, code: i32, msg: String) {
+    pub(super) fn answer_waiters(&mut self, idx: usize, what: WaitFor, exit: Exit, msg: String) {
         let waiting: Vec<u64> = self.insts[idx]
             .waiters
             .iter()
@@ -64,7 +64,7 @@ impl Daemon {
             .collect();
         self.insts[idx].waiters.retain(|(_, w)| *w != what);
         for c in waiting {
-            self.reply_done(c, code, msg.clone(), None);
+            self.reply_done(c, exit, msg.clone(), None);
         }
     }
 
@@ -132,7 +132,7 @@ impl Daemon {
         // logs: another read would only hang beside it.
         if inst.preparing.is_some() || inst.tail_job.is_some() {
             for c in conns {
-                self.reply_done(c, code::FAILED, base.clone(), None);
+                self.reply_done(c, Exit::Failed, base.clone(), None);
             }
             return;
         }
@@ -178,7 +178,7 @@ impl Daemon {
         if let Some(pos) = inst.failure_replies.iter().position(|r| r.job == job) {
             let r = inst.failure_replies.remove(pos);
             for c in r.conns {
-                self.reply_done(c, code::FAILED, format!("{}{text}", r.message), None);
+                self.reply_done(c, Exit::Failed, format!("{}{text}", r.message), None);
             }
         }
     }
@@ -195,7 +195,7 @@ impl Daemon {
                 humantime::format_duration(TAIL_WAIT)
             );
             for c in r.conns {
-                self.reply_done(c, code::FAILED, msg.clone(), None);
+                self.reply_done(c, Exit::Failed, msg.clone(), None);
             }
         }
     }

@@ -3,26 +3,15 @@
 //! A bad request is answered with an error and touches nothing else: no
 //! other instance is stopped, restarted or signalled because of it.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::Duration;
 
 use super::conn::Peer;
 use super::fsm::{Event, State};
-use super::instance::{Inst, WaitFor};
+use super::instance::WaitFor;
 use super::{Daemon, batch};
-use crate::config::{self, Trust};
-use crate::control::proto::{CheckStatus, Envelope, InstanceStatus, ProcStatus, Request};
-
-/// Exit codes the daemon answers with (the CLI exits with them).
-pub mod code {
-    pub const OK: i32 = 0;
-    pub const FAILED: i32 = 1;
-    /// Bad arguments: unknown instance, malformed request.
-    pub const INVALID: i32 = 2;
-    pub const NOT_RUNNING: i32 = 3;
-    pub const DENIED: i32 = 4;
-}
+use crate::config;
+use crate::control::exit::Exit;
+use crate::control::proto::{Envelope, Request};
 
 /// A request its caller may not make.
 #[derive(Debug, thiserror::Error)]
@@ -39,13 +28,17 @@ impl Daemon {
     pub(super) fn handle_request(&mut self, conn: u64, line: &[u8]) {
         // What the state writer reported: a failed write shows at once.
         self.collect_state_outcomes();
-        let env: Envelope = match serde_json::from_slice(line) {
-            Ok(e) => e,
-            Err(e) => {
-                self.reply_done(conn, code::INVALID, format!("malformed request: {e}"), None);
-                return;
-            }
-        };
+        match self.admit_request(conn, line) {
+            Ok(req) => self.serve(conn, req),
+            Err((exit, why)) => self.reply_done(conn, exit, why, None),
+        }
+    }
+
+    /// The request, if it is well formed, its caller may make it, it names
+    /// this daemon's instances file and the daemon is not going away.
+    fn admit_request(&self, conn: u64, line: &[u8]) -> Result<Request, (Exit, String)> {
+        let env: Envelope = serde_json::from_slice(line)
+            .map_err(|e| (Exit::Invalid, format!("malformed request: {e}")))?;
         let peer = self.conns[&conn].peer;
         if let Err(why) = self.authorize(peer, &env.req) {
             tracing::warn!(
@@ -54,106 +47,64 @@ impl Daemon {
                 "refused {:?}: {why}",
                 op_name(&env.req)
             );
-            self.reply_done(conn, code::DENIED, why.to_string(), None);
-            return;
+            return Err((Exit::Denied, why.to_string()));
         }
         if let Some(cfg) = &env.config
             && !same_dir(cfg, &self.opts.config_dir.display().to_string())
         {
-            let msg = format!(
-                "the cohost daemon for runtime dir {} runs the instances file {}, not {cfg}; give each instances file its own --runtime-dir",
-                self.opts.runtime_dir.display(),
-                self.opts.config_dir.display()
-            );
-            self.reply_done(conn, code::INVALID, msg, None);
-            return;
+            return Err((
+                Exit::Invalid,
+                format!(
+                    "the cohost daemon for runtime dir {} runs the instances file {}, not {cfg}; give each instances file its own --runtime-dir",
+                    self.opts.runtime_dir.display(),
+                    self.opts.config_dir.display()
+                ),
+            ));
         }
         if self.shutting_down && !env.req.is_read_only() && !matches!(env.req, Request::Shutdown {})
         {
-            self.reply_done(
-                conn,
-                code::FAILED,
-                "the daemon is shutting down (stopping every instance)",
-                None,
-            );
-            return;
+            return Err((
+                Exit::Failed,
+                "the daemon is shutting down (stopping every instance)".into(),
+            ));
         }
-        match env.req {
-            Request::Ping {} => {
-                let data = serde_json::json!({
-                    "pid": std::process::id(),
-                    "config": self.opts.config_dir.display().to_string(),
-                    "runtime_dir": self.opts.runtime_dir.display().to_string(),
-                    "node": self.node,
-                });
-                self.reply_done(conn, code::OK, "pong", Some(data));
-            }
+        Ok(env.req)
+    }
+
+    /// One admitted request: answered now, or queued on its instance (the
+    /// table's answer replies later).
+    fn serve(&mut self, conn: u64, req: Request) {
+        let ms = |t: Option<u64>| t.map(Duration::from_millis);
+        match req {
+            Request::Ping {} => self.pong(conn),
             Request::Start {
                 id,
-                timeout_ms,
-                with_deps,
+                with_deps: true,
+                ..
             } => {
-                if with_deps {
-                    if self.lookup(conn, &id).is_some() {
-                        let chain = self.dependency_chain(&id);
-                        self.start_batch(Some(conn), batch::Op::Up, chain);
-                    }
-                } else {
-                    self.start_one(conn, &id, timeout_ms.map(Duration::from_millis), false);
+                if self.lookup(conn, &id).is_some() {
+                    let chain = self.dependency_chain(&id);
+                    self.start_batch(Some(conn), batch::Op::Up, chain);
                 }
             }
-            Request::Restart { id, timeout_ms } => {
-                self.start_one(conn, &id, timeout_ms.map(Duration::from_millis), true)
+            Request::Start { id, timeout_ms, .. } => {
+                self.start_one(conn, &id, ms(timeout_ms), false)
             }
+            Request::Restart { id, timeout_ms } => self.start_one(conn, &id, ms(timeout_ms), true),
             Request::Stop { id, timeout_ms } => {
-                if let Some(idx) = self.lookup(conn, &id) {
-                    self.stop_one(
-                        conn,
-                        idx,
-                        Event::Stop {
-                            timeout: timeout_ms.map(Duration::from_millis),
-                        },
-                    );
-                }
+                let ev = Event::Stop {
+                    timeout: ms(timeout_ms),
+                };
+                self.stop_id(conn, &id, ev)
             }
-            Request::Kill { id } => {
-                if let Some(idx) = self.lookup(conn, &id) {
-                    self.stop_one(conn, idx, Event::Kill);
-                }
-            }
-            Request::Reset { id } => {
-                if let Some(idx) = self.lookup(conn, &id) {
-                    self.stop_one(conn, idx, Event::Reset);
-                }
-            }
+            Request::Kill { id } => self.stop_id(conn, &id, Event::Kill),
+            Request::Reset { id } => self.stop_id(conn, &id, Event::Reset),
             Request::Status { id: Some(id) } => {
                 if let Some(idx) = self.lookup(conn, &id) {
-                    self.refresh_log_space(idx);
-                    let st = self.status_of(idx, true);
-                    let code = if self.insts[idx].state() == State::Running {
-                        code::OK
-                    } else {
-                        code::NOT_RUNNING
-                    };
-                    self.reply_done(
-                        conn,
-                        code,
-                        String::new(),
-                        Some(serde_json::to_value(vec![st]).unwrap_or_default()),
-                    );
+                    self.reply_status(conn, idx);
                 }
             }
-            Request::Status { id: None } | Request::List {} => {
-                let all: Vec<InstanceStatus> = (0..self.insts.len())
-                    .map(|i| self.status_of(i, false))
-                    .collect();
-                self.reply_done(
-                    conn,
-                    code::OK,
-                    String::new(),
-                    Some(serde_json::to_value(all).unwrap_or_default()),
-                );
-            }
+            Request::Status { id: None } | Request::List {} => self.reply_list(conn),
             Request::Monitor { id, depth } => {
                 if let Some(idx) = self.lookup(conn, &id) {
                     self.monitor(conn, idx, depth);
@@ -172,11 +123,27 @@ impl Daemon {
                 let all: Vec<String> = self.insts.iter().map(|i| i.id().to_string()).collect();
                 self.start_batch(Some(conn), batch::Op::Down, all);
             }
-            Request::Reload {} => {
-                let (c, msg) = self.reload();
-                self.reply_done(conn, c, msg, None);
-            }
+            Request::Reload {} => match self.reload() {
+                Ok(msg) => self.reply_done(conn, Exit::Ok, msg, None),
+                Err(e) => self.reply_done(conn, Exit::Invalid, e.to_string(), None),
+            },
             Request::Shutdown {} => self.begin_shutdown(Some(conn)),
+        }
+    }
+
+    fn pong(&mut self, conn: u64) {
+        let data = serde_json::json!({
+            "pid": std::process::id(),
+            "config": self.opts.config_dir.display().to_string(),
+            "runtime_dir": self.opts.runtime_dir.display().to_string(),
+            "node": self.node,
+        });
+        self.reply_done(conn, Exit::Ok, "pong", Some(data));
+    }
+
+    fn stop_id(&mut self, conn: u64, id: &str, ev: Event) {
+        if let Some(idx) = self.lookup(conn, id) {
+            self.stop_one(conn, idx, ev);
         }
     }
 
@@ -225,7 +192,7 @@ impl Daemon {
         // Marked, so that a stop of an instance this daemon does not know
         // can still answer from the node's cgroups (guarantee 9).
         let data = serde_json::json!({ "unknown_instance": id });
-        self.reply_done(conn, code::INVALID, msg, Some(data));
+        self.reply_done(conn, Exit::Invalid, msg, Some(data));
         None
     }
 
@@ -238,7 +205,7 @@ impl Daemon {
             let msg = format!(
                 "{id} was removed from the instances file by a reload: it cannot be started (stop it, or put it back and reload)"
             );
-            self.reply_done(conn, code::FAILED, msg, None);
+            self.reply_done(conn, Exit::Failed, msg, None);
             return;
         }
         // Guarantee 7: a populated cgroup is a running copy, whatever the
@@ -253,18 +220,18 @@ impl Daemon {
                     .join(" ")
             );
             if !restart {
-                self.reply_done(conn, code::OK, msg, None);
+                self.reply_done(conn, Exit::Ok, msg, None);
                 return;
             }
         }
         let inst = &self.insts[idx];
         if !restart && inst.state() == State::Running {
             let msg = format!("{id} is already running");
-            self.reply_done(conn, code::OK, msg, None);
+            self.reply_done(conn, Exit::Ok, msg, None);
             return;
         }
         if let Some(missing) = self.missing_dependency(idx) {
-            self.reply_done(conn, code::FAILED, missing, None);
+            self.reply_done(conn, Exit::Failed, missing, None);
             return;
         }
         self.insts[idx].waiters.push((conn, WaitFor::Start));
@@ -309,161 +276,11 @@ impl Daemon {
         let inst = &self.insts[idx];
         if inst.state() == State::Stopped && !inst.procs.iter().any(|p| p.alive()) {
             let msg = format!("{} is stopped", inst.id());
-            self.reply_done(conn, code::OK, msg, None);
+            self.reply_done(conn, Exit::Ok, msg, None);
             return;
         }
         self.insts[idx].waiters.push((conn, WaitFor::Stop));
         self.post(idx, ev);
-    }
-
-    pub fn status_of(&self, idx: usize, detail: bool) -> InstanceStatus {
-        let inst: &Inst = &self.insts[idx];
-        let now = Instant::now();
-        let state = inst.state();
-        let since = inst
-            .since_wall
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let members = if detail && state.may_have_processes() {
-            self.members(idx).into_iter().map(|(p, _)| p).collect()
-        } else {
-            Vec::new()
-        };
-        let mut checks = Vec::new();
-        let probes = inst.ready_probe.iter().chain(inst.health.iter());
-        for p in probes {
-            checks.push(CheckStatus {
-                role: p.role.as_str().into(),
-                check: p.check.describe(),
-                ok: p.last.as_ref().map(|r| r.ok),
-                message: p
-                    .last
-                    .as_ref()
-                    .map(|r| r.message.clone())
-                    .unwrap_or_default(),
-                age_s: p
-                    .last
-                    .as_ref()
-                    .map(|r| now.duration_since(r.at).as_secs_f64()),
-            });
-        }
-        let mut warnings = inst.warnings.clone();
-        warnings.extend(self.state_errors.get(&idx).cloned());
-        if state == State::Running
-            && let Some(w) = &inst.log_space.warning
-        {
-            warnings.push(w.clone());
-        }
-        InstanceStatus {
-            id: inst.id().to_string(),
-            service: inst.spec.service.clone(),
-            kind: inst.spec.kind.as_str().into(),
-            state: state.as_str().into(),
-            healthy: (state == State::Running && !inst.health.is_empty())
-                .then(|| self.health_verdict(idx).0),
-            processes: inst
-                .procs
-                .iter()
-                .map(|p| ProcStatus {
-                    name: p.name.clone(),
-                    pid: p.pid,
-                    alive: p.alive(),
-                })
-                .collect(),
-            members,
-            address: inst.spec.address.map(|a| a.to_string()),
-            port: inst.spec.port,
-            hostname: inst.spec.hostname.clone(),
-            since,
-            uptime_s: (state == State::Running).then(|| super::secs_since(inst.fsm.since, now)),
-            restarts: inst.fsm.restart_count,
-            last_failure: inst.fsm.last_failure.clone(),
-            tracking: self.tracking_desc(idx),
-            checks,
-            definition_changed: inst.next_spec.is_some(),
-            removed: inst.removed,
-            warnings,
-            log_dir: self.log_dir(idx).display().to_string(),
-            timing: inst.obs.last.clone(),
-            usage: self.usage_of(idx),
-        }
-    }
-
-    /// Rereads the instances file. Running instances are not touched: a
-    /// changed definition waits for their next start; an invalid file
-    /// changes nothing.
-    pub fn reload(&mut self) -> (i32, String) {
-        let cfg = match config::load(&self.opts.config_dir, Trust::for_current_user()) {
-            Ok(c) => c,
-            Err(diags) => {
-                let text: Vec<String> = diags.iter().map(|d| d.to_string()).collect();
-                return (
-                    code::INVALID,
-                    format!(
-                        "the instances file is invalid; nothing changed:\n{}",
-                        text.join("\n")
-                    ),
-                );
-            }
-        };
-        let now = Instant::now();
-        let mut added = Vec::new();
-        let mut changed = Vec::new();
-        let mut removed = Vec::new();
-        let new_ids: BTreeMap<&String, &Arc<crate::model::InstanceSpec>> =
-            cfg.instances.iter().collect();
-        let mut release = Vec::new();
-        for (idx, inst) in self.insts.iter_mut().enumerate() {
-            match new_ids.get(&inst.spec.id) {
-                None => {
-                    if !inst.removed {
-                        inst.removed = true;
-                        removed.push(inst.spec.id.clone());
-                    }
-                    release.push(idx);
-                }
-                Some(spec) => {
-                    inst.removed = false;
-                    let current = inst.next_spec.as_ref().unwrap_or(&inst.spec);
-                    if current.fingerprint() != spec.fingerprint() {
-                        changed.push(inst.spec.id.clone());
-                        inst.next_spec = Some((*spec).clone());
-                        if inst.state() == State::Stopped || inst.state() == State::Failed {
-                            inst.apply_next_spec();
-                        }
-                    }
-                }
-            }
-        }
-        for idx in release {
-            self.release_spare_cgroup(idx);
-        }
-        for (id, spec) in &cfg.instances {
-            if !self.index.contains_key(id) {
-                self.index.insert(id.clone(), self.insts.len());
-                self.insts.push(Inst::new(spec.clone(), now));
-                added.push(id.clone());
-            }
-        }
-        self.config = Arc::new(cfg);
-        self.sync_addresses();
-        let msg = format!(
-            "reloaded: {} added, {} changed (applied at their next start), {} removed (refused new starts)",
-            list(&added),
-            list(&changed),
-            list(&removed)
-        );
-        tracing::info!("{msg}");
-        (code::OK, msg)
-    }
-}
-
-fn list(v: &[String]) -> String {
-    if v.is_empty() {
-        "none".into()
-    } else {
-        v.join(" ")
     }
 }
 
@@ -506,53 +323,4 @@ fn in_group(peer: Peer, gid: u32) -> bool {
                 .map(|gs| gs.split_whitespace().any(|x| x.parse() == Ok(gid)))
         })
         .unwrap_or(false)
-}
-
-impl Daemon {
-    /// The log file system's free space, asked for on the worker (the log
-    /// directory is often on the instance's storage: a statfs there hangs
-    /// with it). A status shows the last answer; it asks again when that
-    /// is over a second old and no question is out. Nothing asks unless a
-    /// status is requested.
-    fn refresh_log_space(&mut self, idx: usize) {
-        let ls = &self.insts[idx].log_space;
-        let fresh = ls
-            .asked
-            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
-        if ls.job.is_some() || fresh || self.insts[idx].state() != State::Running {
-            return;
-        }
-        let dir = self.log_dir(idx);
-        let (job, _) = self.worker.submit(move |p| {
-            p.set(format!("free space in {}", dir.display()));
-            super::Outcome::LogSpace {
-                idx,
-                warning: log_space_warning(&dir),
-            }
-        });
-        let ls = &mut self.insts[idx].log_space;
-        ls.job = Some(job);
-        ls.asked = Some(Instant::now());
-    }
-
-    pub(super) fn on_log_space(&mut self, idx: usize, job: u64, warning: Option<String>) {
-        let ls = &mut self.insts[idx].log_space;
-        if ls.job == Some(job) {
-            ls.job = None;
-            ls.warning = warning;
-        }
-    }
-}
-
-/// "log filesystem full" when the log directory has no space left.
-fn log_space_warning(dir: &std::path::Path) -> Option<String> {
-    let st = nix::sys::statvfs::statvfs(dir).ok()?;
-    if st.blocks_available() == 0 {
-        Some(format!(
-            "no space left for logs in {}: output is being lost until space returns",
-            dir.display()
-        ))
-    } else {
-        None
-    }
 }

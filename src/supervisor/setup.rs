@@ -15,7 +15,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 
 use super::statefile::{Outcome as StateOutcome, StateWriter};
 use super::{CGROUP_RECORD, DaemonError, Outcome, os, tok, worker};
-use crate::isolation::cgroup::{self, CgroupRoot};
+use crate::isolation::cgroup::{self, CgroupRoot, DiscoverError};
 use crate::model::Config;
 use crate::rundir::{Guard, RunDirError, RuntimeDir};
 
@@ -310,10 +310,8 @@ pub(super) fn take_signals() -> Result<SignalFd, DaemonError> {
 
 /// Instance cgroups under the daemon's own (or the configured parent),
 /// with the clone3 probe; the reason where they cannot be used.
-pub(super) fn discover_cgroups(config: &Config, rt: &Path) -> Result<CgroupRoot, String> {
-    let cgroot = CgroupRoot::discover(&config.supervisor.cgroup, &cgroup::tag_for(rt))
-        // The daemon keeps the reason as text (`Daemon::cgroot`, shown by status).
-        .map_err(|e| e.to_string());
+pub(super) fn discover_cgroups(config: &Config, rt: &Path) -> Result<CgroupRoot, DiscoverError> {
+    let cgroot = CgroupRoot::discover(&config.supervisor.cgroup, &cgroup::tag_for(rt));
     match &cgroot {
         Ok(c) => {
             tracing::info!(cgroup = %c.base.display(), "tracking instances with cgroups");
@@ -356,7 +354,10 @@ pub(super) fn event_set(
 }
 
 /// daemon.pid, and where this supervisor's instance cgroups are.
-pub(super) fn record(rundir: &Runtime, cgroot: &Result<CgroupRoot, String>) -> io::Result<()> {
+pub(super) fn record(
+    rundir: &Runtime,
+    cgroot: &Result<CgroupRoot, DiscoverError>,
+) -> io::Result<()> {
     rundir
         .dir
         .write_atomic("daemon.pid", format!("{}\n", std::process::id()).as_bytes())

@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// A child that could not reach its exec exits so, as a shell does for a
+/// command it cannot run; why is on the exec pipe.
+const EXEC_FAILED: i32 = 127;
+
 /// Signals whose disposition is not SIG_DFL in this process: an ignored one
 /// survives exec(2) (SIGPIPE, ignored by the supervisor; whatever the
 /// caller of `cohost start` ignored, like SIGHUP under nohup). A service
@@ -155,7 +159,7 @@ impl ExecPlan {
             }
             arg.fetched(fetched);
             if fetched.is_err() {
-                rawsys::exit(127);
+                rawsys::exit(EXEC_FAILED);
             }
         } else {
             self.close_all_but_ours(errfd);
@@ -175,7 +179,7 @@ impl ExecPlan {
                 buf.len(),
             )
         };
-        rawsys::exit(127)
+        rawsys::exit(EXEC_FAILED)
     }
 
     /// The descriptor numbers this child uses, each once: its report pipe,

@@ -4,15 +4,14 @@
 
 use std::time::Instant;
 
+use crate::control::exit::Exit;
 use crate::model::Check;
 use crate::supervisor::Daemon;
 use crate::supervisor::fsm::State;
 use crate::supervisor::instance::WaitFor;
-use crate::supervisor::requests::code;
 
 /// What `monitor` answers, in the OCF monitor action's terms (see
-/// `integration::ocf`): the daemon replies with [`Verdict::code`], which
-/// `ops::exit::Exit::from_code` reads back.
+/// `integration::ocf`): the daemon replies with [`Verdict::exit`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Running, every process there and healthy.
@@ -24,13 +23,12 @@ pub enum Verdict {
 }
 
 impl Verdict {
-    /// The reply code (the CLI's exit status).
-    pub fn code(self) -> i32 {
+    /// The answer (the CLI's exit status).
+    pub fn exit(self) -> Exit {
         match self {
-            Verdict::Running => code::OK,
-            // OCF_NOT_RUNNING; `requests::code` has no name for it yet.
-            Verdict::Stopped => 7,
-            Verdict::NotFine => code::FAILED,
+            Verdict::Running => Exit::Ok,
+            Verdict::Stopped => Exit::Stopped,
+            Verdict::NotFine => Exit::Failed,
         }
     }
 }
@@ -170,7 +168,7 @@ impl Daemon {
 
     fn answer_monitor(&mut self, idx: usize, conn: u64) {
         let (verdict, msg) = self.monitor_verdict(idx);
-        self.reply_done(conn, verdict.code(), msg, None);
+        self.reply_done(conn, verdict.exit(), msg, None);
     }
 
     /// The `monitor` verdict and what to say with it.
@@ -242,12 +240,12 @@ impl Daemon {
 #[cfg(test)]
 mod tests {
     use super::Verdict;
-    use crate::ops::exit::Exit;
 
+    /// The OCF monitor action's numbers, which the agent passes through.
     #[test]
-    fn verdicts_read_back_as_the_cli_exits() {
-        assert_eq!(Exit::from_code(Verdict::Running.code()), Exit::Ok);
-        assert_eq!(Exit::from_code(Verdict::Stopped.code()), Exit::Stopped);
-        assert_eq!(Exit::from_code(Verdict::NotFine.code()), Exit::Failed);
+    fn verdicts_are_the_ocf_monitor_codes() {
+        assert_eq!(Verdict::Running.exit().code(), 0);
+        assert_eq!(Verdict::Stopped.exit().code(), 7);
+        assert_eq!(Verdict::NotFine.exit().code(), 1);
     }
 }
