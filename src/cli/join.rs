@@ -11,6 +11,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 
 use super::Ctx;
+use crate::control::proto::InstanceStatus;
 use crate::isolation::cgroup::parse_mountinfo;
 use crate::model::Isolation;
 use crate::process::pidfd::Pidfd;
@@ -64,6 +65,39 @@ fn ns_ino(pid: &str, ns: &str) -> Option<u64> {
         .map(|m| m.ino())
 }
 
+/// A member that is (still) in the instance's cgroup, by pidfd.
+fn open_member(st: &InstanceStatus) -> Option<Pidfd> {
+    let cgroup = st.tracking.strip_prefix("cgroup ").map(|d| d.to_string());
+    st.members.iter().find_map(|&pid| {
+        let want = match &cgroup {
+            Some(dir) => {
+                let rel = procfs::cgroup_v2_path(pid)?;
+                dir.ends_with(rel.as_str()).then_some(rel)?
+            }
+            None => procfs::cgroup_v2_path(pid)?,
+        };
+        Pidfd::open_in_cgroup(pid, &want).ok().flatten()
+    })
+}
+
+/// The member's mount and UTS namespaces, where they are not ours.
+fn enter_namespaces(member: &Pidfd) -> nix::Result<()> {
+    let mut flags = nix::sched::CloneFlags::empty();
+    let p = member.pid().to_string();
+    for (ns, flag) in [
+        ("mnt", nix::sched::CloneFlags::CLONE_NEWNS),
+        ("uts", nix::sched::CloneFlags::CLONE_NEWUTS),
+    ] {
+        if ns_ino(&p, ns) != ns_ino("self", ns) {
+            flags |= flag;
+        }
+    }
+    if flags.is_empty() {
+        return Ok(());
+    }
+    nix::sched::setns(member.as_fd(), flags)
+}
+
 pub fn exec_join(ctx: &Ctx, id: &str, cmd: &[String]) -> i32 {
     let (spec, st) = match super::local::spec_and_status(ctx, id) {
         Ok(v) => v,
@@ -75,19 +109,7 @@ pub fn exec_join(ctx: &Ctx, id: &str, cmd: &[String]) -> i32 {
         );
         return crate::ops::exit::Exit::Stopped.code();
     };
-    // A member that is (still) in the instance's cgroup, by pidfd.
-    let cgroup = st.tracking.strip_prefix("cgroup ").map(|d| d.to_string());
-    let member = st.members.iter().find_map(|&pid| {
-        let want = match &cgroup {
-            Some(dir) => {
-                let rel = procfs::cgroup_v2_path(pid)?;
-                dir.ends_with(rel.as_str()).then_some(rel)?
-            }
-            None => procfs::cgroup_v2_path(pid)?,
-        };
-        Pidfd::open_in_cgroup(pid, &want).ok().flatten()
-    });
-    let Some(member) = member else {
+    let Some(member) = open_member(&st) else {
         return fail(
             id,
             "no member of the instance could be opened (it just stopped?)",
@@ -120,19 +142,7 @@ pub fn exec_join(ctx: &Ctx, id: &str, cmd: &[String]) -> i32 {
             return code;
         }
     };
-    let mut flags = nix::sched::CloneFlags::empty();
-    let p = pid.to_string();
-    for (ns, flag) in [
-        ("mnt", nix::sched::CloneFlags::CLONE_NEWNS),
-        ("uts", nix::sched::CloneFlags::CLONE_NEWUTS),
-    ] {
-        if ns_ino(&p, ns) != ns_ino("self", ns) {
-            flags |= flag;
-        }
-    }
-    if !flags.is_empty()
-        && let Err(e) = nix::sched::setns(member.as_fd(), flags)
-    {
+    if let Err(e) = enter_namespaces(&member) {
         return fail(
             id,
             format!(

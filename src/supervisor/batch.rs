@@ -64,7 +64,7 @@ impl Daemon {
             active: BTreeSet::new(),
             ok: Vec::new(),
             failed: Vec::new(),
-            started: Instant::now(),
+            started: self.host.now(),
             begun: Vec::new(),
         };
         self.batches.push(b);
@@ -205,7 +205,7 @@ impl Daemon {
         let op = self.batches[n].op;
         let state = self.insts[idx].state();
         let id = self.insts[idx].id().to_string();
-        let now = Instant::now();
+        let now = self.host.now();
         match op {
             Op::Up if state == State::Running => {
                 self.batch_result(n, idx, &id, Ended::Reached("running"));

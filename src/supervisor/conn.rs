@@ -8,7 +8,7 @@
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::epoll::EpollFlags;
 
@@ -86,7 +86,7 @@ impl Daemon {
             EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP,
         );
         self.timers
-            .add(Instant::now() + REQUEST_TIMEOUT, timers::Key::Conn { id });
+            .add(self.host.now() + REQUEST_TIMEOUT, timers::Key::Conn { id });
         self.conns.insert(id, Conn::new(stream, peer));
     }
 

@@ -67,7 +67,7 @@ impl Daemon {
             return Ok(true);
         }
         self.purge_stale_timers();
-        let now = Instant::now();
+        let now = self.host.now();
         let wait = match (self.timers.next_deadline(), max_wait) {
             (None, None) => None,
             (Some(at), m) => Some(
@@ -93,7 +93,7 @@ impl Daemon {
             self.dispatch(ev.data(), ev.events());
             self.drain();
         }
-        self.fire_timers(Instant::now());
+        self.fire_timers(self.host.now());
         // Before the replies go out: `cohost shutdown` returns once the
         // daemon has cleaned up (cgroups, socket), not before.
         if self.shutting_down && self.all_quiet() {
@@ -217,7 +217,7 @@ impl Daemon {
     pub(super) fn drain_events(&mut self) {
         while let Some((idx, ev)) = self.queue.pop_front() {
             let policy = self.insts[idx].policy();
-            let now = Instant::now();
+            let now = self.host.now();
             tracing::debug!(instance = %self.insts[idx].id(), state = self.insts[idx].state().as_str(), event = ?ev, "event");
             let actions = self.insts[idx].fsm.step(ev, now, &policy);
             for a in actions {

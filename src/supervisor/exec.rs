@@ -367,7 +367,8 @@ impl Daemon {
         // The kernel walks every listener of the node for one query: in a
         // burst (500 instances starting) the ones that become ready while
         // the gap runs share the next query (see AUDIT_GAP_MIN).
-        let now = Instant::now();
+        let now = self.host.now();
+        let t0 = Instant::now();
         if let Some(last) = self.last_audit
             && now < last + self.audit_gap
         {
@@ -381,7 +382,7 @@ impl Daemon {
         self.last_audit = Some(now);
         let queue = std::mem::take(&mut self.ready_queue);
         let wildcards = crate::isolation::audit::wildcard_listeners_by_port();
-        self.audit_gap = (now.elapsed() * 10).clamp(AUDIT_GAP_MIN, AUDIT_GAP_MAX);
+        self.audit_gap = (t0.elapsed() * 10).clamp(AUDIT_GAP_MIN, AUDIT_GAP_MAX);
         for idx in queue {
             if self.insts[idx].state() != State::Running {
                 continue;

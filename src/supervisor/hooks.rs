@@ -8,7 +8,7 @@
 //! child in its own session; none ever blocks the loop.
 
 use std::collections::VecDeque;
-use std::time::{Instant, SystemTime};
+use std::time::SystemTime;
 
 use super::children::Role;
 use super::fsm::State;
@@ -119,7 +119,7 @@ impl Daemon {
             match plan.and_then(|p| self.host.spawn(p)) {
                 Ok(child) => {
                     self.children.insert(child.pid, Role::Hook { idx });
-                    let at = Instant::now() + self.config.supervisor.hook_timeout;
+                    let at = self.host.now() + self.config.supervisor.hook_timeout;
                     self.timers.add(at, timers::Key::Hook { pid: child.pid });
                     n += 1;
                 }

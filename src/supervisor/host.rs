@@ -13,6 +13,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
 
@@ -39,6 +40,12 @@ pub type PrepareFn =
     Arc<dyn Fn(Request, &Progress) -> Result<Prepared, PrepareError> + Send + Sync>;
 
 pub trait Host {
+    /// The clock the table's deadlines are on (stop and start timeouts,
+    /// restart delays, probe intervals). What is measured for the operator
+    /// (a start's timing, a query's cost) is on the real clock.
+    fn now(&self) -> Instant {
+        Instant::now()
+    }
     /// Makes the child of a finished plan (not waiting for its exec).
     fn spawn(&mut self, plan: ExecPlan) -> Result<Child, SpawnError>;
     /// One exited child, if any (never blocks).

@@ -293,7 +293,7 @@ impl Daemon {
         })?;
         let (epoll, inotify) = event_set(&sigfd, &sockets.main, sockets.readers.as_ref(), &worker)?;
 
-        let now = Instant::now();
+        let now = host.now();
         let mut insts = Vec::with_capacity(config.instances.len());
         let mut index = HashMap::with_capacity(config.instances.len());
         for (id, spec) in &config.instances {

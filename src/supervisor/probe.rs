@@ -229,7 +229,7 @@ impl Daemon {
         };
         p.file_job = None;
         if p.epoch == epoch && matches!(p.running, Some(Running::File)) {
-            self.probe_done(idx, slot, ok, message, Instant::now());
+            self.probe_done(idx, slot, ok, message, self.host.now());
         }
     }
 
@@ -250,7 +250,7 @@ impl Daemon {
         let Some(&(idx, slot)) = self.probe_fds.get(&fd) else {
             return;
         };
-        let now = Instant::now();
+        let now = self.host.now();
         let (send, expect) = match self.probe_ref(idx, slot).map(|p| &p.check) {
             Some(Check::Tcp { send, expect, .. }) => (send.clone(), expect.clone()),
             _ => return,
@@ -316,7 +316,7 @@ impl Daemon {
         } else {
             status.to_string()
         };
-        self.probe_done(idx, slot, clean, msg, Instant::now());
+        self.probe_done(idx, slot, clean, msg, self.host.now());
     }
 
     pub(super) fn on_probe_timer(&mut self, idx: usize, slot: usize, epoch: u64, now: Instant) {

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::Daemon;
 use super::fsm::State;
@@ -27,7 +26,7 @@ impl Daemon {
                 return Err(ReloadRefused(text.join("\n")));
             }
         };
-        let now = Instant::now();
+        let now = self.host.now();
         let mut added = Vec::new();
         let mut changed = Vec::new();
         let mut removed = Vec::new();

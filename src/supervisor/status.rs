@@ -2,7 +2,7 @@
 //! memory (the free space of its log file system is asked for on a worker
 //! and shown from the last answer).
 
-use std::time::{Instant, UNIX_EPOCH};
+use std::time::UNIX_EPOCH;
 
 use super::Daemon;
 use super::fsm::State;
@@ -35,7 +35,7 @@ impl Daemon {
 
     pub fn status_of(&self, idx: usize, detail: bool) -> InstanceStatus {
         let inst: &Inst = &self.insts[idx];
-        let now = Instant::now();
+        let now = self.host.now();
         let state = inst.state();
         let since = inst
             .since_wall
@@ -114,9 +114,9 @@ impl Daemon {
     /// status is requested.
     fn refresh_log_space(&mut self, idx: usize) {
         let ls = &self.insts[idx].log_space;
-        let fresh = ls
-            .asked
-            .is_some_and(|t| t.elapsed() < std::time::Duration::from_secs(1));
+        let fresh = ls.asked.is_some_and(|t| {
+            self.host.now().saturating_duration_since(t) < std::time::Duration::from_secs(1)
+        });
         if ls.job.is_some() || fresh || self.insts[idx].state() != State::Running {
             return;
         }
@@ -130,7 +130,7 @@ impl Daemon {
         });
         let ls = &mut self.insts[idx].log_space;
         ls.job = Some(job);
-        ls.asked = Some(Instant::now());
+        ls.asked = Some(self.host.now());
     }
 
     pub(super) fn on_log_space(&mut self, idx: usize, job: u64, warning: Option<String>) {

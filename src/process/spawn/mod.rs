@@ -9,17 +9,19 @@
 use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 mod child;
+mod clone3;
 mod fds;
 mod launch;
 mod lookup;
 mod plan;
 
+pub use clone3::{probe_clone3, probe_clone3_failed};
 pub use fds::{DAEMON_PIDFD, FetchUnavailable, enable_fetch, remember_nofile};
 use fds::{FETCH, HIGH_FD, ORIGINAL_NOFILE};
-pub use launch::{decode_failure, probe_clone3, probe_clone3_failed};
+pub use launch::decode_failure;
 pub use lookup::{Creds, DEFAULT_PATH, INHERITED_ENV, environment, find_program, resolve_creds};
 
 use super::rawsys;

@@ -2,8 +2,6 @@
 //! it changes) and the answer to `monitor`, now from memory or once the
 //! stale probes have run.
 
-use std::time::Instant;
-
 use crate::control::exit::Exit;
 use crate::model::Check;
 use crate::supervisor::Daemon;
@@ -78,7 +76,7 @@ impl Daemon {
     /// `monitor`: answer now from memory, or run the stale probes and answer
     /// when they are done.
     pub(in crate::supervisor) fn monitor(&mut self, conn: u64, idx: usize, depth: u8) {
-        let now = Instant::now();
+        let now = self.host.now();
         if self.insts[idx].state() == State::Running {
             // Process counts are process state, cheap and exact: evaluated
             // at every monitor, at any depth, never from a cache.
