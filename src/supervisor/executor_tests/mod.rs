@@ -11,7 +11,7 @@ mod fake;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use fake::{Call, data_paths, rig, rig_with_cgroups};
 
