@@ -98,7 +98,7 @@ pub enum Phase {
     Running,
     Stopping {
         /// What ends this stop once the instance is empty.
-        then: Then,
+        after: AfterStop,
         /// SIGKILL was sent: the deadline now is the kill grace.
         killed: bool,
         /// A start request arrived meanwhile: start once empty.
@@ -126,7 +126,7 @@ impl Phase {
 
 /// What to do once the instance is empty while stopping.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Then {
+pub enum AfterStop {
     /// A requested stop: end `stopped`.
     Stop,
     /// Failed start or unrecoverable failure: end `failed` with the reason.
@@ -323,7 +323,7 @@ impl Fsm {
     }
 
     /// Enters `to`: the one place the state changes.
-    pub(super) fn go(
+    pub(super) fn enter(
         &mut self,
         to: Phase,
         reason: impl Into<String>,
@@ -331,11 +331,11 @@ impl Fsm {
         out: &mut Vec<Action>,
     ) {
         let hook = to.state().hook();
-        self.go_as(to, reason, hook, now, out);
+        self.enter_as(to, reason, hook, now, out);
     }
 
     /// Enters `to`, announced to hooks as `hook`.
-    pub(super) fn go_as(
+    pub(super) fn enter_as(
         &mut self,
         to: Phase,
         reason: impl Into<String>,

@@ -4,7 +4,7 @@
 
 use std::time::Instant;
 
-use super::fsm::{Action, Answer, Event, Fsm, Observed, Phase, Policy, State, Then};
+use super::fsm::{Action, AfterStop, Answer, Event, Fsm, Observed, Phase, Policy, State};
 use crate::model::ServiceKind;
 
 /// Exits "while the supervisor was down": a failure like any other.
@@ -17,10 +17,10 @@ pub(super) fn step(f: &mut Fsm, ev: Event, now: Instant, p: &Policy, out: &mut V
         Phase::Starting { script_done } => starting(f, script_done, ev, now, p, out),
         Phase::Running => running(f, ev, now, p, out),
         Phase::Stopping {
-            then,
+            after,
             killed,
             start_queued,
-        } => stopping(f, (then, killed, start_queued), ev, now, p, out),
+        } => stopping(f, (after, killed, start_queued), ev, now, p, out),
         Phase::Restarting { .. } => restarting(f, ev, now, p, out),
         Phase::Failed => failed(f, ev, now, p, out),
     }
@@ -57,12 +57,12 @@ fn adopted(f: &mut Fsm, o: Observed, now: Instant, p: &Policy, out: &mut Vec<Act
     match (o.was, o.alive) {
         // Failed stays failed (monitor 1) until stopped or reset, across
         // supervisor restarts too; remnants are tracked.
-        (State::Failed, _) => f.go_as(Phase::Failed, "failed (adopted)", "adopted", now, out),
+        (State::Failed, _) => f.enter_as(Phase::Failed, "failed (adopted)", "adopted", now, out),
         (State::Stopped, false) => nop(),
         // The stop it was doing has finished by itself.
         (State::Stopping, false) => {
             out.push(Action::Cleanup);
-            f.go(
+            f.enter(
                 Phase::Stopped,
                 "stopped while the supervisor was down",
                 now,
@@ -72,7 +72,7 @@ fn adopted(f: &mut Fsm, o: Observed, now: Instant, p: &Policy, out: &mut Vec<Act
         (_, false) => {
             // It should be running and nothing is: a failure, which the
             // restart policy handles as any other (restart or failed).
-            f.go_as(Phase::Running, "adopted", "adopted", now, out);
+            f.enter_as(Phase::Running, "adopted", "adopted", now, out);
             let name = o
                 .dead_main
                 .map(|(n, _)| n)
@@ -81,13 +81,20 @@ fn adopted(f: &mut Fsm, o: Observed, now: Instant, p: &Policy, out: &mut Vec<Act
         }
         (was, true) => {
             let reason = format!("adopted (was {})", was.as_str());
-            f.go_as(Phase::Running, reason, "adopted", now, out);
+            f.enter_as(Phase::Running, reason, "adopted", now, out);
             out.push(Action::StartHealth);
             if let (ServiceKind::Simple, Some((name, status))) = (p.kind, o.dead_main) {
                 f.on_failure(format!("{name} {status}"), false, now, p, out);
             } else if was == State::Stopping {
                 // The previous supervisor was stopping it: finish the job.
-                f.begin_stop(Then::Stop, None, "stop resumed after adoption", now, p, out);
+                f.begin_stop(
+                    AfterStop::Stop,
+                    None,
+                    "stop resumed after adoption",
+                    now,
+                    p,
+                    out,
+                );
             }
         }
     }
@@ -96,7 +103,7 @@ fn adopted(f: &mut Fsm, o: Observed, now: Instant, p: &Policy, out: &mut Vec<Act
 fn waiting_address(f: &mut Fsm, ev: Event, now: Instant, p: &Policy, out: &mut Vec<Action>) {
     match ev {
         Event::AddressReady => {
-            f.go(
+            f.enter(
                 Phase::Starting { script_done: false },
                 "address configured",
                 now,
@@ -116,7 +123,7 @@ fn waiting_address(f: &mut Fsm, ev: Event, now: Instant, p: &Policy, out: &mut V
         Event::Stop { .. } | Event::Kill | Event::Reset => {
             out.push(Action::Deadline(None));
             out.push(Action::Cleanup);
-            f.go(Phase::Stopped, "stop requested", now, out);
+            f.enter(Phase::Stopped, "stop requested", now, out);
             out.push(Action::Answer(Answer::StartCancelled(
                 "stop requested".into(),
             )));
@@ -185,7 +192,9 @@ fn starting(
             let why = format!("not ready after {}", humantime::format_duration(f.limit));
             f.fail_start(why, now, p, out);
         }
-        Event::Stop { timeout } => f.begin_stop(Then::Stop, timeout, "stop requested", now, p, out),
+        Event::Stop { timeout } => {
+            f.begin_stop(AfterStop::Stop, timeout, "stop requested", now, p, out)
+        }
         Event::Kill => f.kill("kill requested", now, out),
         Event::Start { .. } | Event::Reset => nop(),
         Event::AddressReady
@@ -215,7 +224,9 @@ fn running(f: &mut Fsm, ev: Event, now: Instant, p: &Policy, out: &mut Vec<Actio
             out.push(Action::Answer(Answer::Started));
         }
         Event::Violation(why) => f.fail_start(why, now, p, out),
-        Event::Stop { timeout } => f.begin_stop(Then::Stop, timeout, "stop requested", now, p, out),
+        Event::Stop { timeout } => {
+            f.begin_stop(AfterStop::Stop, timeout, "stop requested", now, p, out)
+        }
         Event::Kill => f.kill("kill requested", now, out),
         Event::Start { .. } | Event::Reset => nop(),
         Event::AddressReady
@@ -230,21 +241,21 @@ fn running(f: &mut Fsm, ev: Event, now: Instant, p: &Policy, out: &mut Vec<Actio
     }
 }
 
-type StopData = (Then, bool, Option<Option<std::time::Duration>>);
+type StopData = (AfterStop, bool, Option<Option<std::time::Duration>>);
 
 fn stopping(
     f: &mut Fsm,
-    (then, killed, queued): StopData,
+    (after, killed, queued): StopData,
     ev: Event,
     now: Instant,
     p: &Policy,
     out: &mut Vec<Action>,
 ) {
     match ev {
-        Event::Empty => f.finish_stop(then, queued, now, p, out),
+        Event::Empty => f.finish_stop(after, queued, now, p, out),
         Event::Start { timeout } => {
             f.phase = Phase::Stopping {
-                then,
+                after,
                 killed,
                 start_queued: Some(timeout),
             }
@@ -252,7 +263,7 @@ fn stopping(
         Event::Stop { .. } => {
             // A stop after a start request: the start is off.
             f.phase = Phase::Stopping {
-                then,
+                after,
                 killed,
                 start_queued: None,
             }
@@ -296,7 +307,7 @@ fn restarting(f: &mut Fsm, ev: Event, now: Instant, p: &Policy, out: &mut Vec<Ac
         Event::Stop { .. } | Event::Kill | Event::Reset => {
             out.push(Action::Deadline(None));
             out.push(Action::Cleanup);
-            f.go(Phase::Stopped, "stop requested", now, out);
+            f.enter(Phase::Stopped, "stop requested", now, out);
             out.push(Action::Answer(Answer::Stopped));
         }
         Event::AddressReady
@@ -320,7 +331,7 @@ fn failed(f: &mut Fsm, ev: Event, now: Instant, p: &Policy, out: &mut Vec<Action
         // is left first, then start.
         Event::Start { timeout } => {
             f.begin_stop(
-                Then::Stop,
+                AfterStop::Stop,
                 None,
                 "start requested: stopping what is left of the failed instance first",
                 now,
@@ -331,13 +342,15 @@ fn failed(f: &mut Fsm, ev: Event, now: Instant, p: &Policy, out: &mut Vec<Action
                 *start_queued = Some(timeout);
             }
         }
-        Event::Stop { timeout } => f.begin_stop(Then::Stop, timeout, "stop requested", now, p, out),
+        Event::Stop { timeout } => {
+            f.begin_stop(AfterStop::Stop, timeout, "stop requested", now, p, out)
+        }
         Event::Reset => {
             f.restarts.clear();
             f.restart_count = 0;
             f.last_failure = None;
             f.begin_stop(
-                Then::Stop,
+                AfterStop::Stop,
                 None,
                 "failed state cleared (reset)",
                 now,

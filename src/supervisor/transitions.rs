@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::fsm::{Action, Answer, Fsm, KILL_GRACE, Phase, Policy, Then};
+use super::fsm::{Action, AfterStop, Answer, Fsm, KILL_GRACE, Phase, Policy};
 use crate::model::{RestartPolicy, RestartSpec};
 
 impl Fsm {
@@ -19,10 +19,10 @@ impl Fsm {
         self.limit = t;
         out.push(Action::Deadline(Some(now + t)));
         if p.gate_address {
-            self.go(Phase::WaitingAddress, reason, now, out);
+            self.enter(Phase::WaitingAddress, reason, now, out);
             out.push(Action::WaitAddress);
         } else {
-            self.go(Phase::Starting { script_done: false }, reason, now, out);
+            self.enter(Phase::Starting { script_done: false }, reason, now, out);
             out.push(Action::Launch);
         }
     }
@@ -57,7 +57,7 @@ impl Fsm {
         p: &Policy,
         out: &mut Vec<Action>,
     ) {
-        self.go(Phase::Running, reason, now, out);
+        self.enter(Phase::Running, reason, now, out);
         if p.owns_address {
             out.push(Action::Announce);
         }
@@ -79,17 +79,17 @@ impl Fsm {
     ) {
         out.push(Action::CancelChecks);
         self.last_failure = Some(why.clone());
-        let then = if self.auto_start {
+        let after = if self.auto_start {
             match self.next_restart(now, &p.restart, false) {
-                Some(delay) => Then::Restart(delay),
-                None => Then::Fail(limit_reached(&why, &p.restart)),
+                Some(delay) => AfterStop::Restart(delay),
+                None => AfterStop::Fail(limit_reached(&why, &p.restart)),
             }
         } else {
-            Then::Fail(why.clone())
+            AfterStop::Fail(why.clone())
         };
-        self.go(
+        self.enter(
             Phase::Stopping {
-                then,
+                after,
                 killed: true,
                 start_queued: None,
             },
@@ -116,7 +116,7 @@ impl Fsm {
             Some(delay) => {
                 // Stop what is left (gracefully), then back off and start.
                 self.begin_stop(
-                    Then::Restart(delay),
+                    AfterStop::Restart(delay),
                     None,
                     &format!("failed: {why}; restarting"),
                     now,
@@ -136,7 +136,7 @@ impl Fsm {
                 // Left as it is: the cluster (or operator) sees `failed`
                 // and decides; `stop` removes what is left.
                 out.push(Action::Deadline(None));
-                self.go(Phase::Failed, reason.clone(), now, out);
+                self.enter(Phase::Failed, reason.clone(), now, out);
                 out.push(Action::Answer(Answer::StartFailed(reason)));
             }
         }
@@ -172,7 +172,7 @@ impl Fsm {
 
     pub(super) fn begin_stop(
         &mut self,
-        then: Then,
+        after: AfterStop,
         timeout: Option<Duration>,
         reason: &str,
         now: Instant,
@@ -180,9 +180,9 @@ impl Fsm {
         out: &mut Vec<Action>,
     ) {
         out.push(Action::CancelChecks);
-        self.go(
+        self.enter(
             Phase::Stopping {
-                then,
+                after,
                 killed: false,
                 start_queued: None,
             },
@@ -214,21 +214,21 @@ impl Fsm {
     pub(super) fn kill(&mut self, reason: &str, now: Instant, out: &mut Vec<Action>) {
         match &mut self.phase {
             Phase::Stopping {
-                then,
+                after,
                 killed,
                 start_queued,
             } => {
                 *start_queued = None;
-                if matches!(then, Then::Restart(_)) {
-                    *then = Then::Stop;
+                if matches!(after, AfterStop::Restart(_)) {
+                    *after = AfterStop::Stop;
                 }
                 *killed = true;
             }
             _ => {
                 out.push(Action::CancelChecks);
-                self.go(
+                self.enter(
                     Phase::Stopping {
-                        then: Then::Stop,
+                        after: AfterStop::Stop,
                         killed: true,
                         start_queued: None,
                     },
@@ -245,7 +245,7 @@ impl Fsm {
     /// Empty while stopping: end as the stop was meant to.
     pub(super) fn finish_stop(
         &mut self,
-        then: Then,
+        after: AfterStop,
         start_queued: Option<Option<Duration>>,
         now: Instant,
         p: &Policy,
@@ -253,24 +253,24 @@ impl Fsm {
     ) {
         out.push(Action::Deadline(None));
         out.push(Action::Cleanup);
-        match then {
-            Then::Stop => {
-                self.go(Phase::Stopped, "stopped", now, out);
+        match after {
+            AfterStop::Stop => {
+                self.enter(Phase::Stopped, "stopped", now, out);
                 out.push(Action::Answer(Answer::Stopped));
                 match start_queued {
                     Some(timeout) => self.requested_start(timeout, now, p, out),
                     None => out.push(Action::Answer(Answer::StartCancelled("stopped".into()))),
                 }
             }
-            Then::Fail(why) => {
+            AfterStop::Fail(why) => {
                 self.last_failure = Some(why.clone());
-                self.go(Phase::Failed, why.clone(), now, out);
+                self.enter(Phase::Failed, why.clone(), now, out);
                 out.push(Action::Answer(Answer::StartFailed(why.clone())));
                 out.push(Action::Answer(Answer::StoppedFailed(why)));
             }
-            Then::Restart(delay) => {
+            AfterStop::Restart(delay) => {
                 out.push(Action::Deadline(Some(now + delay)));
-                self.go(
+                self.enter(
                     Phase::Restarting { until: now + delay },
                     format!(
                         "restart {} in {}",
