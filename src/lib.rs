@@ -6,7 +6,10 @@
 //! audit), `control` (the daemon's socket protocol, client and server
 //! connections), `ops` (what each command does, as typed outcomes),
 //! `integration` (OCF and LSB: exit-code tables and meta-data, over `ops`),
-//! `cli` (arguments and printing, over `ops`).
+//! `cli` (arguments and printing, over `ops`), `paths` (the checks of an
+//! instance's shared paths and bind targets, which config, the start and
+//! the child's plan share). No module cycle: `process` is below
+//! `isolation`, `cli` and `integration` are over `ops`.
 
 pub mod cli;
 pub mod config;
@@ -15,6 +18,7 @@ pub mod integration;
 pub mod isolation;
 pub mod model;
 pub mod ops;
+pub mod paths;
 pub mod plan;
 pub mod process;
 pub mod rundir;

@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::Diag;
 use crate::config::resolve::paths_overlap;
-use crate::isolation::paths::{BindTargetError, check_bind_target};
 use crate::model::{Config, InstanceSpec, Origin};
+use crate::paths::{BindTargetError, check_bind_target};
 
 /// More probes than this share threads (a thread each up to here).
 const MAX_THREADS: usize = 256;

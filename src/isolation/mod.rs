@@ -7,6 +7,5 @@ pub mod audit;
 pub mod bpf;
 pub mod cgroup;
 pub mod lock;
-pub mod paths;
 pub mod sockets;
 pub mod usage;

@@ -101,7 +101,7 @@ pub fn prepare(req: Request, p: &Progress) -> Result<Prepared, PrepareError> {
     let spec = &req.spec;
     for (key, path) in &spec.paths {
         p.set(format!("paths.{key} {}", path.display()));
-        use crate::isolation::paths::{SharedPathError, check_shared};
+        use crate::paths::{SharedPathError, check_shared};
         match check_shared(path) {
             Ok(()) => {}
             Err(SharedPathError::Missing) => {

@@ -47,7 +47,7 @@ pub enum SpawnError {
     #[error("{0:?} contains a NUL byte")]
     Nul(String),
     #[error(transparent)]
-    BindTarget(#[from] crate::isolation::paths::BindTargetError),
+    BindTarget(#[from] crate::paths::BindTargetError),
     #[error("bind source {0} does not exist: is the instance's storage mounted here?")]
     BindSource(PathBuf),
     #[error("{step}: {source}")]

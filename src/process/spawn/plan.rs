@@ -26,7 +26,7 @@ impl ExecPlan {
                 return Err(SpawnError::BindSource(shown.clone()));
             }
             // Never through a symbolic link: mount(2) would follow it.
-            crate::isolation::paths::check_bind_target(inside)?;
+            crate::paths::check_bind_target(inside)?;
         }
         Self::build(s, creds, true)
     }
