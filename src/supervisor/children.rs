@@ -10,30 +10,9 @@ use nix::sys::wait::WaitStatus;
 use super::Daemon;
 use super::fsm::Event;
 use super::instance::ProcRole;
+use super::registry::{Role, Source};
 use crate::model::ServiceKind;
 use crate::process::spawn;
-
-/// What a child of the daemon is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    /// A process of an instance (or a forking service's start script).
-    Proc {
-        idx: usize,
-    },
-    StopCmd {
-        idx: usize,
-    },
-    Probe {
-        idx: usize,
-        slot: usize,
-    },
-    /// An event hook of instance `idx`.
-    Hook {
-        idx: usize,
-    },
-    /// A probe command whose result no longer matters (reaped, ignored).
-    Discard,
-}
 
 /// "exited with status 1" / "killed by signal 9 (SIGKILL)", and whether
 /// it was a clean exit (status 0).
@@ -69,7 +48,7 @@ impl Daemon {
             exited.extend(describe(ws));
         }
         for (pid, status, clean) in exited {
-            match self.children.remove(&pid) {
+            match self.reg.reaped(pid) {
                 Some(Role::Proc { idx }) => self.proc_exited(idx, pid, status, clean),
                 Some(Role::StopCmd { idx }) => {
                     tracing::info!(instance = %self.insts[idx].id(), "stop command {status}");
@@ -148,7 +127,7 @@ impl Daemon {
             .insts
             .iter()
             .flat_map(|i| i.procs.iter().map(|p| p.pid))
-            .chain(self.children.keys().copied())
+            .chain(self.reg.child_pids())
             .collect();
         for pid in crate::process::procfs::all_pids() {
             if known.contains(&pid) {
@@ -161,7 +140,7 @@ impl Daemon {
                 continue;
             }
             tracing::info!(instance = %self.insts[idx].id(), pid, comm = %st.comm, "orphaned process taken into the instance");
-            self.children.insert(pid, Role::Proc { idx });
+            self.reg.child(pid, Role::Proc { idx });
             self.insts[idx].procs.push(super::instance::Proc {
                 name: st.comm.clone(),
                 pid,
@@ -177,12 +156,8 @@ impl Daemon {
     /// The exec result of a child that has just died, if its pipe is still
     /// open: a failure report there explains an exit status 127.
     fn take_errpipe_of(&mut self, pid: i32) -> Option<spawn::SpawnError> {
-        let fd = self
-            .errpipes
-            .iter()
-            .find(|(_, e)| e.child.pid == pid)
-            .map(|(fd, _)| *fd)?;
-        let mut e = self.errpipes.remove(&fd)?;
+        let fd = self.reg.exec_pipe_of(pid)?;
+        let mut e = self.reg.take_exec_pipe(fd)?;
         self.deregister(&e.child.errpipe);
         // Reaped: it no longer runs on its plan and stack.
         let late = e.child.release();
@@ -226,7 +201,7 @@ impl Daemon {
     /// The exec-error pipe of a child became readable. EOF with nothing
     /// read: exec succeeded, forget it. A report: keep it for the reaper.
     pub(super) fn on_errpipe(&mut self, fd: RawFd) {
-        let Some(e) = self.errpipes.get_mut(&fd) else {
+        let Some(e) = self.reg.exec_pipe(fd) else {
             return;
         };
         let mut buf = [0u8; 16];
@@ -247,7 +222,7 @@ impl Daemon {
         if !eof {
             return;
         }
-        if let Some(mut d) = self.errpipes.remove(&fd) {
+        if let Some(mut d) = self.reg.take_exec_pipe(fd) {
             self.deregister(&d.child.errpipe);
             // EOF: the child has exec'd or died, either way it is out of
             // our memory.
@@ -258,14 +233,14 @@ impl Daemon {
             } else {
                 // Keep the report (unregistered) for the reaper.
                 d.buf.shrink_to_fit();
-                self.errpipes.insert(fd, d);
+                self.reg.fd(fd, Source::Exec(d));
             }
         }
     }
 
     /// An adopted process (not our child) exited: its pidfd became readable.
     pub(super) fn on_pidfd(&mut self, fd: RawFd) {
-        let Some((idx, pid)) = self.pidfds.remove(&fd) else {
+        let Some((idx, pid)) = self.reg.take_adopted(fd) else {
             return;
         };
         let kind = self.insts[idx].spec.kind;

@@ -251,7 +251,7 @@ impl Daemon {
                 .conns
                 .get(&id)
                 .is_some_and(|c| c.phase == conn::Phase::Reading),
-            timers::Key::Hook { pid } => self.children.contains_key(&pid),
+            timers::Key::Hook { pid } => self.reg.is_child(pid),
             timers::Key::Audit => self.audit_scheduled,
             timers::Key::Tails { idx, job } => {
                 self.insts[idx].failure_replies.iter().any(|r| r.job == job)
@@ -291,7 +291,7 @@ impl Daemon {
     /// hook or probe command that overran). The group id cannot have been
     /// reused: its leader is our unreaped child.
     pub fn kill_group_if_child(&mut self, pid: i32) {
-        if self.children.contains_key(&pid) {
+        if self.reg.is_child(pid) {
             // A group whose leader we have not reaped.
             self.host.signal_child(-pid, libc::SIGKILL);
         }
@@ -323,8 +323,8 @@ impl Daemon {
         };
         let mut touched = BTreeSet::new();
         for ev in events {
-            if let Some(idx) = self.cg_watches.get(&ev.wd) {
-                touched.insert(*idx);
+            if let Some(idx) = self.reg.watched(ev.wd) {
+                touched.insert(idx);
             }
         }
         for idx in touched {
@@ -344,7 +344,7 @@ impl Daemon {
             nix::sys::inotify::AddWatchFlags::IN_MODIFY,
         ) {
             Ok(wd) => {
-                self.cg_watches.insert(wd, idx);
+                self.reg.watch(wd, idx);
                 self.insts[idx].cg_watch = Some(wd);
             }
             Err(e) => {
@@ -356,7 +356,7 @@ impl Daemon {
     pub fn unwatch_cgroup(&mut self, idx: usize) {
         if let Some(wd) = self.insts[idx].cg_watch.take() {
             let _ = self.inotify.rm_watch(wd);
-            self.cg_watches.remove(&wd);
+            self.reg.unwatch(wd);
         }
     }
 

@@ -214,7 +214,7 @@ impl Daemon {
     /// signalled through a pidfd opened and then verified to be a member
     /// (cgroup membership, or the start time seen when it was found).
     fn signal_member(&mut self, idx: usize, pid: i32, start: Option<u64>, sig: i32) -> bool {
-        if self.children.contains_key(&pid) {
+        if self.reg.is_child(pid) {
             return self.host.signal_child(pid, sig);
         }
         let member = match (&self.insts[idx].cgroup, start) {
@@ -309,7 +309,7 @@ impl Daemon {
         let inst = &mut self.insts[idx];
         for p in inst.procs.iter_mut().filter(|p| p.pidfd.is_some()) {
             if let Some(fd) = p.pidfd.take() {
-                self.pidfds.remove(&fd.as_raw_fd());
+                self.reg.forget_fd(fd.as_raw_fd());
                 let _ = self.epoll.delete(&fd);
             }
         }

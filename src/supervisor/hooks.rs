@@ -10,8 +10,8 @@
 use std::collections::VecDeque;
 use std::time::SystemTime;
 
-use super::children::Role;
 use super::fsm::State;
+use super::registry::Role;
 use super::{Daemon, timers};
 use crate::model::RunContext;
 use crate::process::spawn::{ExecPlan, Output, Spawn};
@@ -118,7 +118,7 @@ impl Daemon {
             });
             match plan.and_then(|p| self.host.spawn(p)) {
                 Ok(child) => {
-                    self.children.insert(child.pid, Role::Hook { idx });
+                    self.reg.child(child.pid, Role::Hook { idx });
                     let at = self.host.now() + self.config.supervisor.hook_timeout;
                     self.timers.add(at, timers::Key::Hook { pid: child.pid });
                     n += 1;

@@ -10,10 +10,10 @@ use std::time::{Instant, SystemTime};
 
 use nix::sys::epoll::EpollFlags;
 
-use super::children::Role;
 use super::fsm::{Event, State};
 use super::instance::{Preparing, Proc, ProcRole};
 use super::prepare::{self, PrepareError, Prepared, Slot};
+use super::registry::{ExecPipe, Role, Source};
 use super::{Daemon, Outcome, tok};
 use crate::isolation::lock::Holder;
 use crate::model::ServiceKind;
@@ -260,7 +260,7 @@ impl Daemon {
         role: ProcRole,
     ) -> Result<i32, LaunchError> {
         // Not waiting for the exec: the loop goes on to the next instance
-        // while this child execs; `self.errpipes` keeps what it reads.
+        // while this child execs; the registry keeps what it reads.
         let mut child = self.host.spawn(plan).map_err(|source| LaunchError::Spawn {
             name: name.to_string(),
             source,
@@ -287,7 +287,7 @@ impl Daemon {
             }
             Err(_) => Err(Vec::new()),
         };
-        self.children.insert(pid, Role::Proc { idx });
+        self.reg.child(pid, Role::Proc { idx });
         if let Err(buf) = confirmed {
             let fd = child.errpipe.as_raw_fd();
             self.register(
@@ -295,7 +295,7 @@ impl Daemon {
                 tok::ERRPIPE | fd as u64,
                 EpollFlags::EPOLLIN,
             );
-            self.errpipes.insert(fd, super::ErrPipe { idx, child, buf });
+            self.reg.fd(fd, Source::Exec(ExecPipe { idx, child, buf }));
             self.insts[idx].execs_pending += 1;
         }
         self.insts[idx].procs.push(Proc {
@@ -383,7 +383,7 @@ impl Daemon {
         match plan.and_then(|p| self.host.spawn(p)) {
             Ok(child) => {
                 tracing::info!(instance = %spec.id, pid = child.pid, "running the stop command");
-                self.children.insert(child.pid, Role::StopCmd { idx });
+                self.reg.child(child.pid, Role::StopCmd { idx });
                 self.insts[idx].stop_cmd = Some(child.pid);
             }
             Err(e) => {

@@ -26,6 +26,7 @@ mod launch;
 mod persist;
 mod prepare;
 mod probe;
+mod registry;
 mod reload;
 mod replies;
 mod requests;
@@ -162,13 +163,6 @@ pub(crate) enum Outcome {
     Released,
 }
 
-/// A child whose exec result is not known yet.
-pub(crate) struct ErrPipe {
-    pub idx: usize,
-    pub child: crate::process::spawn::Child,
-    pub buf: Vec<u8>,
-}
-
 pub(crate) struct Daemon {
     pub opts: Options,
     pub config: Arc<Config>,
@@ -183,7 +177,6 @@ pub(crate) struct Daemon {
     /// `[supervisor] status_group`, resolved at start (see setup.rs).
     pub status_gid: Option<u32>,
     inotify: Inotify,
-    pub cg_watches: HashMap<nix::sys::inotify::WatchDescriptor, usize>,
     netlink: Option<OwnedFd>,
     /// Instances waiting for their address.
     pub waiting_address: BTreeSet<usize>,
@@ -192,18 +185,13 @@ pub(crate) struct Daemon {
     /// Per-user caps on connections and busy requests (guarantee 5).
     pub fair: conn::Fairness,
     next_conn: u64,
-    pub children: HashMap<i32, children::Role>,
+    /// Whose each child, descriptor and watch is (registry.rs).
+    pub reg: registry::Registry,
     pub timers: timers::Timers,
     queue: VecDeque<(usize, Event)>,
     pub batches: Vec<batch::Batch>,
     pub dirty: BTreeSet<usize>,
     pub shutting_down: bool,
-    /// Exec-error pipes of children not yet known to have exec'd.
-    pub errpipes: HashMap<RawFd, ErrPipe>,
-    /// Probe sockets in flight: fd -> (instance, probe slot).
-    pub probe_fds: HashMap<RawFd, (usize, usize)>,
-    /// pidfds of adopted processes: fd -> (instance, pid).
-    pub pidfds: HashMap<RawFd, (usize, i32)>,
     /// The checked runtime dir, held while we run: a second daemon for it
     /// is refused (also after it was deleted).
     pub(crate) rundir: setup::Runtime,
@@ -316,22 +304,18 @@ impl Daemon {
             readers_listener: sockets.readers,
             status_gid: sockets.status_gid,
             inotify,
-            cg_watches: HashMap::new(),
             netlink: None,
             waiting_address: BTreeSet::new(),
             cgroot,
             conns: HashMap::new(),
             fair: conn::Fairness::default(),
             next_conn: 1,
-            children: HashMap::new(),
+            reg: registry::Registry::default(),
             timers: timers::Timers::default(),
             queue: VecDeque::new(),
             batches: Vec::new(),
             dirty: BTreeSet::new(),
             shutting_down: false,
-            errpipes: HashMap::new(),
-            probe_fds: HashMap::new(),
-            pidfds: HashMap::new(),
             rundir,
             state_errors: HashMap::new(),
             reserve_fd: std::fs::File::open("/dev/null").ok().map(OwnedFd::from),

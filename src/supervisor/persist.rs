@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fsm::{Event, Observed, State};
 use super::instance::{Proc, ProcRole};
+use super::registry::Source;
 use super::{Daemon, tok};
 use crate::isolation::lock::Lock;
 use crate::model::ServiceKind;
@@ -298,7 +299,7 @@ impl Daemon {
                 if let Some(fd) = &p.pidfd {
                     let raw = fd.as_raw_fd();
                     self.register(fd.as_fd(), tok::PIDFD | raw as u64, EpollFlags::EPOLLIN);
-                    self.pidfds.insert(raw, (idx, p.pid));
+                    self.reg.fd(raw, Source::Adopted { idx, pid: p.pid });
                 }
             }
             if was != State::Failed {

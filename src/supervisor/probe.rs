@@ -12,9 +12,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use nix::sys::epoll::EpollFlags;
 
-use super::children::Role;
 use super::fsm::{Event, State};
 use super::instance::{Probe, ProbeResult, ProbeRole, Running, TcpStage};
+use super::registry::{Role, Source};
 use super::{Daemon, Outcome, timers, tok};
 use crate::model::Check;
 use crate::process::procfs;
@@ -86,13 +86,13 @@ impl Daemon {
         };
         match p.running.take() {
             Some(Running::Tcp { sock, .. }) => {
-                self.probe_fds.remove(&sock.as_raw_fd());
+                self.reg.forget_fd(sock.as_raw_fd());
                 self.deregister(&sock);
             }
             Some(Running::Command { pid, .. }) => {
                 self.kill_group_if_child(pid);
                 // Reaped later; its result is then ignored.
-                self.children.insert(pid, Role::Discard);
+                self.reg.child(pid, Role::Discard);
             }
             // Its result, when it comes, carries an old epoch: ignored.
             Some(Running::File) | None => {}
@@ -115,7 +115,7 @@ impl Daemon {
                 Ok(sock) => {
                     let fd = sock.as_raw_fd();
                     self.register(sock.as_fd(), tok::PROBE | fd as u64, EpollFlags::EPOLLOUT);
-                    self.probe_fds.insert(fd, (idx, slot));
+                    self.reg.fd(fd, Source::Probe { idx, slot });
                     if let Some(p) = self.probe_mut(idx, slot) {
                         p.running = Some(Running::Tcp {
                             sock,
@@ -144,7 +144,7 @@ impl Daemon {
                 );
                 match plan.and_then(|p| self.host.spawn(p)) {
                     Ok(child) => {
-                        self.children.insert(child.pid, Role::Probe { idx, slot });
+                        self.reg.child(child.pid, Role::Probe { idx, slot });
                         if let Some(p) = self.probe_mut(idx, slot) {
                             p.running = Some(Running::Command {
                                 pid: child.pid,
@@ -247,7 +247,7 @@ impl Daemon {
     }
 
     pub(super) fn on_probe_fd(&mut self, fd: i32) {
-        let Some(&(idx, slot)) = self.probe_fds.get(&fd) else {
+        let Some((idx, slot)) = self.reg.probe(fd) else {
             return;
         };
         let now = self.host.now();
