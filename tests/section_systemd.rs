@@ -125,6 +125,16 @@ impl Container {
         })
     }
 
+    /// The units' journal (the last lines), for a failure's message.
+    fn journal(&self, units: &[&str]) -> String {
+        let us: Vec<String> = units.iter().map(|u| format!("-u {u}")).collect();
+        self.sh(&format!(
+            "journalctl --no-pager -n 60 {} 2>&1",
+            us.join(" ")
+        ))
+        .stdout
+    }
+
     /// Runs `script` inside; it must succeed; its trimmed stdout.
     fn ok(&self, script: &str) -> String {
         self.sh(script).ok().stdout.trim().to_string()
@@ -331,7 +341,13 @@ fn scenario(mode: &str) {
             "{mode}: round {round}: crash + stop in {:.1}s",
             t.elapsed().as_secs_f64()
         );
-        c.ok("systemctl start cohost@demo02");
+        let start = c.sh("systemctl start cohost@demo02");
+        assert_eq!(
+            start.code,
+            0,
+            "round {round}: {start}\n{}",
+            c.journal(&["cohost@demo02.service", "cohost.service"])
+        );
         assert_eq!(
             c.procs_in_unit("cohost@demo02.service"),
             "",

@@ -6,33 +6,6 @@ use super::child::Step;
 use super::clone3::{clone_into_cgroup, clone3_allowed};
 use super::*;
 
-/// The stack a spawned child runs on until it execs: one mapping for the
-/// whole process, reused (CLONE_VFORK: one child at a time uses it).
-fn child_stack() -> io::Result<*mut libc::c_void> {
-    const SIZE: usize = 512 * 1024;
-    static STACK: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    if let Some(top) = STACK.get() {
-        return Ok(*top as *mut libc::c_void);
-    }
-    // SAFETY: an anonymous private mapping; never unmapped.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            SIZE,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    // Stacks grow down: hand out the (16-byte aligned) top.
-    let top = (base as usize + SIZE) & !15;
-    Ok(*STACK.get_or_init(|| top) as *mut libc::c_void)
-}
-
 /// The plan and stack an asynchronous child runs on before exec.
 pub(super) struct InFlight {
     plan: ExecPlan,
@@ -56,7 +29,10 @@ impl ExecPlan {
     pub fn spawn_blocking(mut self) -> Result<Child, SpawnError> {
         self.join_by_write()?;
         let (r, w) = exec_pipe()?;
-        let stack = child_stack().map_err(os("allocating the child's stack"))?;
+        // The one allocator of child stacks (guard page below), reused:
+        // this child is done with it when clone returns.
+        let stack =
+            crate::process::stack::Stack::take().map_err(os("allocating the child's stack"))?;
         let owned = std::mem::take(&mut self.owned);
         let arg = ChildArg::new(&self, w.as_raw_fd(), false);
         // clone(CLONE_VM | CLONE_VFORK) on a stack of its own, like glibc's
@@ -65,13 +41,13 @@ impl ExecPlan {
         // rest of a start). The parent is suspended until the child has
         // exec'd or died; the child only reads the prepared plan and makes
         // raw syscalls (setup_and_exec), so sharing the memory is safe.
-        // SAFETY: as described; `stack` is the top of a private mapping no
-        // other child uses (the parent waits for this one to exec), and
+        // SAFETY: as described; `stack` is a private mapping no other
+        // child uses (the parent waits for this one to exec), and
         // `arg` outlives the child's use of it (we are suspended).
         let pid = unsafe {
             libc::clone(
                 trampoline,
-                stack,
+                stack.top(),
                 libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
                 (&arg as *const ChildArg).cast_mut().cast(),
             )
