@@ -1,7 +1,8 @@
 #!/bin/sh
 # Builds the Debian package: target/debian/cohost_<version>-1_<arch>.deb.
 #   examples/debian/build-deb.sh [cargo deb options, e.g. -o DIR]
-# 1. the binary the fast way (static, README "Install", from source);
+# 1. the binary: the release build, static on glibc (build.rs; README
+#    "Install");
 # 2. man pages, completions and the commented reference file, generated
 #    into target/pkg by examples/pkg-assets.rs from the clap definitions and
 #    instances.d/reference.toml (so the binary carries no generator code);
@@ -13,6 +14,6 @@ command -v cargo-deb >/dev/null || {
 	echo "cargo-deb is missing: cargo install cargo-deb --version 3.8.0 --locked (tests/setup-host.sh does)" >&2
 	exit 2
 }
-cargo rustc --release --bin cohost -- -C target-feature=+crt-static
+cargo build --release --bin cohost
 cargo run --quiet --example pkg-assets -- target/pkg
 cargo deb --no-build "$@"
