@@ -9,7 +9,8 @@
 //! issue 17), and there is no binary to look up.
 //!
 //! The test is on the text of argv[0] alone (no stat, no readlink: this
-//! runs before anything else in every call). `cohost` run by its name from
+//! runs before anything else in every call; only a relative argv[0] with a
+//! slash costs a getcwd). `cohost` run by its name from
 //! PATH has argv[0] `cohost`, without a slash: never the agent, wherever
 //! the binary lives.
 
