@@ -477,7 +477,7 @@ def main():
                         if args.idle > 0:
                             rows.append(b.idle(args.idle))
                         rows.append(b.status(args.status_runs))
-                        for extra in ("monitor", "monitor-default", "ocf-monitor"):
+                        for extra in ("monitor", "monitor-default", "ocf-monitor", "ocf-sh-monitor"):
                             if b.has_action(extra):
                                 rows.append(b.status(args.status_runs, extra))
                         if args.timings:
@@ -489,8 +489,9 @@ def main():
                     rows.append(b.start_all(rep))
                     time.sleep(0.5)
                     # Per instance, N at once: directly, then through the
-                    # OCF agent (stop first: everything runs after start-all).
-                    for kind in ("", "ocf-"):
+                    # OCF agent (the binary as agent, then the sh agent;
+                    # stop first: everything runs after start-all).
+                    for kind in ("", "ocf-", "ocf-sh-"):
                         if b.has_action(kind + "start-each"):
                             rows.append(b.stop_each(rep, kind + "stop-each"))
                             time.sleep(0.3)

@@ -58,7 +58,8 @@ def per_instance(rs, fl):
         return out
     sa, so = k("start_all"), k("stop_all")
     d = {}
-    for kind in ("start_each", "stop_each", "ocf_start_each", "ocf_stop_each"):
+    for kind in ("start_each", "stop_each", "ocf_start_each", "ocf_stop_each",
+                 "ocf_sh_start_each", "ocf_sh_stop_each"):
         m = k(kind)
         d[kind] = med([r["ms"] for r in m])
         # starts against the sh-floor (a caller's process per instance);
@@ -67,7 +68,7 @@ def per_instance(rs, fl):
         d[kind + "_rc"] = max([r.get("cmd_rc", 0) for r in m], default=0)
     d["sh_floor_up"] = med([r.get("sh_up_ms", -1) for r in fl])
     d["start_all_sh_x"] = med(x(sa, fl))
-    for q in ("monitor_default", "ocf_monitor"):
+    for q in ("monitor_default", "ocf_monitor", "ocf_sh_monitor"):
         m = k(q.replace("_", "-")) or k(q)
         d[q + "_inter"] = (m[0]["inter_ms"] - m[0]["inter_true_ms"]) if m and "inter_ms" in m[0] else float("nan")
     t = k("timings")
@@ -150,11 +151,12 @@ def main():
                 f"| {f1(d['idle_cpu'])} | {f2(d['wakeups'])} | {d['errors']} |")
     # cohost alone: the per-instance path, the agent, the builds, timings
     lines += ["", "cohost per instance (N commands at once; starts x the sh-floor, stops x stop-all of the same rep), "
-              "the OCF agent, `monitor` vs `/bin/true` alternated (static, default build, through the agent), "
+              "the OCF agent (ocf: the binary through its symlink; ocf-sh: the sh agent), `monitor` vs `/bin/true` alternated (static, default build, through the agent), "
               "and validate/reload/list --json (hyperfine medians, ms) with N running:", "",
               "| N | run | start-all x sh-floor | start-each ms | x sh-floor | stop-each ms | x stop-all | ocf start-each ms | x sh-floor "
-              "| ocf stop-each ms | x stop-all | monitor static | monitor default build | ocf monitor | status ms | validate ms | reload ms | list --json ms | RSS MiB |",
-              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "| ocf stop-each ms | x stop-all | ocf-sh start-each ms | x sh-floor | ocf-sh stop-each ms | x stop-all "
+              "| monitor static | monitor default build | ocf monitor | ocf-sh monitor | status ms | validate ms | reload ms | list --json ms | RSS MiB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name in names:
         if not name.startswith("cohost"):
             continue
@@ -163,8 +165,10 @@ def main():
             lines.append(
                 f"| {n} | {name} | {f2(d['start_all_sh_x'])}x | {f1(d['start_each'])}{rc('start_each')} | {f2(d['start_each_x'])}x "
                 f"| {f1(d['stop_each'])}{rc('stop_each')} | {f2(d['stop_each_x'])}x | {f1(d['ocf_start_each'])}{rc('ocf_start_each')} | {f2(d['ocf_start_each_x'])}x "
-                f"| {f1(d['ocf_stop_each'])}{rc('ocf_stop_each')} | {f2(d['ocf_stop_each_x'])}x | {fd(d['monitor_inter'])} | {fd(d['monitor_default_inter'])} "
-                f"| {fd(d['ocf_monitor_inter'])} | {f2(d['status'])} | {f1(d['validate_ms'])} | {f1(d['reload_ms'])} | {f1(d['list_json_ms'])} | {f1(d['rss'])} |")
+                f"| {f1(d['ocf_stop_each'])}{rc('ocf_stop_each')} | {f2(d['ocf_stop_each_x'])}x "
+                f"| {f1(d['ocf_sh_start_each'])}{rc('ocf_sh_start_each')} | {f2(d['ocf_sh_start_each_x'])}x "
+                f"| {f1(d['ocf_sh_stop_each'])}{rc('ocf_sh_stop_each')} | {f2(d['ocf_sh_stop_each_x'])}x | {fd(d['monitor_inter'])} | {fd(d['monitor_default_inter'])} "
+                f"| {fd(d['ocf_monitor_inter'])} | {fd(d['ocf_sh_monitor_inter'])} | {f2(d['status'])} | {f1(d['validate_ms'])} | {f1(d['reload_ms'])} | {f1(d['list_json_ms'])} | {f1(d['rss'])} |")
     table = "\n".join(lines) + "\n"
     print(table)
     if args.out:

@@ -256,10 +256,17 @@ default runtime dir: control socket, state, daemon.log, logs of instances withou
 the supervisor and a start/stop handle per instance
 .TP
 .I /usr/lib/ocf/resource.d/cohost/instance
-the OCF resource agent, ocf:cohost:instance
+the OCF resource agent, ocf:cohost:instance: a symlink to
+.IR /usr/sbin/cohost ,
+which answers as \fBcohost ocf\fR \fIACTION\fR when run under a path
+.IR OCF_ROOT /resource.d/ PROVIDER / TYPE
 .TP
 .I /usr/share/doc/cohost/examples/cohost-instance
 an LSB init script for one instance
+.TP
+.I /usr/share/doc/cohost/examples/ocf-agent.sh
+the same OCF agent as a POSIX sh script that runs \fBcohost ocf\fR \fIACTION\fR,
+for a cohost binary elsewhere (\fBCOHOST_BIN\fR)
 .SH SEE ALSO
 \fBcohost\-instances.d\fR(5), \fBsystemctl\fR(1), \fBcrm\fR(8), \fBpcs\fR(8)
 "#;

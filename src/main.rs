@@ -16,7 +16,12 @@ use clap::Parser;
 pub extern "C" fn main(_argc: libc::c_int, _argv: *const *const libc::c_char) -> libc::c_int {
     // SAFETY: setting a disposition; no handler runs.
     unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // Run as `$OCF_ROOT/resource.d/PROVIDER/TYPE ACTION` (a symlink to
+    // this binary): the same call as `cohost ocf ACTION`.
+    if let Some(agent) = cohost::cli::agent::args(&args) {
+        args = agent;
+    }
     if let Some(code) = cohost::cli::fast::try_run(&args) {
         return code;
     }

@@ -50,7 +50,19 @@ test -f /etc/cohost/instances.d/reference.toml
 cohost validate | tee "$W/validate"
 grep -q "valid (0 instances" "$W/validate"
 
-step "ocf-tester against the installed agent /usr/lib/ocf/resource.d/cohost/instance"
+step "the installed agent /usr/lib/ocf/resource.d/cohost/instance is the binary"
+AGENT=/usr/lib/ocf/resource.d/cohost/instance
+if ! [ -L "$AGENT" ] || [ "$(readlink -f "$AGENT")" != /usr/sbin/cohost ]; then
+	echo "$AGENT is not a symlink to /usr/sbin/cohost: $(ls -l "$AGENT")" >&2
+	exit 1
+fi
+ls -l "$AGENT"
+"$AGENT" meta-data >"$W/md.agent"
+cohost ocf meta-data >"$W/md.cli"
+cmp "$W/md.agent" "$W/md.cli" || { echo "the agent's meta-data differs from cohost ocf meta-data" >&2; exit 1; }
+echo "meta-data: the same as cohost ocf meta-data ($(wc -c <"$W/md.agent") bytes)"
+
+step "ocf-tester against the installed agents (the symlink, and the sh agent from /usr/share/doc/cohost/examples)"
 "$ROOT/tests/peers/ocf-tester.sh" "" "$EX" --installed
 
 step "crm_resource --validate against the installed agent"

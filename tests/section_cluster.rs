@@ -29,50 +29,86 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// What was at a path before a test put something there.
+enum Before {
+    Nothing,
+    File(Vec<u8>),
+    Link(PathBuf),
+}
+
 /// Files put in place for a test and put back as they were on drop.
-struct Installed(Vec<(PathBuf, Option<Vec<u8>>)>);
+struct Installed(Vec<(PathBuf, Before)>);
 
 impl Installed {
     fn new() -> Installed {
         Installed(Vec::new())
     }
+    /// Remembers what `dst` is (a symlink as a symlink: an installed
+    /// package's agent is one) and makes its directory.
+    fn remember(&mut self, dst: &str) -> PathBuf {
+        let dst = PathBuf::from(dst);
+        let before = match std::fs::symlink_metadata(&dst) {
+            Ok(m) if m.file_type().is_symlink() => Before::Link(std::fs::read_link(&dst).unwrap()),
+            Ok(_) => Before::File(std::fs::read(&dst).unwrap()),
+            Err(_) => Before::Nothing,
+        };
+        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        self.0.push((dst.clone(), before));
+        dst
+    }
     fn put(&mut self, src: &Path, dst: &str, mode: u32) {
         use std::os::unix::fs::PermissionsExt;
-        let dst = PathBuf::from(dst);
-        let before = std::fs::read(&dst).ok();
-        std::fs::create_dir_all(dst.parent().unwrap()).unwrap();
+        let dst = self.remember(dst);
         let tmp = dst.with_extension("cohost-test");
         std::fs::copy(src, &tmp).unwrap();
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode)).unwrap();
         std::fs::rename(&tmp, &dst).unwrap();
-        self.0.push((dst, before));
+    }
+    fn link(&mut self, target: &str, dst: &str) {
+        let dst = self.remember(dst);
+        let tmp = dst.with_extension("cohost-test");
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(target, &tmp).unwrap();
+        std::fs::rename(&tmp, &dst).unwrap();
     }
 }
 
 impl Drop for Installed {
     fn drop(&mut self) {
         for (p, before) in self.0.drain(..).rev() {
+            let _ = std::fs::remove_file(&p);
             match before {
-                Some(b) => {
+                Before::File(b) => {
                     let _ = std::fs::write(&p, b);
                 }
-                None => {
-                    let _ = std::fs::remove_file(&p);
+                Before::Link(t) => {
+                    let _ = std::os::unix::fs::symlink(t, &p);
                 }
+                Before::Nothing => {}
             }
         }
         let _ = std::fs::remove_dir("/usr/lib/ocf/resource.d/cohost");
     }
 }
 
-fn install_agent_and_binary() -> Installed {
+/// The two shipped forms of the OCF agent.
+#[derive(Debug, Clone, Copy)]
+enum Agent {
+    /// The packaged way: a symlink to the cohost binary.
+    Binary,
+    /// examples/ocf/cohost, which execs `cohost ocf ACTION`.
+    Sh,
+}
+
+const AGENT_PATH: &str = "/usr/lib/ocf/resource.d/cohost/instance";
+
+fn install_agent_and_binary(agent: Agent) -> Installed {
     let mut i = Installed::new();
     i.put(&cohost_bin(), "/usr/local/sbin/cohost", 0o755);
-    i.put(
-        &root().join("examples/ocf/cohost"),
-        "/usr/lib/ocf/resource.d/cohost/instance",
-        0o755,
-    );
+    match agent {
+        Agent::Binary => i.link("/usr/local/sbin/cohost", AGENT_PATH),
+        Agent::Sh => i.put(&root().join("examples/ocf/cohost"), AGENT_PATH, 0o755),
+    }
     i
 }
 
@@ -87,7 +123,7 @@ fn counter_instance(h: &Harness, id: &str, addr: &str) -> String {
 }
 
 #[test]
-fn ocf_tester_passes_for_a_simple_and_a_multi_process_instance() {
+fn ocf_tester_passes_for_a_simple_and_a_multi_process_instance_through_both_agents() {
     require_root_cgroups();
     need("ocf-tester", "resource-agents libxml2-utils");
     let _g = system_lock();
@@ -97,7 +133,8 @@ fn ocf_tester_passes_for_a_simple_and_a_multi_process_instance() {
     let out = run_cmd(c);
     println!("{out}");
     assert_eq!(out.code, 0, "{out}");
-    assert_eq!(out.stdout.matches("passed all tests").count(), 2, "{out}");
+    // Two instances, each through the binary as agent and the sh agent.
+    assert_eq!(out.stdout.matches("passed all tests").count(), 4, "{out}");
     assert!(
         !out.all().contains("* rc="),
         "no failed assertion at all\n{out}"
@@ -185,12 +222,286 @@ fn ocf_codes_for_misconfiguration_and_missing_storage() {
     assert!(out.stdout.contains("<resource-agent name=\"instance\""));
 }
 
+/// The cohost binary run as an OCF agent: through a symlink
+/// `<tmp>/resource.d/cohost/instance`, as Pacemaker runs the packaged one.
+struct LinkAgent {
+    path: PathBuf,
+    config: PathBuf,
+    runtime: PathBuf,
+}
+
+impl LinkAgent {
+    fn new(h: &Harness) -> LinkAgent {
+        let dir = h.path("ocf/resource.d/cohost");
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("instance");
+        std::os::unix::fs::symlink(cohost_bin(), &path).unwrap();
+        LinkAgent {
+            path,
+            config: h.config.clone(),
+            runtime: h.runtime.clone(),
+        }
+    }
+
+    /// The agent's ACTION with the environment Pacemaker gives it.
+    fn cmd(&self, action: &str, instance: Option<&str>) -> Command {
+        let mut c = Command::new(&self.path);
+        c.arg(action)
+            .env(
+                "OCF_ROOT",
+                self.path
+                    .parent()
+                    .unwrap()
+                    .parent()
+                    .unwrap()
+                    .parent()
+                    .unwrap(),
+            )
+            .env("OCF_RESKEY_config", &self.config)
+            .env("OCF_RESKEY_runtime_dir", &self.runtime)
+            .env("OCF_RESKEY_CRM_meta_timeout", "20000")
+            .env_remove("OCF_RESKEY_instance")
+            .env_remove("COHOST_CONFIG")
+            .env_remove("COHOST_RUNTIME_DIR");
+        if let Some(id) = instance {
+            c.env("OCF_RESKEY_instance", id);
+        }
+        c
+    }
+
+    fn run(&self, action: &str, instance: Option<&str>) -> Out {
+        run_cmd(self.cmd(action, instance))
+    }
+}
+
+#[test]
+fn the_binary_as_agent_starts_monitors_stops_and_validates() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let addr = h.addr(35);
+    h.write_config("c.toml", &counter_instance(&h, "la1", &addr));
+    let agent = LinkAgent::new(&h);
+    let id = Some("la1");
+    // meta-data: byte for byte what `cohost ocf meta-data` prints, with
+    // no environment at all.
+    let mut c = agent.cmd("meta-data", None);
+    c.env_clear();
+    let md = run_cmd(c).ok();
+    let mut c = Command::new(cohost_bin());
+    c.args(["ocf", "meta-data"]).env_clear();
+    let plain = run_cmd(c).ok();
+    assert_eq!(md.stdout, plain.stdout, "meta-data through the symlink");
+    assert!(
+        md.stdout.contains("<resource-agent name=\"instance\""),
+        "{md}"
+    );
+
+    agent.run("validate-all", id).ok();
+    agent.run("monitor", id).code(7);
+    agent.run("stop", id).ok();
+    // No daemon runs yet: start launches it, then the instance.
+    assert!(h.daemon_pid().is_none());
+    agent.run("start", id).ok();
+    let answer = ask(&format!("{addr}:9003")).expect("the started instance answers");
+    assert!(answer.contains(" counter "), "{answer}");
+    assert_eq!(h.state("la1"), "running");
+    agent.run("monitor", id).ok();
+    let mut c = agent.cmd("monitor", id);
+    c.env("OCF_CHECK_LEVEL", "10");
+    run_cmd(c).ok();
+    agent.run("start", id).ok(); // a start of a running one: 0
+    agent.run("reload", id).ok();
+    let members = h.members("la1");
+    agent.run("stop", id).ok();
+    assert!(members.iter().all(|p| !alive(*p)), "{members:?}");
+    assert!(ask(&format!("{addr}:9003")).is_err());
+    agent.run("monitor", id).code(7);
+    agent.run("stop", id).ok(); // a stop of a stopped one: 0
+
+    // No action: the usage, as the sh agent answers; an unknown one: 3.
+    let out = run_cmd(agent.cmd("", id)).ok();
+    assert!(out.stdout.starts_with("usage: cohost ocf"), "{out}");
+    let out = run_cmd({
+        let mut c = Command::new(&agent.path);
+        c.env_clear();
+        c
+    })
+    .ok();
+    assert!(out.stdout.starts_with("usage: cohost ocf"), "{out}");
+    let out = agent.run("frobnicate", id).code(3);
+    assert!(out.stderr.contains("usage: cohost ocf"), "{out}");
+}
+
+#[test]
+fn the_binary_as_agent_on_a_bad_day() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let addr = h.addr(36);
+    h.write_config("c.toml", &counter_instance(&h, "lb1", &addr));
+    let agent = LinkAgent::new(&h);
+
+    // The required parameter is missing: 6, except stop (guarantee 9).
+    for action in ["start", "monitor", "validate-all"] {
+        let out = agent.run(action, None).code(6);
+        assert!(
+            out.stderr.contains(
+                "ocf-exit-reason:the parameter `instance` (OCF_RESKEY_instance) is required"
+            ),
+            "{out}"
+        );
+    }
+    agent.run("stop", None).ok();
+
+    // An instance the file does not have: 6, named; stop still 0.
+    for action in ["validate-all", "start"] {
+        let out = agent.run(action, Some("nosuch")).code(6);
+        assert!(
+            out.stderr.contains("ocf-exit-reason:no instance `nosuch`"),
+            "{out}"
+        );
+    }
+    agent.run("stop", Some("nosuch")).ok();
+
+    // No daemon runs: monitor says "not running", stop succeeds, neither
+    // launches one.
+    agent.run("monitor", Some("lb1")).code(7);
+    agent.run("stop", Some("lb1")).ok();
+    assert!(
+        h.daemon_pid().is_none(),
+        "monitor and stop launch no daemon"
+    );
+
+    // An instances file that does not parse: 6, with the file named.
+    h.write_config("broken.toml", "[instance.x\n");
+    let out = agent.run("start", Some("lb1")).code(6);
+    assert!(out.stderr.contains("broken.toml"), "{out}");
+    std::fs::remove_file(h.config.join("broken.toml")).unwrap();
+
+    // The shared disk is not mounted on this node: monitor 7, start 1.
+    std::fs::remove_dir_all(h.path("lb1/data")).unwrap();
+    agent.run("monitor", Some("lb1")).code(7);
+    let out = agent.run("start", Some("lb1")).code(1);
+    assert!(out.stderr.contains("does not exist on this node"), "{out}");
+    agent.run("stop", Some("lb1")).ok();
+    agent.run("monitor", Some("lb1")).code(7);
+}
+
+#[test]
+fn the_binary_as_agent_with_a_hung_disk_answers_within_its_timeout() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let fs = HangFs::mount(&h.path("san-backing"), &h.path("san"));
+    std::fs::create_dir_all(h.path("san/lh1/data")).unwrap();
+    let addr = h.addr(37);
+    h.write_config(
+        "c.toml",
+        &format!(
+            "[service.counter]\ncommand = [\"{}\"]\nready = {{ tcp = \"${{address}}:${{port}}\", timeout = \"15s\" }}\n\n[instance.lh1]\nservice = \"counter\"\naddress = \"{addr}\"\nport = 9003\npaths = {{ data = \"{}\" }}\n",
+            example("counter").display(),
+            h.path("san/lh1/data").display()
+        ),
+    );
+    let agent = LinkAgent::new(&h);
+    let id = Some("lh1");
+    agent.run("start", id).ok();
+    agent.run("stop", id).ok();
+
+    fs.hang();
+    // Pacemaker's timeout 9 s: the agent answers within 4 s (5 s less),
+    // so that the reason reaches the cluster.
+    let mut c = agent.cmd("start", id);
+    c.env("OCF_RESKEY_CRM_meta_timeout", "9000");
+    let t = std::time::Instant::now();
+    let out = run_cmd(c).code(1);
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(8),
+        "{:?}\n{out}",
+        t.elapsed()
+    );
+    assert!(
+        out.stderr.contains("ocf-exit-reason:") && out.stderr.contains("did not answer within 4s"),
+        "{out}"
+    );
+    // Nothing of it runs: stop is 0 at once (no fencing), monitor 7.
+    let t = std::time::Instant::now();
+    agent.run("stop", id).ok();
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "stop took {:?}",
+        t.elapsed()
+    );
+    agent.run("monitor", id).code(7);
+
+    // The disk returns: the agent starts it again, no daemon restart.
+    fs.go();
+    h.wait_for("the stuck check returned", || {
+        h.daemon_log().contains("the storage answered again")
+    });
+    agent.run("start", id).ok();
+    assert!(ask(&format!("{addr}:9003")).is_ok());
+    agent.run("stop", id).ok();
+}
+
+#[test]
+fn cohost_run_by_its_name_is_the_plain_cli_even_under_resource_d() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let (a1, a2) = (h.addr(38), h.addr(39));
+    let text = counter_instance(&h, "pn1", &a1);
+    let second = counter_instance(&h, "pn2", &a2);
+    let second = &second[second.find("[instance.").unwrap()..];
+    h.write_config("c.toml", &format!("{text}\n{second}"));
+    // A binary named cohost inside a provider's directory, found on PATH:
+    // the shell (and Command) pass argv[0] `cohost`, without a slash.
+    let dir = h.path("ocf/resource.d/cohost");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::os::unix::fs::symlink(cohost_bin(), dir.join("cohost")).unwrap();
+    let by_name = |args: &[&str]| {
+        let mut c = Command::new("cohost");
+        c.args(args)
+            .env(
+                "PATH",
+                format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", dir.display()),
+            )
+            .env("COHOST_CONFIG", &h.config)
+            .env("COHOST_RUNTIME_DIR", &h.runtime)
+            // Were it taken for the agent, `start` would start pn2.
+            .env("OCF_RESKEY_instance", "pn2")
+            .env("OCF_RESKEY_config", &h.config)
+            .env("OCF_RESKEY_runtime_dir", &h.runtime);
+        run_cmd(c)
+    };
+    by_name(&["start", "pn1"]).ok();
+    assert_eq!(h.state("pn1"), "running");
+    assert_ne!(h.state("pn2"), "running", "pn2 was never asked for");
+    by_name(&["status", "pn1"]).ok();
+    by_name(&["stop", "pn1"]).ok();
+    assert_ne!(h.state("pn1"), "running");
+    // By an absolute path outside resource.d/: the plain CLI too.
+    let bin = h.path("sbin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::os::unix::fs::symlink(cohost_bin(), bin.join("cohost")).unwrap();
+    let out = run_cmd({
+        let mut c = Command::new(bin.join("cohost"));
+        c.args(["start"]);
+        c
+    });
+    assert_eq!(out.code, 2, "clap: `start` needs an ID\n{out}");
+}
+
 #[test]
 fn crm_resource_validate_and_force_operations_offline() {
     require_root_cgroups();
     need("crm_resource", "pacemaker-cli-utils");
     let _g = system_lock();
-    let _i = install_agent_and_binary();
+    for agent in [Agent::Binary, Agent::Sh] {
+        println!("== agent {agent:?}");
+        crm_resource_offline(agent);
+    }
+}
+
+fn crm_resource_offline(agent: Agent) {
+    let _i = install_agent_and_binary(agent);
     let h = Harness::new();
     let addr = h.addr(31);
     h.write_config("c.toml", &counter_instance(&h, "crm1", &addr));
@@ -314,7 +625,8 @@ fn pacemaker_starts_monitors_recovers_and_stops_an_instance() {
     need("pacemakerd", "pacemaker");
     need("corosync", "corosync");
     let _g = system_lock();
-    let _i = install_agent_and_binary();
+    // The packaged agent: the binary through a symlink.
+    let _i = install_agent_and_binary(Agent::Binary);
     let h = Harness::new();
     let addr = h.addr(32);
     let svc = format!("{addr}:9003");

@@ -7,8 +7,15 @@ W=$BENCH_WORK
 COHOST=${COHOST_BIN:-cohost}
 CFG=$W/instances.d
 RT=$W/run
-# The shipped OCF agent (what Pacemaker runs): one sh, then exec cohost.
-AGENT=$(cd "$(dirname "$0")/../../examples/ocf" && pwd)/cohost
+# The OCF agent as packaged (what Pacemaker runs): the cohost binary itself
+# through a symlink RESOURCE.D/cohost/instance (setup makes it). ocf-sh-*:
+# the sh agent, examples/ocf/cohost (one sh, then exec cohost).
+# COHOST_BENCH_OCF_AGENT=sh makes the ocf-* actions use the sh agent too
+# (as results before the symlink measured them).
+LINK=$W/ocf/resource.d/cohost/instance
+SH_AGENT=$(cd "$(dirname "$0")/../../examples/ocf" && pwd)/cohost
+AGENT=$LINK
+[ "${COHOST_BENCH_OCF_AGENT:-link}" = sh ] && AGENT=$SH_AGENT
 c() { printf '%s\n' "$COHOST" --config "$CFG" --runtime-dir "$RT" "$@"; }
 case "${1:-}" in
 setup)
@@ -25,6 +32,8 @@ setup)
                 "$i" $(( (i - 1) / 250 )) $(( (i - 1) % 250 + 1 )) "$BENCH_PORT"
         done
     } > "$CFG/bench.toml"
+    mkdir -p "$(dirname "$LINK")"
+    ln -s "$(command -v "$COHOST")" "$LINK"
     ;;
 argv)
     case "$2" in
@@ -41,11 +50,13 @@ argv)
     # NAME=VALUE words are that command's environment).
     start-each) c start 'inst%i' ;;
     stop-each)  c stop 'inst%i' ;;
-    ocf-start-each | ocf-stop-each | ocf-monitor)
-        i='%i'; [ "$2" = ocf-monitor ] && i=$3
+    ocf-start-each | ocf-stop-each | ocf-monitor | ocf-sh-start-each | ocf-sh-stop-each | ocf-sh-monitor)
+        i='%i'; agent=$AGENT
+        case "$2" in *monitor) i=$3 ;; esac
+        case "$2" in ocf-sh-*) agent=$SH_AGENT ;; esac
         printf '%s\n' "OCF_RESKEY_instance=inst$i" "OCF_RESKEY_config=$CFG" \
-            "OCF_RESKEY_runtime_dir=$RT" "COHOST_BIN=$COHOST" "$AGENT"
-        case "$2" in ocf-start-each) echo start ;; ocf-stop-each) echo stop ;; *) echo monitor ;; esac ;;
+            "OCF_RESKEY_runtime_dir=$RT" "COHOST_BIN=$COHOST" "$agent"
+        case "$2" in *start-each) echo start ;; *stop-each) echo stop ;; *) echo monitor ;; esac ;;
     # Timed once with N instances running (--timings).
     validate)  c validate ;;
     reload)    c reload ;;

@@ -6,6 +6,7 @@
 //! software). `validate`, `env`, `exec`, `logs`, `import` work on the
 //! instances file directly.
 
+pub mod agent;
 mod daemonctl;
 pub mod fast;
 mod join;

@@ -103,7 +103,9 @@ while [ $n -le "$NODES" ]; do
 	chown -R hacluster:haclient "$D/lib/pacemaker" "$D/log/pacemaker"
 	chmod 750 "$D/lib/pacemaker"/*; chmod 770 "$D/log/pacemaker"
 	install -m 755 "$ROOT/bin/cohost" "$D/sbin/cohost"
-	install -m 755 "$PROJECT/examples/ocf/cohost" "$D/ocf/cohost/instance"
+	# The agent as packaged: a symlink to the node's cohost (the path is
+	# resolved inside the node, where /usr/local/sbin is its own sbin).
+	ln -s /usr/local/sbin/cohost "$D/ocf/cohost/instance"
 	install -m 600 -o hacluster -g haclient "$CIBSEED" "$D/lib/pacemaker/cib/cib.xml"
 	cat > "$D/etc/corosync/corosync.conf" <<CONF
 totem {
