@@ -43,6 +43,14 @@ dpkg -i "$DEB"
 dpkg -L cohost | sort >"$W/files"
 sed 's/^/  /' "$W/files"
 [ "$(command -v cohost)" = /usr/sbin/cohost ] || { echo "cohost on PATH is $(command -v cohost), not /usr/sbin/cohost" >&2; exit 1; }
+step "the installed binary is static (no dynamic loader before main: build.rs)"
+case "$(ldd /usr/sbin/cohost 2>&1)" in
+*"statically linked"* | *"not a dynamic executable"*) ;;
+*)
+	echo "/usr/sbin/cohost is linked dynamically: $(ldd /usr/sbin/cohost 2>&1)" >&2
+	exit 1
+	;;
+esac
 cohost --version
 [ "$(stat -c %a:%U /run/cohost)" = 700:root ] || { echo "/run/cohost is not 0700 root (tmpfiles.d)" >&2; exit 1; }
 # The shipped reference file is there and loads nothing.
