@@ -8,7 +8,9 @@
 #   benches/run.sh --quick    about 4 minutes (fewer reps, shorter idle)
 #   benches/run.sh --scale    cohost alone at N = 2000, 5000, 10000 (~10 min)
 #
-# Nothing else may listen on port 9003 meanwhile; state lives on /dev/shm.
+# Nothing else may listen on the port meanwhile (9003; BENCH_PORT=N to
+# choose another, e.g. when another bench runs beside); state lives on
+# /dev/shm.
 set -euo pipefail
 cd "$(dirname "$0")"
 MODE=full
@@ -44,6 +46,7 @@ export COHOST_BIN="$PWD/../target/release/cohost"
 export COHOST_DEFAULT_BIN="$PWD/../target/release/cohost-default"
 LISTENER="$PWD/../target/release/examples/listener"
 STAMP=$(date +%Y%m%d-%H%M%S)
+PORT=(--port "${BENCH_PORT:-9003}")
 
 case "$MODE" in
 quick)
@@ -55,15 +58,16 @@ full)
 scale)
     # Every listener is a process with its own socket: 10,000 of them need
     # the fd and process limits raised, and a cgroup each.
-    ulimit -n 65536
+    # (A container may cap the hard limit: then as high as it allows.)
+    ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
     C=(--n "${SCALE_N:-2000,5000,10000}" --reps 2 --idle 20 --timings --status-runs 30)
-    ./bench.py adapters/cohost.sh "${C[@]}" --listener "$LISTENER" --name cohost-scale
+    ./bench.py adapters/cohost.sh "${C[@]}" "${PORT[@]}" --listener "$LISTENER" --name cohost-scale
     python3 compare.py --since "$STAMP" --out "results/scale-$STAMP.md"
     exit 0 ;;
 esac
-./bench.py adapters/cohost.sh "${C[@]}" --listener "$LISTENER" --name cohost
-./bench.py adapters/supervisord.sh "${P[@]}" --listener "$LISTENER" --name supervisord
-./bench.py adapters/s6.sh "${P[@]}" --listener "$LISTENER" --name s6
-S6_CTL=fifo ./bench.py adapters/s6.sh "${P[@]}" --listener "$LISTENER" --name s6-fifo
-./bench.py adapters/runit.sh "${P[@]}" --listener "$LISTENER" --name runit
+./bench.py adapters/cohost.sh "${C[@]}" "${PORT[@]}" --listener "$LISTENER" --name cohost
+./bench.py adapters/supervisord.sh "${P[@]}" "${PORT[@]}" --listener "$LISTENER" --name supervisord
+./bench.py adapters/s6.sh "${P[@]}" "${PORT[@]}" --listener "$LISTENER" --name s6
+S6_CTL=fifo ./bench.py adapters/s6.sh "${P[@]}" "${PORT[@]}" --listener "$LISTENER" --name s6-fifo
+./bench.py adapters/runit.sh "${P[@]}" "${PORT[@]}" --listener "$LISTENER" --name runit
 python3 compare.py --since "$STAMP" --out "results/comparison-$STAMP.md"

@@ -419,3 +419,43 @@ fn a_takeover_reports_its_timing_parts_that_add_up_and_the_lock_record_age() {
     on_b(&["stop", "db01"]).ok();
     on_b(&["shutdown"]);
 }
+
+/// `list --json` and `status ID --json` print the daemon's JSON as it came,
+/// indented: the same text as parsing it into statuses and pretty-printing
+/// them again (what the client did before), keys in the status's order; a list right after
+/// `status ID` shows that read's usage (younger than a second), a status
+/// always reads now.
+#[test]
+fn list_json_is_the_daemons_json_indented_with_usage_at_most_a_second_old() {
+    require_root_cgroups();
+    let h = Harness::new();
+    let mut cfg = work_service("alloc", "\"alloc\", \"4\"");
+    cfg += &instance(&h, "j1", "alloc", "");
+    cfg += &instance(&h, "j2", "alloc", "");
+    h.write_config("a.toml", &cfg);
+    h.run(&["start", "j1"]).ok();
+    h.run(&["start", "j2"]).ok();
+    let status = h.run(&["status", "j1", "--json"]).ok();
+    let list = h.run(&["list", "--json"]).ok();
+    for out in [&status, &list] {
+        let v: Vec<cohost::control::proto::InstanceStatus> =
+            serde_json::from_str(&out.stdout).unwrap_or_else(|e| panic!("{e}\n{out}"));
+        let again = serde_json::to_string_pretty(&v).unwrap() + "\n";
+        assert_eq!(out.stdout, again, "{out}");
+        assert!(out.stdout.starts_with("[\n  {\n    \"id\": "), "{out}");
+    }
+    let st: serde_json::Value = serde_json::from_str(&status.stdout).unwrap();
+    let ls: serde_json::Value = serde_json::from_str(&list.stdout).unwrap();
+    let j1 = ls
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "j1")
+        .expect("j1 listed");
+    assert_eq!(ls.as_array().unwrap().len(), 2, "{list}");
+    assert!(j1["usage"]["memory_bytes"].is_u64(), "{list}");
+    // `cpu_usec` only grows: equal when the list reused the status's read
+    // (it ran within the second), never smaller.
+    let cpu = |v: &serde_json::Value| v["usage"]["cpu_usec"].as_u64().unwrap_or(0);
+    assert!(cpu(j1) >= cpu(&st[0]), "{status}\n{list}");
+}

@@ -15,6 +15,7 @@ mod metrics;
 mod observe;
 mod output;
 mod plan;
+mod pretty;
 mod top;
 mod verify;
 
@@ -197,7 +198,7 @@ pub fn run(cli: Cli) -> i32 {
         Cmd::Kill { id } => daemonctl::kill(&ctx, &id),
         Cmd::Status { id, json } => daemonctl::status(&ctx, id.as_deref(), json),
         Cmd::Monitor { id, depth } => daemonctl::monitor(&ctx, &id, depth).0,
-        Cmd::List { json } => daemonctl::status(&ctx, None, json),
+        Cmd::List { json } => daemonctl::list(&ctx, json),
         Cmd::Env { id } => local::env(&ctx, &id),
         Cmd::Exec {
             id,

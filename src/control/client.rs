@@ -121,3 +121,45 @@ pub fn call(
         }
     }
 }
+
+/// A reply line read without building its `data`: the daemon's JSON text
+/// of it is kept as it came (`list --json` of 10,000 instances prints it
+/// without parsing it into values first).
+#[derive(serde::Deserialize)]
+struct RawLine<'a> {
+    t: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    code: i32,
+    #[serde(default)]
+    message: String,
+    #[serde(borrow, default)]
+    data: Option<&'a serde_json::value::RawValue>,
+}
+
+/// [`call`], with the final `data` as the daemon's JSON text: (done
+/// without data, the text). Progress lines are not expected here
+/// (status and list have none) and are skipped.
+pub fn call_raw(stream: UnixStream, env: &Envelope) -> Result<(Done, String), ClientError> {
+    let mut line = serde_json::to_vec(env).map_err(|e| ClientError::BadReply(e.to_string()))?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    let mut reader = BufReader::new(stream);
+    let mut buf = String::new();
+    loop {
+        buf.clear();
+        if reader.read_line(&mut buf)? == 0 {
+            return Err(ClientError::NoAnswer);
+        }
+        let r: RawLine = serde_json::from_str(&buf)
+            .map_err(|e| ClientError::BadReply(format!("{e}: {}", buf.trim())))?;
+        if r.t == "done" {
+            let data = r.data.map(|d| d.get().to_string()).unwrap_or_default();
+            let done = Done {
+                code: r.code,
+                message: r.message,
+                data: None,
+            };
+            return Ok((done, data));
+        }
+    }
+}

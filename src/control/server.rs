@@ -137,6 +137,10 @@ pub struct Conn {
     pub peer: Peer,
     inbuf: Vec<u8>,
     outbuf: Vec<u8>,
+    /// How much of `outbuf` is written: the buffer is dropped once all
+    /// of it is (draining each write's share moved the rest of a
+    /// multi-megabyte list every time: quadratic in the reply's size).
+    sent: usize,
     pub phase: Phase,
     writing: bool,
 }
@@ -148,6 +152,7 @@ impl Conn {
             peer,
             inbuf: Vec::new(),
             outbuf: Vec::new(),
+            sent: 0,
             phase: Phase::Reading,
             writing: false,
         }
@@ -214,16 +219,32 @@ impl Conn {
         ended_busy
     }
 
+    /// Queues the `done` line of `code` whose `data` is already JSON (a
+    /// list of 10,000 statuses is written once, not built as a
+    /// `serde_json::Value` first); the same bytes [`Self::queue`] writes
+    /// for a `Reply::Done` without a message. True as for `queue`.
+    pub fn queue_done_raw(&mut self, code: i32, data: &[u8]) -> bool {
+        if self.phase == Phase::Done {
+            return false;
+        }
+        self.outbuf.reserve(data.len() + 32);
+        self.outbuf
+            .extend_from_slice(format!("{{\"t\":\"done\",\"code\":{code},\"data\":").as_bytes());
+        self.outbuf.extend_from_slice(data);
+        self.outbuf.extend_from_slice(b"}\n");
+        let ended_busy = self.phase == Phase::Busy;
+        self.phase = Phase::Done;
+        ended_busy
+    }
+
     /// Writes what is queued, as far as the socket takes it. `Some(w)` when
     /// whether the connection waits to write changed (to `w`: the caller
     /// adds or drops EPOLLOUT); `done`: everything is written after the
     /// final reply (or the peer is gone), close it.
     pub fn write_out(&mut self) -> Written {
-        while !self.outbuf.is_empty() {
-            match self.stream.write(&self.outbuf) {
-                Ok(n) => {
-                    self.outbuf.drain(..n);
-                }
+        while self.sent < self.outbuf.len() {
+            match self.stream.write(&self.outbuf[self.sent..]) {
+                Ok(n) => self.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(_) => {
@@ -233,6 +254,10 @@ impl Conn {
                     break;
                 }
             }
+        }
+        if self.sent >= self.outbuf.len() {
+            self.outbuf = Vec::new();
+            self.sent = 0;
         }
         let pending = !self.outbuf.is_empty();
         let changed = (pending != self.writing).then_some(pending);
@@ -250,8 +275,9 @@ impl Conn {
     pub fn flush_blocking(&mut self) {
         let _ = self.stream.set_nonblocking(false);
         let _ = self.stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = self.stream.write_all(&self.outbuf);
+        let _ = self.stream.write_all(&self.outbuf[self.sent..]);
         self.outbuf.clear();
+        self.sent = 0;
     }
 }
 

@@ -28,7 +28,9 @@ pub struct Batch {
     pub ok: Vec<String>,
     pub failed: Vec<(String, String)>,
     pub started: Instant,
-    pub begun: Vec<(usize, Instant)>,
+    /// When each member's start or stop was asked for (a map: a batch of
+    /// 10,000 looked each result up in a list).
+    pub begun: std::collections::HashMap<usize, Instant>,
     /// For down: who is `after` whom, reversed (computed once: O(edges)).
     dependents: std::collections::HashMap<usize, Vec<usize>>,
 }
@@ -65,7 +67,7 @@ impl Daemon {
             ok: Vec::new(),
             failed: Vec::new(),
             started: self.host.now(),
-            begun: Vec::new(),
+            begun: std::collections::HashMap::new(),
         };
         self.batches.push(b);
         let n = self.batches.len() - 1;
@@ -118,11 +120,7 @@ impl Daemon {
     }
 
     fn batch_result(&mut self, n: usize, idx: usize, id: &str, res: Ended) {
-        let since = self.batches[n]
-            .begun
-            .iter()
-            .find(|(i, _)| *i == idx)
-            .map(|(_, t)| *t);
+        let since = self.batches[n].begun.get(&idx).copied();
         let took = since
             .map(|t| format!(" in {:.1}s", t.elapsed().as_secs_f64()))
             .unwrap_or_default();
@@ -158,6 +156,8 @@ impl Daemon {
                         self.batch_result(n, idx, &id, Ended::Failed(why));
                         progressed = true;
                     }
+                    // Nothing more can start until one of the window ends.
+                    Gate::Go if self.window_full(n) => break,
                     Gate::Go => {
                         self.batches[n].pending.remove(&idx);
                         self.trigger(n, idx);
@@ -220,7 +220,7 @@ impl Daemon {
             }
             Op::Up => {
                 self.batches[n].active.insert(idx);
-                self.batches[n].begun.push((idx, now));
+                self.batches[n].begun.insert(idx, now);
                 if let Some(c) = self.batches[n].conn {
                     self.progress(c, &id, "starting", format!("{id} starting"));
                 }
@@ -233,13 +233,19 @@ impl Daemon {
             }
             Op::Down => {
                 self.batches[n].active.insert(idx);
-                self.batches[n].begun.push((idx, now));
+                self.batches[n].begun.insert(idx, now);
                 if let Some(c) = self.batches[n].conn {
                     self.progress(c, &id, "stopping", format!("{id} stopping"));
                 }
                 self.post(idx, Event::Stop { timeout: None });
             }
         }
+    }
+
+    /// An `up` has as many starts in flight as [`launch_window`] allows.
+    fn window_full(&self, n: usize) -> bool {
+        let b = &self.batches[n];
+        b.op == Op::Up && b.active.len() >= launch_window()
     }
 
     fn readiness_in_batch(&self, n: usize, idx: usize) -> Gate {
@@ -282,4 +288,27 @@ enum Gate {
     Wait,
     Go,
     Blocked(String),
+}
+
+/// How many starts of one batch may be in flight at once: a start holds
+/// descriptors until its exec is confirmed and its files are closed (the
+/// cgroup's directories, the exec pipe, its log: 6 or more each, measured
+/// with a limit of 400), a running instance none. With RLIMIT_NOFILE at
+/// 20,000 (a container's hard limit), 5,000 starts at once failed with
+/// EMFILE. So: 64 descriptors kept for the daemon itself, 16 for each
+/// start, at least 8 starts. Read once, after the daemon raised its limit
+/// (`setup::raise_nofile`).
+fn launch_window() -> usize {
+    static WINDOW: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *WINDOW.get_or_init(|| {
+        // SAFETY: getrlimit with a valid struct.
+        let mut r: libc::rlimit = unsafe { std::mem::zeroed() };
+        let cur = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0 {
+            r.rlim_cur
+        } else {
+            1024
+        };
+        let per_start = cur.saturating_sub(64) / 16;
+        usize::try_from(per_start).unwrap_or(usize::MAX).max(8)
+    })
 }

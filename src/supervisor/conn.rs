@@ -218,6 +218,18 @@ impl Daemon {
         );
     }
 
+    /// [`Self::reply_done`] without a message, whose `data` is already
+    /// serialised JSON.
+    pub fn reply_done_raw(&mut self, id: u64, exit: Exit, data: &[u8]) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        if c.queue_done_raw(exit.code(), data) {
+            self.fair.done(c.peer.uid);
+        }
+        self.unflushed.insert(id);
+    }
+
     pub fn progress(&mut self, id: u64, inst: &str, state: &str, message: impl Into<String>) {
         self.reply(
             id,

@@ -104,7 +104,10 @@ impl Daemon {
                     self.reply_status(conn, idx);
                 }
             }
-            Request::Status { id: None } | Request::List {} => self.reply_list(conn),
+            // `top`, `metrics` and `status` compute rates from the usage:
+            // read now. `list` is the overview: usage up to a second old.
+            Request::Status { id: None } => self.reply_list(conn, Duration::ZERO),
+            Request::List {} => self.reply_list(conn, super::timing::USAGE_MAX_AGE),
             Request::Monitor { id, depth } => {
                 if let Some(idx) = self.lookup(conn, &id) {
                     self.monitor(conn, idx, depth);

@@ -8,32 +8,47 @@ use super::Daemon;
 use super::fsm::State;
 use super::instance::Inst;
 use crate::control::exit::Exit;
+use crate::control::observe::Usage;
 use crate::control::proto::{CheckStatus, InstanceStatus, ProcStatus};
 
 impl Daemon {
     /// `status ID`: exits 0 while running, 3 otherwise.
     pub(super) fn reply_status(&mut self, conn: u64, idx: usize) {
         self.refresh_log_space(idx);
-        let st = self.status_of(idx, true);
+        let usage = self.usage_of(idx, std::time::Duration::ZERO);
+        let st = self.status_of(idx, true, usage);
         let exit = if self.insts[idx].state() == State::Running {
             Exit::Ok
         } else {
             Exit::NotRunning
         };
-        let data = serde_json::to_value(vec![st]).unwrap_or_default();
-        self.reply_done(conn, exit, String::new(), Some(data));
+        // Written as the status's own order of fields (a Value would sort them).
+        let data = serde_json::to_vec(&[st]).unwrap_or_else(|_| b"[]".to_vec());
+        self.reply_done_raw(conn, exit, &data);
     }
 
-    /// `status` and `list`: every instance, without its members.
-    pub(super) fn reply_list(&mut self, conn: u64) {
-        let all: Vec<InstanceStatus> = (0..self.insts.len())
-            .map(|i| self.status_of(i, false))
-            .collect();
-        let data = serde_json::to_value(all).unwrap_or_default();
-        self.reply_done(conn, Exit::Ok, String::new(), Some(data));
+    /// `status` and `list`: every instance, without its members. Each
+    /// status is written as JSON as it is made, into the one buffer that
+    /// becomes the reply (no `serde_json::Value` of 10,000 statuses).
+    /// Usage figures read less than `max_age` ago are reused.
+    pub(super) fn reply_list(&mut self, conn: u64, max_age: std::time::Duration) {
+        let mut data = Vec::with_capacity(self.insts.len() * 1024);
+        data.push(b'[');
+        for i in 0..self.insts.len() {
+            if i > 0 {
+                data.push(b',');
+            }
+            let usage = self.usage_of(i, max_age);
+            if let Err(e) = serde_json::to_writer(&mut data, &self.status_of(i, false, usage)) {
+                tracing::error!("encoding the status of {}: {e}", self.insts[i].id());
+            }
+        }
+        data.push(b']');
+        self.reply_done_raw(conn, Exit::Ok, &data);
     }
 
-    pub fn status_of(&self, idx: usize, detail: bool) -> InstanceStatus {
+    /// The status of one instance, with `usage` as read by the caller.
+    pub fn status_of(&self, idx: usize, detail: bool, usage: Option<Usage>) -> InstanceStatus {
         let inst: &Inst = &self.insts[idx];
         let now = self.host.now();
         let state = inst.state();
@@ -103,7 +118,7 @@ impl Daemon {
             warnings,
             log_dir: self.log_dir(idx).display().to_string(),
             timing: inst.obs.last.clone(),
-            usage: self.usage_of(idx),
+            usage,
         }
     }
 
