@@ -1,10 +1,11 @@
 //! The operating system as the executor sees it (the Syscall trait of
-//! youki): every effect of a table action on processes and addresses, and
-//! the work a start does on the instance's storage, go through [`Host`].
-//! [`LinuxHost`] makes the real calls; the unit tests of the executor
-//! (`executor_tests.rs`) run the daemon against a recording fake instead,
-//! without root: a service that ignores SIGTERM, one that crashes, a
-//! shared disk that never answers.
+//! youki): every effect of a table action on processes and addresses, the
+//! work a start does on the instance's storage, and the clock the table's
+//! deadlines run on, go through [`Host`]. [`LinuxHost`] makes the real
+//! calls; the unit tests of the executor (`executor_tests/`) run the daemon
+//! against a recording fake instead (`executor_tests/fake.rs`), without
+//! root: a service that ignores SIGTERM, one that crashes, a shared disk
+//! that never answers, a timeout an hour away.
 //!
 //! What stays outside: the event loop's own descriptors (epoll, signalfd,
 //! sockets), the cgroup.events watches (inotify), and adoption, which
