@@ -3,6 +3,16 @@
 
 use super::*;
 
+/// How a child came by its own files.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Taken {
+    /// Through the supervisor's pidfd, in a table that copies nothing.
+    Fetched,
+    /// In a copy of the supervisor's table, the rest closed (where the
+    /// kernel refused this child the pidfd way).
+    Copied,
+}
+
 /// A child that could not reach its exec exits so, as a shell does for a
 /// command it cannot run; why is on the exec pipe.
 const EXEC_FAILED: i32 = 127;
@@ -152,11 +162,12 @@ impl ExecPlan {
             // Never a copy of another instance's files at all (see
             // `super::FETCH`): closing one would wait on its storage.
             let fetched = self.take_ours_from_supervisor(errfd);
-            if fetched.is_ok() {
+            if fetched == Ok(Taken::Fetched) {
                 // At their numbers before the parent hears of it: a late
                 // child says so on the pipe, at the plan's number.
                 self.renumber(errfd);
             }
+            let fetched = fetched.map(|_| ());
             arg.fetched(fetched);
             if fetched.is_err() {
                 rawsys::exit(EXEC_FAILED);
@@ -225,8 +236,40 @@ impl ExecPlan {
     /// `renumber` moves them to the numbers in the plan. The supervisor
     /// waits for this (the numbers must not be reused before), and only
     /// for this: no step here touches storage. Errno on failure.
-    fn take_ours_from_supervisor(&self, errfd: RawFd) -> Result<(), i32> {
+    fn take_ours_from_supervisor(&self, errfd: RawFd) -> Result<Taken, i32> {
         let first = (DAEMON_PIDFD + 1) as usize;
+        // May we? The kernel's answer for this child (EPERM: a ptrace
+        // check, which the probe at start passed but a supervisor whose
+        // memory became non-dumpable fails without CAP_SYS_PTRACE, as in
+        // a container), asked with the pidfd itself: the copy lands in the
+        // shared table for a moment, and a pidfd's close never blocks.
+        match sys(
+            Step::Dup,
+            0,
+            libc::SYS_pidfd_getfd,
+            &[DAEMON_PIDFD as usize, DAEMON_PIDFD as usize, 0],
+        ) {
+            Ok(fd) => {
+                let _ = sys(Step::Dup, 0, libc::SYS_close, &[fd as usize]);
+            }
+            Err((_, _, libc::EPERM))
+                if super::fds::COPY_FALLBACK.load(std::sync::atomic::Ordering::Relaxed) =>
+            {
+                // The older way for this child: a copy of the table, the
+                // rest closed (a close may then wait on another instance's
+                // storage; the start still happens).
+                sys(
+                    Step::Dup,
+                    0,
+                    libc::SYS_unshare,
+                    &[libc::CLONE_FILES as usize],
+                )
+                .map_err(|f| f.2)?;
+                self.close_all_but_ours(errfd);
+                return Ok(Taken::Copied);
+            }
+            Err(f) => return Err(f.2),
+        }
         let unshare = libc::CLOSE_RANGE_UNSHARE as usize;
         sys(
             Step::Dup,
@@ -251,7 +294,7 @@ impl ExecPlan {
                 return Err(libc::EBADF);
             }
         }
-        Ok(())
+        Ok(Taken::Fetched)
     }
 
     /// The files taken at 4.. go to their numbers in the plan (all at or

@@ -47,6 +47,13 @@ pub const DAEMON_PIDFD: RawFd = 3;
 /// the supervisor at [`DAEMON_PIDFD`]).
 pub(super) static FETCH: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
+/// Set once the start-up probe has taken its files the pidfd way: a child
+/// the kernel refuses that way later (EPERM) then takes the older way
+/// instead of failing (`ExecPlan::take_ours_from_supervisor`). Never
+/// during the probe, which must see the refusal.
+pub(super) static COPY_FALLBACK: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 /// The numbers a table made by close_range(CLOSE_RANGE_UNSHARE) copies
 /// whatever the range: NR_OPEN_DEFAULT (BITS_PER_LONG) in fs/file.c.
 const COPIED_ANYWAY: RawFd = 64;
@@ -180,7 +187,10 @@ pub fn enable_fetch(keep: &mut Option<RawFd>) -> Result<(), FetchUnavailable> {
             match ws {
                 // Exec'd /bin/true, or (no /bin/true) exited 127: either way
                 // it took its files.
-                Ok(nix::sys::wait::WaitStatus::Exited(..)) => Ok(()),
+                Ok(nix::sys::wait::WaitStatus::Exited(..)) => {
+                    COPY_FALLBACK.store(true, std::sync::atomic::Ordering::Relaxed);
+                    Ok(())
+                }
                 other => {
                     FETCH.store(false, std::sync::atomic::Ordering::Relaxed);
                     Err(FetchUnavailable::ProbeDied(match other {
