@@ -114,6 +114,19 @@ fn usage_is_what_the_kernel_counted() {
     // Stopped: no usage (nothing of it runs).
     h.run(&["stop", "cpu"]).ok();
     assert!(h.status_json("cpu")["usage"].is_null());
+    // Started again, in the cgroup kept from the first run (its counters
+    // go on from there): the figure is this run's second, not both runs'.
+    let first = num(&cpu, "cpu_usec");
+    std::fs::remove_file(h.path("cpu/data/done")).unwrap();
+    h.run(&["start", "cpu"]).ok();
+    let again = usage(&h, "cpu");
+    eprintln!("cpu, second run: {again}");
+    let second = num(&again, "cpu_usec");
+    assert!(second >= 900_000, "{again}");
+    assert!(
+        second < first + 800_000,
+        "the second run's {second} us counts the first run's {first} us too"
+    );
 }
 
 /// A tmux server of its own (socket under the test's dir), killed on drop.

@@ -55,15 +55,8 @@ impl Dirs<'_> {
 
     /// Reads every figure now, less `base` for the counters.
     pub fn usage(&self, base: &Baseline) -> Usage {
-        let num = |t: Option<String>| t.and_then(|t| t.trim().parse::<u64>().ok());
-        let cpu = self
-            .read_v2("cpu.stat")
-            .and_then(|t| flat_key(&t, "usage_usec"))
-            .or_else(|| num(self.read_v1("cpuacct.usage")).map(|ns| ns / 1000));
-        let io = self.read_v2("io.stat").map(|t| io_stat_v2(&t)).or_else(|| {
-            self.read_v1("blkio.throttle.io_service_bytes_recursive")
-                .map(|t| blkio_v1(&t))
-        });
+        let cpu = self.cpu_usec();
+        let io = self.io();
         Usage {
             memory_bytes: num(self.read("memory.current", "memory.usage_in_bytes")),
             memory_peak_bytes: num(self.read("memory.peak", "memory.max_usage_in_bytes")),
@@ -85,13 +78,46 @@ impl Dirs<'_> {
                 let _ = std::fs::write(f, "0");
             }
         }
-        let u = self.usage(&Baseline::default());
+        let (io_read_bytes, io_write_bytes) = self.io().unwrap_or((0, 0));
         Baseline {
-            cpu_usec: u.cpu_usec.unwrap_or(0),
-            io_read_bytes: u.io_read_bytes.unwrap_or(0),
-            io_write_bytes: u.io_write_bytes.unwrap_or(0),
+            cpu_usec: self.cpu_usec().unwrap_or(0),
+            io_read_bytes,
+            io_write_bytes,
         }
     }
+
+    /// CPU time used, in microseconds.
+    fn cpu_usec(&self) -> Option<u64> {
+        self.read_v2("cpu.stat")
+            .and_then(|t| flat_key(&t, "usage_usec"))
+            .or_else(|| num(self.read_v1("cpuacct.usage")).map(|ns| ns / 1000))
+    }
+
+    /// Bytes read and written.
+    fn io(&self) -> Option<(u64, u64)> {
+        self.read_v2("io.stat").map(|t| io_stat_v2(&t)).or_else(|| {
+            self.read_v1("blkio.throttle.io_service_bytes_recursive")
+                .map(|t| blkio_v1(&t))
+        })
+    }
+}
+
+/// Flushes the kernel's statistics of every cgroup below `base` in one
+/// read of its `cpu.stat` (and `io.stat`). The kernel keeps the cgroups
+/// with new figures on a singly linked list per parent, and a read of one
+/// child's `cpu.stat` first unlinks that child, walking the list: with
+/// 10,000 instances that had all run, 311 us per child (3 s for a list or
+/// an `up`), against 13 ms for the parent's once and then 15 us per child
+/// (Linux 6.18, `css_rstat_updated_list`). Best effort.
+pub fn flush_subtree(base: &Path) {
+    for f in ["cpu.stat", "io.stat"] {
+        let _ = std::fs::read(base.join(f));
+    }
+}
+
+/// A file holding one number.
+fn num(t: Option<String>) -> Option<u64> {
+    t.and_then(|t| t.trim().parse::<u64>().ok())
 }
 
 /// `key value` lines (cpu.stat).

@@ -146,8 +146,11 @@ impl Daemon {
     fn advance_batch(&mut self, n: usize) {
         loop {
             let mut progressed = false;
-            let pending: Vec<usize> = self.batches[n].pending.iter().copied().collect();
-            for idx in pending {
+            // A cursor, not a copy: each member's end calls this, and a
+            // copy of 10,000 pending ones per call was quadratic.
+            let mut from = 0;
+            while let Some(&idx) = self.batches[n].pending.range(from..).next() {
+                from = idx + 1;
                 match self.readiness_in_batch(n, idx) {
                     Gate::Wait => continue,
                     Gate::Blocked(why) => {

@@ -300,7 +300,9 @@ impl Daemon {
     pub(super) fn on_worker(&mut self) {
         for (job, out) in self.worker.take() {
             match out {
-                Outcome::Prepared { idx, result } => self.on_prepared(idx, job, *result),
+                Outcome::Prepared { idx, base, result } => {
+                    self.on_prepared(idx, job, base, *result)
+                }
                 Outcome::FileChecked {
                     idx,
                     slot,

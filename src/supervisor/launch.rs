@@ -16,6 +16,7 @@ use super::prepare::{self, PrepareError, Prepared, Slot};
 use super::registry::{ExecPipe, Role, Source};
 use super::{Daemon, Outcome, tok};
 use crate::isolation::lock::Holder;
+use crate::isolation::usage::{Baseline, Dirs};
 use crate::model::ServiceKind;
 use crate::process::spawn::{ExecPlan, Output, Spawn};
 
@@ -108,11 +109,30 @@ impl Daemon {
         // The last run's lock, if not closed yet: closed before the new one
         // is taken (an OFD lock of ours would refuse it).
         let old_lock = self.insts[idx].old_lock.take();
+        // The run's usage baseline: zero in a new cgroup; a kept one's
+        // counters are read on the worker (a cpu.stat read flushes the
+        // kernel's statistics, up to milliseconds with 10,000 cgroups busy
+        // starting), before any process of this run can add to them.
+        let kept_dirs = match self.insts[idx].cgroup.as_mut() {
+            Some(cg) if cg.fresh => {
+                cg.fresh = false;
+                None
+            }
+            Some(cg) => Some((cg.dir.clone(), cg.v1_dirs.clone())),
+            None => None,
+        };
+        if kept_dirs.is_some() {
+            self.flush_stats();
+        }
         let prepare = self.host.preparer();
         let (job, progress) = self.worker.submit(move |p| {
             drop(old_lock);
+            let base = kept_dirs
+                .map(|(v2, v1)| Dirs { v2: &v2, v1: &v1 }.begin_run())
+                .unwrap_or_default();
             Outcome::Prepared {
                 idx,
+                base,
                 result: Box::new(prepare(req, p)),
             }
         });
@@ -193,6 +213,7 @@ impl Daemon {
         &mut self,
         idx: usize,
         job: u64,
+        base: Baseline,
         result: Result<Prepared, PrepareError>,
     ) {
         let inst = &mut self.insts[idx];
@@ -210,16 +231,21 @@ impl Daemon {
         match result {
             Err(e) => self.post(idx, Event::LaunchFailed(e.to_string())),
             Ok(prep) => {
-                if let Err(e) = self.fork_prepared(idx, prep) {
+                if let Err(e) = self.fork_prepared(idx, base, prep) {
                     self.post(idx, Event::LaunchFailed(e.to_string()));
                 }
             }
         }
     }
 
-    fn fork_prepared(&mut self, idx: usize, prep: Prepared) -> Result<(), LaunchError> {
+    fn fork_prepared(
+        &mut self,
+        idx: usize,
+        base: Baseline,
+        prep: Prepared,
+    ) -> Result<(), LaunchError> {
         let id = self.insts[idx].id().to_string();
-        self.timing_prepared(idx, prep.lock_time, prep.lock.as_ref());
+        self.timing_prepared(idx, base, prep.lock_time, prep.lock.as_ref());
         if let Some(lock) = prep.lock {
             if let Some(prev) = &lock.previous
                 && prev.node != self.node

@@ -140,6 +140,8 @@ pub(crate) enum Outcome {
     /// The storage and name-service part of a start.
     Prepared {
         idx: usize,
+        /// The run's usage baseline (read here when the cgroup is kept).
+        base: crate::isolation::usage::Baseline,
         result: Box<Result<prepare::Prepared, prepare::PrepareError>>,
     },
     /// A file readiness or health check.
@@ -207,6 +209,9 @@ pub(crate) struct Daemon {
     pub audit_scheduled: bool,
     /// Connections with replies queued, written at the end of the iteration.
     pub unflushed: BTreeSet<u64>,
+    /// When our cgroup subtree's statistics were last flushed in one read
+    /// ([`crate::isolation::usage::flush_subtree`]).
+    pub stats_flushed: Option<Instant>,
     /// Threads for the calls that may block (storage, name service).
     pub worker: worker::Worker<Outcome>,
     /// Where the executor's effects go (the real system, or a test's fake).
@@ -324,6 +329,7 @@ impl Daemon {
             audit_gap: std::time::Duration::ZERO,
             audit_scheduled: false,
             unflushed: BTreeSet::new(),
+            stats_flushed: None,
             worker,
             host,
             to_release: Vec::new(),

@@ -134,19 +134,15 @@ impl Daemon {
     }
 
     /// The prepared plans are back; the forks follow. The lock's cost as
-    /// the worker measured it, and the record it replaced. The cgroup's
-    /// counters now are the new run's zero.
+    /// the worker measured it, and the record it replaced. `base`: the
+    /// cgroup's counters before this run, its zero.
     pub(super) fn timing_prepared(
         &mut self,
         idx: usize,
+        base: Baseline,
         lock_time: Duration,
         lock: Option<&crate::isolation::lock::Lock>,
     ) {
-        let base = self.insts[idx]
-            .cgroup
-            .as_ref()
-            .map(|cg| cg.usage_dirs().begin_run())
-            .unwrap_or_default();
         let obs = &mut self.insts[idx].obs;
         obs.base = base;
         obs.usage = None;
@@ -173,20 +169,39 @@ impl Daemon {
         }
     }
 
+    /// Before reading the figures of one or many instances: flushes our
+    /// whole subtree at once, unless done less than 100 ms ago (see
+    /// [`crate::isolation::usage::flush_subtree`]).
+    pub(super) fn flush_stats(&mut self) {
+        let now = Instant::now();
+        if self
+            .stats_flushed
+            .is_some_and(|t| now.saturating_duration_since(t) < Duration::from_millis(100))
+        {
+            return;
+        }
+        if let Ok(root) = &self.cgroot {
+            crate::isolation::usage::flush_subtree(&root.base);
+            self.stats_flushed = Some(now);
+        }
+    }
+
     /// The instance's usage, from its cgroup (none without one, or when
     /// nothing of it can run): the figures read less than `max_age` ago,
     /// else read now and kept. Cgroup files are kernel state: reading
     /// them never waits on storage.
     pub(super) fn usage_of(&mut self, idx: usize, max_age: Duration) -> Option<Usage> {
-        let inst = &mut self.insts[idx];
-        if !inst.state().may_have_processes() {
+        let inst = &self.insts[idx];
+        if !inst.state().may_have_processes() || inst.cgroup.is_none() {
             return None;
         }
-        let cg = inst.cgroup.as_ref()?;
         let now = Instant::now();
         match &inst.obs.usage {
             Some((at, u)) if now.saturating_duration_since(*at) < max_age => Some(u.clone()),
             _ => {
+                self.flush_stats();
+                let inst = &mut self.insts[idx];
+                let cg = inst.cgroup.as_ref()?;
                 let u = cg.usage_dirs().usage(&inst.obs.base);
                 inst.obs.usage = Some((now, u.clone()));
                 Some(u)
