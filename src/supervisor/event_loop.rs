@@ -313,6 +313,7 @@ impl Daemon {
                 Outcome::Tails { idx, text } => self.on_tails(idx, job, text),
                 Outcome::LogSpace { idx, warning } => self.on_log_space(idx, job, warning),
                 Outcome::LockBack { idx, lock } => self.on_lock_back(idx, lock),
+                Outcome::Usage { read } => self.on_usage_read(job, read),
                 Outcome::Released => {}
             }
         }

@@ -161,6 +161,8 @@ pub(crate) enum Outcome {
         idx: usize,
         lock: Option<Box<crate::isolation::lock::Lock>>,
     },
+    /// Every running instance's usage.
+    Usage { read: Vec<status::UsageRead> },
     /// Something was dropped (closed) there.
     Released,
 }
@@ -212,6 +214,11 @@ pub(crate) struct Daemon {
     /// When our cgroup subtree's statistics were last flushed in one read
     /// ([`crate::isolation::usage::flush_subtree`]).
     pub stats_flushed: Option<Instant>,
+    /// The read of every instance's usage in flight on a worker (its job
+    /// and when it was asked for), and the `status`/`list` requests that
+    /// wait for it, with when each arrived and how old its figures may be.
+    pub usage_read: Option<(worker::JobId, Instant)>,
+    pub list_waiters: Vec<(u64, Instant, Duration)>,
     /// Threads for the calls that may block (storage, name service).
     pub worker: worker::Worker<Outcome>,
     /// Where the executor's effects go (the real system, or a test's fake).
@@ -330,6 +337,8 @@ impl Daemon {
             audit_scheduled: false,
             unflushed: BTreeSet::new(),
             stats_flushed: None,
+            usage_read: None,
+            list_waiters: Vec::new(),
             worker,
             host,
             to_release: Vec::new(),

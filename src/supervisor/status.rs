@@ -2,14 +2,30 @@
 //! memory (the free space of its log file system is asked for on a worker
 //! and shown from the last answer).
 
-use std::time::UNIX_EPOCH;
+use std::path::PathBuf;
+use std::time::{Duration, Instant, UNIX_EPOCH};
 
-use super::Daemon;
 use super::fsm::State;
 use super::instance::Inst;
+use super::{Daemon, Outcome};
 use crate::control::exit::Exit;
 use crate::control::observe::Usage;
 use crate::control::proto::{CheckStatus, InstanceStatus, ProcStatus};
+use crate::isolation::usage::Baseline;
+
+/// One instance's part of a worker's read of every instance's usage.
+pub struct UsageRead {
+    idx: usize,
+    v2: PathBuf,
+    v1: Vec<PathBuf>,
+    base: Baseline,
+    usage: Option<Usage>,
+}
+
+/// Has figures to read: something of it may run, in a cgroup of its own.
+fn wants_usage(i: &Inst) -> bool {
+    i.state().may_have_processes() && i.cgroup.is_some()
+}
 
 impl Daemon {
     /// `status ID`: exits 0 while running, 3 otherwise.
@@ -27,18 +43,106 @@ impl Daemon {
         self.reply_done_raw(conn, exit, &data);
     }
 
-    /// `status` and `list`: every instance, without its members. Each
-    /// status is written as JSON as it is made, into the one buffer that
-    /// becomes the reply (no `serde_json::Value` of 10,000 statuses).
-    /// Usage figures read less than `max_age` ago are reused.
-    pub(super) fn reply_list(&mut self, conn: u64, max_age: std::time::Duration) {
+    /// `status` and `list`: every instance, without its members, with
+    /// usage figures read less than `max_age` ago. When some are older,
+    /// the answer waits for a worker to read every running instance's
+    /// (five cgroup files each: one second for 10,000, which the loop
+    /// would otherwise spend away from every other request and child).
+    pub(super) fn reply_list(&mut self, conn: u64, max_age: Duration) {
+        let now = Instant::now();
+        let stale = self
+            .insts
+            .iter()
+            .any(|i| wants_usage(i) && i.obs.usage_age(now).is_none_or(|age| age >= max_age));
+        if !stale {
+            return self.reply_list_now(conn);
+        }
+        self.list_waiters.push((conn, now, max_age));
+        if self.usage_read.is_none() {
+            self.read_all_usage(now);
+        }
+    }
+
+    /// Submits the read of every running instance's usage to a worker.
+    fn read_all_usage(&mut self, now: Instant) {
+        let subtree = self.cgroot.as_ref().ok().map(|r| r.base.clone());
+        let todo: Vec<UsageRead> = self
+            .insts
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| wants_usage(i))
+            .filter_map(|(idx, i)| {
+                let cg = i.cgroup.as_ref()?;
+                Some(UsageRead {
+                    idx,
+                    v2: cg.dir.clone(),
+                    v1: cg.v1_dirs.clone(),
+                    base: i.obs.base,
+                    usage: None,
+                })
+            })
+            .collect();
+        let (job, _) = self.worker.submit(move |_| {
+            if let Some(dir) = &subtree {
+                crate::isolation::usage::flush_subtree(dir);
+            }
+            let read = todo
+                .into_iter()
+                .map(|mut r| {
+                    let dirs = crate::isolation::usage::Dirs {
+                        v2: &r.v2,
+                        v1: &r.v1,
+                    };
+                    r.usage = Some(dirs.usage(&r.base));
+                    r
+                })
+                .collect();
+            Outcome::Usage { read }
+        });
+        self.usage_read = Some((job, now));
+    }
+
+    /// The worker's read is back: kept for the instances still in the run
+    /// it was read for, as of when it was asked for; the requests it is
+    /// recent enough for are answered (asked no more than their `max_age`
+    /// before they arrived), the others wait for the next read.
+    pub(super) fn on_usage_read(&mut self, job: u64, read: Vec<UsageRead>) {
+        let Some((_, at)) = self.usage_read.take_if(|(j, _)| *j == job) else {
+            return;
+        };
+        for r in read {
+            let Some(inst) = self.insts.get_mut(r.idx) else {
+                continue;
+            };
+            let same_run = wants_usage(inst)
+                && inst.obs.base == r.base
+                && inst.cgroup.as_ref().is_some_and(|c| c.dir == r.v2);
+            if let (true, Some(u)) = (same_run, r.usage) {
+                inst.obs.keep_usage(at, u);
+            }
+        }
+        let (answer, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.list_waiters)
+            .into_iter()
+            .partition(|(_, since, max_age)| since.saturating_duration_since(at) <= *max_age);
+        for (conn, _, _) in answer {
+            self.reply_list_now(conn);
+        }
+        if !later.is_empty() {
+            self.list_waiters = later;
+            self.read_all_usage(Instant::now());
+        }
+    }
+
+    /// The list, from the figures kept (an instance started since the
+    /// last read is read here, alone).
+    fn reply_list_now(&mut self, conn: u64) {
         let mut data = Vec::with_capacity(self.insts.len() * 1024);
         data.push(b'[');
         for i in 0..self.insts.len() {
             if i > 0 {
                 data.push(b',');
             }
-            let usage = self.usage_of(i, max_age);
+            let usage = self.usage_of(i, Duration::MAX);
             if let Err(e) = serde_json::to_writer(&mut data, &self.status_of(i, false, usage)) {
                 tracing::error!("encoding the status of {}: {e}", self.insts[i].id());
             }

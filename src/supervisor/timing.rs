@@ -17,6 +17,20 @@ use super::fsm::State;
 use crate::control::observe::{Timing, Usage};
 use crate::isolation::usage::Baseline;
 
+impl Obs {
+    /// How old the usage figures kept are, if any.
+    pub fn usage_age(&self, now: Instant) -> Option<Duration> {
+        self.usage
+            .as_ref()
+            .map(|(at, _)| now.saturating_duration_since(*at))
+    }
+
+    /// Keeps figures read at `at` (by a worker's read of every instance).
+    pub fn keep_usage(&mut self, at: Instant, u: Usage) {
+        self.usage = Some((at, u));
+    }
+}
+
 /// The marks of the start in progress and what the last one cost.
 #[derive(Debug, Default)]
 pub struct Obs {

@@ -8,6 +8,7 @@
 //! tested for real (`section_faults`, `section_reliability`).
 
 mod fake;
+mod usage;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex, mpsc};

@@ -1,0 +1,117 @@
+//! `status` and `list` while usage figures are read on a worker: the loop
+//! never reads 10,000 instances' cgroup files itself.
+
+use std::io::Read;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use super::fake::{Rig, rig_with_cgroups};
+use crate::control::server::{Conn, Peer};
+
+/// A client connection the daemon answers on, as if it had asked.
+fn client(r: &mut Rig, id: u64) -> UnixStream {
+    let (ours, theirs) = UnixStream::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let peer = Peer {
+        uid: 0,
+        gid: 0,
+        pid: std::process::id() as i32,
+    };
+    r.d.conns.insert(id, Conn::new(theirs, peer));
+    ours
+}
+
+/// What the daemon has sent on it so far.
+fn answer(c: &mut UnixStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("reading the answer: {e}"),
+        }
+    }
+    String::from_utf8(got).unwrap()
+}
+
+#[test]
+fn a_status_waits_for_one_worker_read_and_a_later_one_for_the_next() {
+    let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n[instance.b]\nservice = \"s\"\n");
+    r.start("a");
+    r.start("b");
+    let mut first = client(&mut r, 1001);
+    let mut second = client(&mut r, 1002);
+
+    r.d.reply_list(1001, Duration::ZERO);
+    let (job, _) = r.d.usage_read.expect("the read is on a worker");
+    r.turns(0);
+    assert_eq!(answer(&mut first), "", "no answer before the read is back");
+    // Arrives while that read is in flight: it wants figures read after it
+    // came, so it waits for a second read rather than taking the first.
+    r.d.reply_list(1002, Duration::ZERO);
+    assert_eq!(
+        r.d.usage_read.map(|(j, _)| j),
+        Some(job),
+        "no second read yet"
+    );
+    assert_eq!(r.d.list_waiters.len(), 2);
+
+    r.until("the first read back", |r| r.d.list_waiters.len() < 2);
+    let next = r.d.usage_read.map(|(j, _)| j);
+    assert!(
+        next.is_some_and(|j| j != job),
+        "a second read for the second"
+    );
+    // (Each turn ends by writing what it answered.)
+    let a1 = answer(&mut first);
+    assert!(
+        a1.contains("\"t\":\"done\"") && a1.contains("\"a\""),
+        "{a1}"
+    );
+    assert!(a1.contains("\"usage\""), "with figures: {a1}");
+    assert_eq!(answer(&mut second), "", "the second waits for its read");
+
+    r.until("the second read back", |r| r.d.usage_read.is_none());
+    let a2 = answer(&mut second);
+    assert!(
+        a2.contains("\"t\":\"done\"") && a2.contains("\"b\""),
+        "{a2}"
+    );
+    assert!(r.d.list_waiters.is_empty());
+}
+
+#[test]
+fn a_list_within_a_second_of_the_last_read_is_answered_at_once() {
+    let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n");
+    r.start("a");
+    let mut c = client(&mut r, 2001);
+    r.d.reply_list(2001, Duration::from_secs(3600));
+    r.until("the read back", |r| r.d.usage_read.is_none());
+    r.turns(1);
+    assert!(answer(&mut c).contains("\"t\":\"done\""));
+
+    let mut again = client(&mut r, 2002);
+    r.d.reply_list(2002, Duration::from_secs(3600));
+    assert!(r.d.usage_read.is_none(), "no read: the figures are recent");
+    r.turns(1);
+    assert!(answer(&mut again).contains("\"t\":\"done\""));
+    // `status` wants figures read now: it never takes the kept ones.
+    let mut status = client(&mut r, 2003);
+    r.d.reply_list(2003, Duration::ZERO);
+    assert!(r.d.usage_read.is_some(), "status reads anew");
+    r.until("that read back", |r| r.d.usage_read.is_none());
+    r.turns(1);
+    assert!(answer(&mut status).contains("\"t\":\"done\""));
+}
+
+#[test]
+fn with_nothing_running_a_list_is_answered_without_a_read() {
+    let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n");
+    let mut c = client(&mut r, 3001);
+    r.d.reply_list(3001, Duration::ZERO);
+    assert!(r.d.usage_read.is_none(), "nothing to read");
+    r.turns(1);
+    assert!(answer(&mut c).contains("\"stopped\""));
+}
