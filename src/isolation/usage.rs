@@ -12,7 +12,12 @@
 //! Documentation/admin-guide/cgroup-v1/{memory,cpuacct,blkio-controller}.rst.
 //! cgroupfs is local kernel state: reading it never waits on storage.
 
+use std::ffi::CStr;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
 pub use crate::control::observe::Usage;
 
@@ -33,37 +38,29 @@ pub struct Dirs<'a> {
 }
 
 impl Dirs<'_> {
-    /// The first of the instance's directories holding `file`, read.
-    fn read(&self, v2_file: &str, v1_file: &str) -> Option<String> {
-        if let Ok(t) = std::fs::read_to_string(self.v2.join(v2_file)) {
-            return Some(t);
+    /// Opens the directories once: each file is then one name looked up
+    /// in its directory, not a whole path walked (the path walk through
+    /// kernfs was 80% of reading 10,000 instances' figures).
+    fn open(&self) -> Open {
+        let dir = |d: &Path| std::fs::File::open(d).ok().map(OwnedFd::from);
+        Open {
+            v2: dir(self.v2),
+            v1: self.v1.iter().filter_map(|d| dir(d)).collect(),
         }
-        self.v1
-            .iter()
-            .find_map(|d| std::fs::read_to_string(d.join(v1_file)).ok())
-    }
-
-    fn read_v2(&self, file: &str) -> Option<String> {
-        std::fs::read_to_string(self.v2.join(file)).ok()
-    }
-
-    fn read_v1(&self, file: &str) -> Option<String> {
-        self.v1
-            .iter()
-            .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
     }
 
     /// Reads every figure now, less `base` for the counters.
     pub fn usage(&self, base: &Baseline) -> Usage {
-        let cpu = self.cpu_usec();
-        let io = self.io();
+        let o = self.open();
+        let cpu = o.cpu_usec();
+        let io = o.io();
         Usage {
-            memory_bytes: num(self.read("memory.current", "memory.usage_in_bytes")),
-            memory_peak_bytes: num(self.read("memory.peak", "memory.max_usage_in_bytes")),
+            memory_bytes: num(o.read(c"memory.current", c"memory.usage_in_bytes")),
+            memory_peak_bytes: num(o.read(c"memory.peak", c"memory.max_usage_in_bytes")),
             cpu_usec: cpu.map(|c| c.saturating_sub(base.cpu_usec)),
             io_read_bytes: io.map(|(r, _)| r.saturating_sub(base.io_read_bytes)),
             io_write_bytes: io.map(|(_, w)| w.saturating_sub(base.io_write_bytes)),
-            pids: num(self.read("pids.current", "pids.current")),
+            pids: num(o.read(c"pids.current", c"pids.current")),
         }
     }
 
@@ -78,27 +75,58 @@ impl Dirs<'_> {
                 let _ = std::fs::write(f, "0");
             }
         }
-        let (io_read_bytes, io_write_bytes) = self.io().unwrap_or((0, 0));
+        let o = self.open();
+        let (io_read_bytes, io_write_bytes) = o.io().unwrap_or((0, 0));
         Baseline {
-            cpu_usec: self.cpu_usec().unwrap_or(0),
+            cpu_usec: o.cpu_usec().unwrap_or(0),
             io_read_bytes,
             io_write_bytes,
         }
     }
+}
+
+/// An instance's cgroup directories, open (those that exist).
+struct Open {
+    v2: Option<OwnedFd>,
+    v1: Vec<OwnedFd>,
+}
+
+/// `name` in the directory `dir`, read.
+fn read_at(dir: &OwnedFd, name: &CStr) -> Option<String> {
+    let flags = OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let fd = nix::fcntl::openat(dir, name, flags, Mode::empty()).ok()?;
+    std::io::read_to_string(std::fs::File::from(fd)).ok()
+}
+
+impl Open {
+    /// The first of the instance's directories holding the file, read.
+    fn read(&self, v2_file: &CStr, v1_file: &CStr) -> Option<String> {
+        self.read_v2(v2_file).or_else(|| self.read_v1(v1_file))
+    }
+
+    fn read_v2(&self, file: &CStr) -> Option<String> {
+        read_at(self.v2.as_ref()?, file)
+    }
+
+    fn read_v1(&self, file: &CStr) -> Option<String> {
+        self.v1.iter().find_map(|d| read_at(d, file))
+    }
 
     /// CPU time used, in microseconds.
     fn cpu_usec(&self) -> Option<u64> {
-        self.read_v2("cpu.stat")
+        self.read_v2(c"cpu.stat")
             .and_then(|t| flat_key(&t, "usage_usec"))
-            .or_else(|| num(self.read_v1("cpuacct.usage")).map(|ns| ns / 1000))
+            .or_else(|| num(self.read_v1(c"cpuacct.usage")).map(|ns| ns / 1000))
     }
 
     /// Bytes read and written.
     fn io(&self) -> Option<(u64, u64)> {
-        self.read_v2("io.stat").map(|t| io_stat_v2(&t)).or_else(|| {
-            self.read_v1("blkio.throttle.io_service_bytes_recursive")
-                .map(|t| blkio_v1(&t))
-        })
+        self.read_v2(c"io.stat")
+            .map(|t| io_stat_v2(&t))
+            .or_else(|| {
+                self.read_v1(c"blkio.throttle.io_service_bytes_recursive")
+                    .map(|t| blkio_v1(&t))
+            })
     }
 }
 
