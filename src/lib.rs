@@ -11,6 +11,8 @@
 //! the child's plan share). No module cycle: `process` is below
 //! `isolation`, `cli` and `integration` are over `ops`.
 
+#[macro_use]
+pub mod out;
 pub mod cli;
 pub mod config;
 pub mod control;

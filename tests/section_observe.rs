@@ -472,3 +472,41 @@ fn list_json_is_the_daemons_json_indented_with_usage_at_most_a_second_old() {
     let cpu = |v: &serde_json::Value| v["usage"]["cpu_usec"].as_u64().unwrap_or(0);
     assert!(cpu(j1) >= cpu(&st[0]), "{status}\n{list}");
 }
+
+#[test]
+fn a_list_into_a_closed_pipe_ends_as_by_sigpipe_and_into_a_full_disk_says_so() {
+    use std::os::unix::process::ExitStatusExt;
+    require_root_cgroups();
+    let h = Harness::new();
+    let mut cfg = work_service("alloc", "\"alloc\", \"4\"");
+    cfg += &instance(&h, "p1", "alloc", "");
+    h.write_config("a.toml", &cfg);
+    h.run(&["start", "p1"]).ok();
+    for args in [&["list"][..], &["list", "--json"], &["status", "p1"]] {
+        // `cohost list | head -0`: the reader is gone before the first
+        // write. It ends as `ls` would, not with a panic and a backtrace.
+        let (r, w) = nix::unistd::pipe().unwrap();
+        drop(r);
+        let mut cmd = h.command(args);
+        cmd.stdout(std::process::Stdio::from(w));
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.signal(), Some(libc::SIGPIPE), "{args:?}: {err}");
+        assert!(err.is_empty(), "{args:?}: nothing said: {err}");
+
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let mut cmd = h.command(args);
+        cmd.stdout(full);
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains("writing the output") && err.contains("No space left"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(h.state("p1"), "running", "the daemon did not mind");
+}

@@ -13,7 +13,7 @@ pub(super) fn finish(res: Result<Done, (i32, String)>) -> i32 {
         Ok(d) => {
             if !d.message.is_empty() {
                 if d.code == 0 {
-                    println!("{}", d.message);
+                    outln!("{}", d.message);
                 } else {
                     eprintln!("cohost: {}", d.message);
                 }
@@ -41,7 +41,7 @@ pub fn daemon(ctx: &Ctx, foreground: bool, format: &str, level: &str) -> i32 {
             &["--log-format", format, "--log-level", level],
         ) {
             Ok(pid) => {
-                println!(
+                outln!(
                     "cohost daemon started (pid {pid}) for {}",
                     ctx.runtime_dir.display()
                 );
@@ -97,7 +97,7 @@ pub fn restart(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {
 pub(super) fn print_quiet((code, msg): (i32, String)) -> i32 {
     if !msg.is_empty() {
         if code == 0 {
-            println!("{msg}");
+            outln!("{msg}");
         } else {
             eprintln!("cohost: {msg}");
         }
@@ -115,7 +115,7 @@ pub fn reset(ctx: &Ctx, id: &str) -> i32 {
 pub fn monitor(ctx: &Ctx, id: &str, depth: u8) -> (i32, String) {
     let (code, msg) = monitor_quiet(ctx, id, depth);
     if code == 0 || code == 7 {
-        println!("{msg}");
+        outln!("{msg}");
     } else {
         eprintln!("cohost: {msg}");
     }
@@ -150,16 +150,16 @@ fn status_or_list(ctx: &Ctx, id: Option<&str>, json: bool, req: Request) -> i32 
                 .and_then(|v| serde_json::from_value(v).ok())
                 .unwrap_or_default();
             if json {
-                println!(
+                outln!(
                     "{}",
                     serde_json::to_string_pretty(&list).unwrap_or_default()
                 );
             } else if id.is_some() {
                 for s in &list {
-                    print!("{}", output::detail(s));
+                    out!("{}", output::detail(s));
                 }
             } else {
-                print!("{}", output::table(&list));
+                out!("{}", output::table(&list));
             }
             d.code
         }
@@ -175,7 +175,7 @@ fn status_json(ctx: &Ctx, s: std::os::unix::net::UnixStream, req: Request) -> i3
         Ok((d, _)) if d.code == 2 => finish(Ok(d)),
         Ok((d, data)) => {
             let data = if data.is_empty() { "[]" } else { &data };
-            println!("{}", super::pretty::indent(data));
+            outln!("{}", super::pretty::indent(data));
             d.code
         }
         Err(e) => finish(Err((1, e.to_string()))),
@@ -191,7 +191,7 @@ pub fn up_down(ctx: &Ctx, up: bool) -> i32 {
             if up { Request::Up {} } else { Request::Down {} },
         )),
         Ok(None) => {
-            println!("nothing runs");
+            outln!("nothing runs");
             0
         }
         Err(e) => finish(Err(e)),
@@ -206,7 +206,7 @@ pub fn shutdown(ctx: &Ctx) -> i32 {
     match client::connect(&ctx.runtime_dir) {
         Ok(s) => finish(call(ctx, s, Request::Shutdown {})),
         Err(ClientError::NoDaemon(_)) => {
-            println!("no cohost daemon runs for {}", ctx.runtime_dir.display());
+            outln!("no cohost daemon runs for {}", ctx.runtime_dir.display());
             0
         }
         Err(e) => finish(Err((1, e.to_string()))),
@@ -231,7 +231,7 @@ pub fn ids(ctx: &Ctx) -> i32 {
         None => super::local::instance_ids(ctx),
     };
     for id in ids {
-        println!("{id}");
+        outln!("{id}");
     }
     0
 }

@@ -60,7 +60,7 @@ pub fn validate(ctx: &Ctx) -> i32 {
         Ok(cfg) => {
             let services: std::collections::BTreeSet<&str> =
                 cfg.instances.values().map(|i| i.service.as_str()).collect();
-            println!(
+            outln!(
                 "{}: valid ({} instance{}, {} service{} used)",
                 ctx.config.display(),
                 cfg.instances.len(),
@@ -164,11 +164,11 @@ pub fn logs(ctx: &Ctx, id: &str, follow: bool, lines: usize) -> i32 {
     let many = files.len() > 1;
     for f in &existing {
         if many {
-            println!("==> {} <==", f.display());
+            outln!("==> {} <==", f.display());
         }
         let text = crate::util::tail(f, lines);
         for l in text {
-            println!("{l}");
+            outln!("{l}");
         }
     }
     if follow { follow_logs(&files, many) } else { 0 }
@@ -240,7 +240,7 @@ pub fn import(file: &Path, service: &str) -> i32 {
     };
     match config::import::import(&text, service) {
         Ok(toml) => {
-            print!(
+            out!(
                 "# imported from {} by cohost import\n\n{toml}",
                 file.display()
             );

@@ -240,7 +240,7 @@ pub fn run(ctx: &Ctx, output: Option<&Path>) -> i32 {
     let text = render(&list);
     match output {
         None => {
-            print!("{text}");
+            out!("{text}");
             0
         }
         Some(f) => match write_atomic(f, &text) {

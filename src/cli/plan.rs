@@ -110,12 +110,12 @@ pub fn run(ctx: &Ctx, peer_dir: &Path, json: bool) -> i32 {
         }
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&p).unwrap_or_default());
     } else if p.ok {
-        println!("this node can run both: {}", summary(&p));
+        outln!("this node can run both: {}", summary(&p));
     } else {
-        print!("{}", table(&p));
-        println!(
+        out!("{}", table(&p));
+        outln!(
             "this node cannot run both: {} blocker(s); {}",
             p.blockers.len(),
             summary(&p)

@@ -248,9 +248,9 @@ fn snapshots(ctx: &Ctx, opts: &Opts) -> Result<(), (i32, String)> {
             std::thread::sleep(opts.delay);
         }
         let cur = sample(ctx)?;
-        print!("{}", render(prev.as_ref(), &cur, opts.sort, usize::MAX));
+        out!("{}", render(prev.as_ref(), &cur, opts.sort, usize::MAX));
         if i + 1 < n {
-            println!();
+            outln!();
         }
         prev = Some(cur);
     }
@@ -274,7 +274,7 @@ impl Raw {
         termios::tcsetattr(stdin.as_fd(), SetArg::TCSANOW, &raw)
             .map_err(|e| (1, format!("setting the terminal to raw mode: {e}")))?;
         // Alternate screen, cursor hidden.
-        print!("\x1b[?1049h\x1b[?25l");
+        out!("\x1b[?1049h\x1b[?25l");
         let _ = std::io::stdout().flush();
         Ok(Raw { saved })
     }
@@ -282,7 +282,7 @@ impl Raw {
 
 impl Drop for Raw {
     fn drop(&mut self) {
-        print!("\x1b[?25h\x1b[?1049l");
+        out!("\x1b[?25h\x1b[?1049l");
         let _ = std::io::stdout().flush();
         let _ = termios::tcsetattr(std::io::stdin().as_fd(), SetArg::TCSANOW, &self.saved);
     }
@@ -327,7 +327,7 @@ fn interactive_loop(ctx: &Ctx, opts: &Opts) -> Result<(), (i32, String)> {
     loop {
         let frame = render(prev.as_ref(), &cur, sort, term_rows());
         // Home, the frame with each line cleared to its end, the rest cleared.
-        print!("\x1b[H{}\x1b[J", frame.replace('\n', "\x1b[K\r\n"));
+        out!("\x1b[H{}\x1b[J", frame.replace('\n', "\x1b[K\r\n"));
         let _ = std::io::stdout().flush();
         let deadline = cur.at + opts.delay;
         loop {
@@ -338,7 +338,7 @@ fn interactive_loop(ctx: &Ctx, opts: &Opts) -> Result<(), (i32, String)> {
                     if let Some(s) = Sort::key(k) {
                         sort = s;
                         let frame = render(prev.as_ref(), &cur, sort, term_rows());
-                        print!("\x1b[H{}\x1b[J", frame.replace('\n', "\x1b[K\r\n"));
+                        out!("\x1b[H{}\x1b[J", frame.replace('\n', "\x1b[K\r\n"));
                         let _ = std::io::stdout().flush();
                     }
                 }

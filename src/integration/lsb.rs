@@ -74,7 +74,7 @@ const USAGE: &str = "usage: cohost lsb ID {start|stop|restart|force-reload|try-r
 
 fn say(code: Action, msg: &str) -> i32 {
     if code == Action::Success {
-        println!("{msg}");
+        outln!("{msg}");
     } else {
         eprintln!("cohost: {msg}");
     }
@@ -125,7 +125,7 @@ fn status(ctx: &Ctx, id: &str) -> i32 {
             {
                 msg.push_str(&format!(": {f}"));
             }
-            println!("{msg}");
+            outln!("{msg}");
             code.code()
         }
         Err((_, m)) => {

@@ -148,11 +148,11 @@ fn answer(action: Action, o: Outcome) -> Ocf {
 fn run_action(action: &str) -> Ocf {
     match action {
         "meta-data" => {
-            print!("{}", meta_data());
+            out!("{}", meta_data());
             return Ocf::Success;
         }
         "usage" | "help" => {
-            println!("{USAGE}");
+            outln!("{USAGE}");
             return Ocf::Success;
         }
         "start" | "stop" | "monitor" | "status" | "reload" | "validate-all" => {}

@@ -57,7 +57,7 @@ pub fn connect(
 pub fn call(ctx: &Ctx, stream: UnixStream, req: Request) -> Result<Done, (i32, String)> {
     client::call(stream, &envelope(ctx, req), |id, _state, msg| {
         let _ = id;
-        println!("{msg}");
+        outln!("{msg}");
     })
     .map_err(|e| (1, e.to_string()))
 }

@@ -100,9 +100,9 @@ pub fn run(ctx: &Ctx, id: &str, json: bool) -> i32 {
     let bad: Vec<&Check> = checks.iter().filter(|c| !c.ok).collect();
     if json {
         let v = serde_json::json!({ "id": id, "ok": bad.is_empty(), "checks": checks });
-        println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+        outln!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
     } else {
-        print!("{}", render(&checks));
+        out!("{}", render(&checks));
     }
     if bad.is_empty() {
         return Exit::Ok.code();
