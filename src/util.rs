@@ -24,6 +24,18 @@ pub fn tail_of(mut f: std::fs::File, n: usize) -> Vec<String> {
     lines[from..].iter().map(|l| l.to_string()).collect()
 }
 
+/// Gives the heap's free memory back to the kernel (glibc keeps what a
+/// burst freed: after ten reloads of 10,000 instances the daemon held 145
+/// MB, 99 MB once trimmed). After the bursts only (a reload, the end of an
+/// `up` or `down`): it walks the free lists.
+pub fn give_back_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free pages of the heap.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

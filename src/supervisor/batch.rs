@@ -201,6 +201,10 @@ impl Daemon {
                     );
                 }
             }
+            drop(b);
+            if self.batches.is_empty() {
+                crate::util::give_back_memory();
+            }
         }
     }
 

@@ -19,6 +19,12 @@ impl Daemon {
     /// changed definition waits for their next start; an invalid file
     /// changes nothing.
     pub fn reload(&mut self) -> Result<String, ReloadRefused> {
+        let r = self.reread();
+        crate::util::give_back_memory();
+        r
+    }
+
+    fn reread(&mut self) -> Result<String, ReloadRefused> {
         let cfg = match config::load(&self.opts.config_dir, Trust::for_current_user()) {
             Ok(c) => c,
             Err(diags) => {
