@@ -347,6 +347,9 @@ impl Daemon {
         };
         d.adopt_all();
         d.init_force_bind();
+        // What parsing the file took and freed (a 10,000-instance file's
+        // parse peaks at 46 MB) goes back before anything runs.
+        crate::util::give_back_memory();
         d.announce_ready();
         Ok(d)
     }
