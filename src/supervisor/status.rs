@@ -19,6 +19,10 @@ pub struct UsageRead {
     v2: PathBuf,
     v1: Vec<PathBuf>,
     base: Baseline,
+    /// When the instance entered the state it was in when asked: a state
+    /// change since (a stop, a new run in a cgroup of the same name) makes
+    /// the figures another run's.
+    since: std::time::SystemTime,
     usage: Option<Usage>,
 }
 
@@ -78,6 +82,7 @@ impl Daemon {
                     v2: cg.dir.clone(),
                     v1: cg.v1_dirs.clone(),
                     base: i.obs.base,
+                    since: i.since_wall,
                     usage: None,
                 })
             })
@@ -115,6 +120,7 @@ impl Daemon {
                 continue;
             };
             let same_run = wants_usage(inst)
+                && inst.since_wall == r.since
                 && inst.obs.base == r.base
                 && inst.cgroup.as_ref().is_some_and(|c| c.dir == r.v2);
             if let (true, Some(u)) = (same_run, r.usage) {

@@ -115,3 +115,37 @@ fn with_nothing_running_a_list_is_answered_without_a_read() {
     r.turns(1);
     assert!(answer(&mut c).contains("\"stopped\""));
 }
+
+#[test]
+fn figures_read_before_a_state_change_are_not_shown_for_the_new_state() {
+    let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n");
+    r.start("a");
+    let idx = r.idx("a");
+    let dir = r.d.insts[idx].cgroup.as_ref().unwrap().dir.clone();
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("memory.current"), "111\n").unwrap();
+    let mut c = client(&mut r, 4001);
+    r.d.reply_list(4001, Duration::ZERO);
+    // The worker's read, taken by hand so that what happens between the
+    // read and its arrival is the test's to say.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let (job, read) = loop {
+        assert!(std::time::Instant::now() < deadline, "the read never came");
+        let got = r.d.worker.take().into_iter().find_map(|(j, o)| match o {
+            crate::supervisor::Outcome::Usage { read } => Some((j, read)),
+            _ => None,
+        });
+        if let Some(g) = got {
+            break g;
+        }
+        std::thread::yield_now();
+    };
+    // Meanwhile the instance moved on (as a stop and a new run in a
+    // cgroup of the same name would), and its cgroup counts anew.
+    r.d.insts[idx].since_wall = std::time::SystemTime::now();
+    std::fs::write(dir.join("memory.current"), "222\n").unwrap();
+    r.d.on_usage_read(job, read);
+    r.turns(1);
+    let a = answer(&mut c);
+    assert!(a.contains("\"memory_bytes\":222"), "the new figures: {a}");
+}
