@@ -11,9 +11,9 @@
 //! instance's address (never 0.0.0.0), so two copies share one port.
 
 use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 fn main() {
@@ -91,21 +91,35 @@ fn ask(addr: &str) -> ! {
     }
 }
 
-/// Reads the counter, adds one, writes it back and fsyncs it.
-fn bump(path: &PathBuf) -> std::io::Result<u64> {
+/// Reads the counter, adds one, and replaces the file with the new value
+/// (written to `counter.new`, fsynced, renamed over, the directory
+/// fsynced): a copy killed at any point (a stop's SIGTERM while a request
+/// is served, a node that dies) leaves the old value or the new one, never
+/// an empty file. It was truncated and rewritten in place: a SIGTERM
+/// between the two reset the count to 1 after the next takeover.
+fn bump(path: &Path) -> std::io::Result<u64> {
+    let n = match std::fs::read_to_string(path) {
+        Ok(s) => s.trim().parse::<u64>().map_err(|e| {
+            std::io::Error::other(format!(
+                "holds {:?}, not a number ({e}); fix or remove it",
+                s.trim()
+            ))
+        })?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
+        Err(e) => return Err(e),
+    } + 1;
+    let tmp = path.with_extension("new");
     let mut f = OpenOptions::new()
-        .read(true)
         .write(true)
         .create(true)
-        .truncate(false)
-        .open(path)?;
-    let mut s = String::new();
-    f.read_to_string(&mut s)?;
-    let n = s.trim().parse::<u64>().unwrap_or(0) + 1;
-    f.seek(SeekFrom::Start(0))?;
-    f.set_len(0)?;
+        .truncate(true)
+        .open(&tmp)?;
     f.write_all(format!("{n}\n").as_bytes())?;
     f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
     Ok(n)
 }
 

@@ -705,3 +705,58 @@ fn write_hostile(h: &Harness, file: &str, id: &str, addr: &str, ready: Option<&s
         ),
     );
 }
+
+/// The demo `counter` run under strace, killed (SIGKILL) at the entry of
+/// the first `syscall` on its counter files while it serves a request.
+fn counter_killed_at(syscall: &str, data: &std::path::Path) -> std::process::ExitStatus {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut child = std::process::Command::new("strace")
+        .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+        .arg(format!("inject={syscall}:signal=KILL:when=1"))
+        .arg("-P")
+        .arg(data.join("counter"))
+        .arg("-P")
+        .arg(data.join("counter.new"))
+        .arg(example("counter"))
+        .args(["--listen", &listen, "--data"])
+        .arg(data)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("strace runs");
+    let mut asked = false;
+    wait_for(&format!("the counter on {listen} served a request"), || {
+        asked = asked
+            || std::net::TcpStream::connect(&listen)
+                .map(|mut s| {
+                    let mut b = String::new();
+                    let _ = std::io::Read::read_to_string(&mut s, &mut b);
+                })
+                .is_ok();
+        asked
+    });
+    child.wait().unwrap()
+}
+
+#[test]
+fn the_demo_counter_killed_at_any_step_of_its_update_keeps_its_count() {
+    require_tools(&[("strace", "strace")]);
+    let t = tempfile::tempdir().unwrap();
+    let data = t.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let file = data.join("counter");
+    for syscall in ["write", "fsync", "rename,renameat,renameat2"] {
+        std::fs::write(&file, "41\n").unwrap();
+        let st = counter_killed_at(syscall, &data);
+        assert!(!st.success(), "killed at {syscall}: {st:?}");
+        let left = std::fs::read_to_string(&file).unwrap();
+        assert!(
+            left == "41\n" || left == "42\n",
+            "killed at {syscall}: the counter file holds {left:?}: the count is lost"
+        );
+    }
+}

@@ -7,7 +7,7 @@ set -eu
 
 # Each line: package(s) and what needs them.
 PACKAGES="
-iproute2 iputils-ping iputils-arping util-linux passwd
+iproute2 iputils-ping iputils-arping util-linux passwd strace
 resource-agents libxml2-utils kmod psmisc
 pacemaker pacemaker-cli-utils corosync crmsh fence-agents
 insserv shellcheck
