@@ -241,7 +241,7 @@ impl Daemon {
             timers::Key::Probe { idx, slot, epoch } => {
                 let inst = &self.insts[idx];
                 let p = if slot == 0 {
-                    inst.ready_probe.as_ref()
+                    inst.ready_probe.as_deref()
                 } else {
                     inst.health.get(slot - 1)
                 };

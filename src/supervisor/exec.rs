@@ -291,7 +291,7 @@ impl Daemon {
             } else {
                 // Kept (empty, watched) for the next start.
                 let limits = self.insts[idx].spec.limits.clone();
-                self.insts[idx].spare_cgroup = Some((cg, limits));
+                self.insts[idx].spare_cgroup = Some(Box::new((cg, limits)));
             }
         } else {
             self.unwatch_cgroup(idx);

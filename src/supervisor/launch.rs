@@ -152,7 +152,7 @@ impl Daemon {
     /// limits are still the ones wanted; else a new one.
     fn reuse_or_make_cgroup(&mut self, idx: usize) -> Result<(), LaunchError> {
         let spec = self.insts[idx].spec.clone();
-        match self.insts[idx].spare_cgroup.take() {
+        match self.insts[idx].spare_cgroup.take().map(|b| *b) {
             Some((cg, limits))
                 if limits == spec.limits && !cg.killed && !self.host.cgroup_populated(&cg) =>
             {
@@ -254,9 +254,9 @@ impl Daemon {
                 tracing::warn!(instance = %id, "{reason}");
                 self.run_hooks(idx, "taken-over", State::Starting, State::Starting, &reason);
             }
-            self.insts[idx].lock = Some(lock);
+            self.insts[idx].lock = Some(Box::new(lock));
         }
-        self.insts[idx].creds = prep.creds;
+        self.insts[idx].creds = prep.creds.map(Box::new);
         let role = match self.insts[idx].spec.kind {
             ServiceKind::Simple => ProcRole::Main,
             ServiceKind::Forking => ProcRole::StartScript,
@@ -404,7 +404,7 @@ impl Daemon {
                 inherit: None,
                 setsid: true,
             },
-            self.insts[idx].creds.clone(),
+            self.insts[idx].creds.as_deref().cloned(),
         );
         match plan.and_then(|p| self.host.spawn(p)) {
             Ok(child) => {
@@ -434,7 +434,7 @@ impl Daemon {
 
     /// Removes the empty cgroup kept from the instance's last run.
     pub(super) fn release_spare_cgroup(&mut self, idx: usize) {
-        if let Some((cg, _)) = self.insts[idx].spare_cgroup.take() {
+        if let Some((cg, _)) = self.insts[idx].spare_cgroup.take().map(|b| *b) {
             self.unwatch_cgroup(idx);
             self.remove_cgroup(cg);
         }

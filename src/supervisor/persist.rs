@@ -411,7 +411,7 @@ impl Daemon {
         };
         let inst = &mut self.insts[idx];
         if inst.lock.is_none() && inst.state().may_have_processes() {
-            inst.lock = Some(*lock);
+            inst.lock = Some(lock);
         } else {
             self.release_later(lock);
         }

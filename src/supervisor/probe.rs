@@ -35,7 +35,7 @@ impl Daemon {
     fn probe_mut(&mut self, idx: usize, slot: usize) -> Option<&mut Probe> {
         let inst = &mut self.insts[idx];
         if slot == 0 {
-            inst.ready_probe.as_mut()
+            inst.ready_probe.as_deref_mut()
         } else {
             inst.health.get_mut(slot - 1)
         }
@@ -44,7 +44,7 @@ impl Daemon {
     fn probe_ref(&self, idx: usize, slot: usize) -> Option<&Probe> {
         let inst = &self.insts[idx];
         if slot == 0 {
-            inst.ready_probe.as_ref()
+            inst.ready_probe.as_deref()
         } else {
             inst.health.get(slot - 1)
         }
@@ -140,7 +140,7 @@ impl Daemon {
                         inherit: None,
                         setsid: true,
                     },
-                    self.insts[idx].creds.clone(),
+                    self.insts[idx].creds.as_deref().cloned(),
                 );
                 match plan.and_then(|p| self.host.spawn(p)) {
                     Ok(child) => {

@@ -173,7 +173,11 @@ impl Daemon {
             Vec::new()
         };
         let mut checks = Vec::new();
-        let probes = inst.ready_probe.iter().chain(inst.health.iter());
+        let probes = inst
+            .ready_probe
+            .as_deref()
+            .into_iter()
+            .chain(inst.health.iter());
         for p in probes {
             checks.push(CheckStatus {
                 role: p.role.as_str().into(),

@@ -34,7 +34,7 @@ impl Obs {
 /// The marks of the start in progress and what the last one cost.
 #[derive(Debug, Default)]
 pub struct Obs {
-    start: Option<Marks>,
+    start: Option<Box<Marks>>,
     /// The last start that reached running under this daemon.
     pub last: Option<Timing>,
     /// The cgroup's counters when the current run began.
@@ -129,7 +129,9 @@ impl Daemon {
                     m.address = Some(now);
                 }
             }
-            (_, State::WaitingAddress) | (_, State::Starting) => obs.start = Some(Marks::new(now)),
+            (_, State::WaitingAddress) | (_, State::Starting) => {
+                obs.start = Some(Box::new(Marks::new(now)))
+            }
             (State::Starting, State::Running) => {
                 let t = obs.start.take()?.finish(now);
                 obs.last = Some(t.clone());
