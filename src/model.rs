@@ -342,21 +342,19 @@ impl InstanceSpec {
 mod tests {
     use crate::config::{Trust, load};
 
-    /// Both instances' fingerprints, from the one file (an origin is its
-    /// file too) written with `text`.
-    fn fingerprints(text: &str) -> (u64, u64) {
-        let dir = std::env::temp_dir().join(format!("cohost-fp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+    /// Both instances' fingerprints, with `text` written to `dir`'s one
+    /// file (an origin is its file too: every call uses the same one).
+    fn fingerprints(dir: &std::path::Path, text: &str) -> (u64, u64) {
         std::fs::write(dir.join("a.toml"), text).unwrap();
-        let loaded = load(&dir, Trust::Relaxed);
-        std::fs::remove_dir_all(&dir).unwrap();
-        let cfg = loaded.unwrap_or_else(|d| panic!("{d:?}"));
+        let cfg = load(dir, Trust::Relaxed).unwrap_or_else(|d| panic!("{d:?}"));
         let fp = |id: &str| cfg.instances[id].fingerprint();
         (fp("a"), fp("b"))
     }
 
     #[test]
     fn a_fingerprint_is_what_an_instance_is_not_where_it_was_written() {
+        let t = tempfile::tempdir().unwrap();
+        let fingerprints = |text: &str| fingerprints(t.path(), text);
         let svc = "[service.s]\ncommand = [\"/bin/sleep\", \"1\"]\n";
         let (a, b) = fingerprints(&format!(
             "{svc}[instance.a]\nservice = \"s\"\n[instance.b]\nservice = \"s\"\n"
