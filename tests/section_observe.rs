@@ -24,6 +24,22 @@ fn instance(h: &Harness, id: &str, service: &str, extra: &str) -> String {
     )
 }
 
+/// A daemon running `ids`, each an instance of a service that holds 4 MiB
+/// (`testsvc alloc 4`).
+fn running_allocs(ids: &[&str]) -> Harness {
+    require_root_cgroups();
+    let h = Harness::new();
+    let mut cfg = work_service("alloc", "\"alloc\", \"4\"");
+    for id in ids {
+        cfg += &instance(&h, id, "alloc", "");
+    }
+    h.write_config("a.toml", &cfg);
+    for id in ids {
+        h.run(&["start", id]).ok();
+    }
+    h
+}
+
 fn usage(h: &Harness, id: &str) -> serde_json::Value {
     let v = h.status_json(id);
     assert!(v["usage"].is_object(), "no usage for {id}: {v}");
@@ -299,14 +315,7 @@ fn switches(pid: i32) -> u64 {
 
 #[test]
 fn an_idle_daemon_never_wakes_usage_is_read_on_request_only() {
-    require_root_cgroups();
-    let h = Harness::new();
-    let mut cfg = work_service("alloc", "\"alloc\", \"4\"");
-    cfg += &instance(&h, "i1", "alloc", "");
-    cfg += &instance(&h, "i2", "alloc", "");
-    h.write_config("a.toml", &cfg);
-    h.run(&["start", "i1"]).ok();
-    h.run(&["start", "i2"]).ok();
+    let h = running_allocs(&["i1", "i2"]);
     // Usage asked for (the daemon reads the cgroups now), then nothing.
     assert!(usage(&h, "i1")["memory_bytes"].is_u64());
     h.run(&["metrics"]).ok();
@@ -440,14 +449,7 @@ fn a_takeover_reports_its_timing_parts_that_add_up_and_the_lock_record_age() {
 /// always reads now.
 #[test]
 fn list_json_is_the_daemons_json_indented_with_usage_at_most_a_second_old() {
-    require_root_cgroups();
-    let h = Harness::new();
-    let mut cfg = work_service("alloc", "\"alloc\", \"4\"");
-    cfg += &instance(&h, "j1", "alloc", "");
-    cfg += &instance(&h, "j2", "alloc", "");
-    h.write_config("a.toml", &cfg);
-    h.run(&["start", "j1"]).ok();
-    h.run(&["start", "j2"]).ok();
+    let h = running_allocs(&["j1", "j2"]);
     let status = h.run(&["status", "j1", "--json"]).ok();
     let list = h.run(&["list", "--json"]).ok();
     for out in [&status, &list] {
@@ -476,12 +478,7 @@ fn list_json_is_the_daemons_json_indented_with_usage_at_most_a_second_old() {
 #[test]
 fn a_list_into_a_closed_pipe_ends_as_by_sigpipe_and_into_a_full_disk_says_so() {
     use std::os::unix::process::ExitStatusExt;
-    require_root_cgroups();
-    let h = Harness::new();
-    let mut cfg = work_service("alloc", "\"alloc\", \"4\"");
-    cfg += &instance(&h, "p1", "alloc", "");
-    h.write_config("a.toml", &cfg);
-    h.run(&["start", "p1"]).ok();
+    let h = running_allocs(&["p1"]);
     for args in [&["list"][..], &["list", "--json"], &["status", "p1"]] {
         // `cohost list | head -0`: the reader is gone before the first
         // write. It ends as `ls` would, not with a panic and a backtrace.
