@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::fake::{Rig, rig_with_cgroups};
 use crate::control::server::{Conn, Peer};
+use crate::supervisor::fsm::State;
 
 /// A client connection the daemon answers on, as if it had asked.
 fn client(r: &mut Rig, id: u64) -> UnixStream {
@@ -34,6 +35,65 @@ fn answer(c: &mut UnixStream) -> String {
         }
     }
     String::from_utf8(got).unwrap()
+}
+
+/// The worker's read of every instance's usage, taken by hand (it is not
+/// delivered to the daemon until the test says so). Nothing else but a
+/// file closing may be out on the worker then: it would be lost.
+fn take_read(r: &mut Rig) -> (u64, Vec<crate::supervisor::status::UsageRead>) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "the read never came");
+        let mut got = None;
+        for (j, o) in r.d.worker.take() {
+            match o {
+                crate::supervisor::Outcome::Usage { read } => got = Some((j, read)),
+                // Files closed off the loop: done once the job ran.
+                crate::supervisor::Outcome::Released => {}
+                _ => panic!("job {j}: only the usage read was to be out"),
+            }
+        }
+        if let Some(g) = got {
+            return g;
+        }
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn while_a_read_is_out_the_others_start_and_answer_and_a_gone_client_is_skipped() {
+    let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n[instance.b]\nservice = \"s\"\n");
+    r.start("a");
+    let gone = client(&mut r, 5001);
+    let mut stays = client(&mut r, 5002);
+    r.d.reply_list(5001, Duration::ZERO);
+    // Recent enough for this one: it shares the read out.
+    r.d.reply_list(5002, Duration::from_secs(3600));
+    let (job, read) = take_read(&mut r);
+    // Meanwhile the loop serves on: another instance starts, a status
+    // of the one being read is answered.
+    r.start("b");
+    let mut status = client(&mut r, 5003);
+    let a = r.idx("a");
+    r.d.reply_status(5003, a);
+    r.turns(1);
+    let st = answer(&mut status);
+    assert!(
+        st.contains("\"t\":\"done\"") && st.contains("\"a\""),
+        "{st}"
+    );
+    assert_eq!(answer(&mut stays), "", "the list waits for its read");
+    // A client that gave up while waiting is skipped, not an error.
+    drop(gone);
+    r.d.on_usage_read(job, read);
+    r.turns(1);
+    let list = answer(&mut stays);
+    assert!(
+        list.contains("\"id\":\"a\"") && list.contains("\"id\":\"b\""),
+        "both listed: {list}"
+    );
+    assert!(r.d.list_waiters.is_empty() && r.d.usage_read.is_none());
+    assert_eq!(r.state("b"), State::Running);
 }
 
 #[test]
@@ -128,18 +188,7 @@ fn figures_read_before_a_state_change_are_not_shown_for_the_new_state() {
     r.d.reply_list(4001, Duration::ZERO);
     // The worker's read, taken by hand so that what happens between the
     // read and its arrival is the test's to say.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let (job, read) = loop {
-        assert!(std::time::Instant::now() < deadline, "the read never came");
-        let got = r.d.worker.take().into_iter().find_map(|(j, o)| match o {
-            crate::supervisor::Outcome::Usage { read } => Some((j, read)),
-            _ => None,
-        });
-        if let Some(g) = got {
-            break g;
-        }
-        std::thread::yield_now();
-    };
+    let (job, read) = take_read(&mut r);
     // Meanwhile the instance moved on (as a stop and a new run in a
     // cgroup of the same name would), and its cgroup counts anew.
     r.d.insts[idx].since_wall = std::time::SystemTime::now();
