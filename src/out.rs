@@ -16,6 +16,14 @@ pub fn write(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Runs `f` on the locked standard output, as [`out!`] does its text.
+pub fn write_with(f: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = f(&mut out).and_then(|()| out.flush()) {
+        failed(e);
+    }
+}
+
 fn failed(e: std::io::Error) -> ! {
     if e.kind() == std::io::ErrorKind::BrokenPipe {
         // SAFETY: back to the default disposition, then the signal: the

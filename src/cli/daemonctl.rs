@@ -1,5 +1,7 @@
 //! Commands answered by the daemon, and starting the daemon when needed.
 
+use std::io::Write;
+
 use super::{Ctx, output};
 use crate::control::client::{self, ClientError, Done};
 use crate::control::proto::{InstanceStatus, Request};
@@ -172,11 +174,14 @@ fn status_or_list(ctx: &Ctx, id: Option<&str>, json: bool, req: Request) -> i32 
 /// the cost for thousands of instances).
 fn status_json(ctx: &Ctx, s: std::os::unix::net::UnixStream, req: Request) -> i32 {
     match client::call_raw(s, &envelope(ctx, req)) {
-        Ok((d, _)) if d.code == 2 => finish(Ok(d)),
-        Ok((d, data)) => {
-            let data = if data.is_empty() { "[]" } else { &data };
-            outln!("{}", super::pretty::indent(data));
-            d.code
+        Ok(r) if r.done.code == 2 => finish(Ok(r.done)),
+        Ok(r) => {
+            let data = if r.data().is_empty() { b"[]" } else { r.data() };
+            crate::out::write_with(|out| {
+                super::pretty::indent_to(data, out)?;
+                out.write_all(b"\n")
+            });
+            r.done.code
         }
         Err(e) => finish(Err((1, e.to_string()))),
     }

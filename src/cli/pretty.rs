@@ -3,12 +3,24 @@
 //! values: `list --json` of 10,000 instances is a few megabytes, and
 //! parsing then re-serialising them cost more than the daemon's answer.
 
+use std::io::{self, Write};
+
 /// `compact` must be JSON without whitespace outside strings (what
 /// `serde_json::to_writer` writes); the result has the same bytes as
 /// `to_string_pretty` of the same value.
+#[cfg(test)]
 pub fn indent(compact: &str) -> String {
-    let b = compact.as_bytes();
-    let mut out = Vec::with_capacity(b.len() * 2);
+    let mut out = Vec::new();
+    indent_to(compact.as_bytes(), &mut out).unwrap();
+    // Only ASCII bytes were added between whole UTF-8 sequences.
+    String::from_utf8(out).unwrap()
+}
+
+/// [`indent`], written to `w` a chunk at a time as it is made (the
+/// indented list of 10,000 instances is never held whole).
+pub fn indent_to(b: &[u8], w: &mut impl Write) -> io::Result<()> {
+    const CHUNK: usize = 1 << 16;
+    let mut out = Vec::with_capacity(2 * CHUNK);
     let mut depth = 0usize;
     let newline = |out: &mut Vec<u8>, depth: usize| {
         out.push(b'\n');
@@ -16,6 +28,10 @@ pub fn indent(compact: &str) -> String {
     };
     let mut i = 0;
     while i < b.len() {
+        if out.len() >= CHUNK {
+            w.write_all(&out)?;
+            out.clear();
+        }
         let c = b[i];
         match c {
             b'"' => {
@@ -58,8 +74,7 @@ pub fn indent(compact: &str) -> String {
         }
         i += 1;
     }
-    // Only ASCII bytes were added between whole UTF-8 sequences.
-    String::from_utf8(out).unwrap_or_default()
+    w.write_all(&out)
 }
 
 /// Just past the quote that closes the string whose first byte after its

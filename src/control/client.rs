@@ -136,30 +136,55 @@ struct RawLine<'a> {
     data: Option<&'a serde_json::value::RawValue>,
 }
 
-/// [`call`], with the final `data` as the daemon's JSON text: (done
-/// without data, the text). Progress lines are not expected here
+/// The `done` line of [`call_raw`], with its `data` kept as the daemon's
+/// JSON text.
+pub struct RawDone {
+    pub done: Done,
+    line: Vec<u8>,
+    data: std::ops::Range<usize>,
+}
+
+impl RawDone {
+    /// The JSON of `data`, as it came (empty when there was none).
+    pub fn data(&self) -> &[u8] {
+        &self.line[self.data.clone()]
+    }
+}
+
+/// [`call`], with the final `data` as the daemon's JSON text, read into
+/// one buffer and not copied again. Progress lines are not expected here
 /// (status and list have none) and are skipped.
-pub fn call_raw(stream: UnixStream, env: &Envelope) -> Result<(Done, String), ClientError> {
+pub fn call_raw(stream: UnixStream, env: &Envelope) -> Result<RawDone, ClientError> {
     let mut line = serde_json::to_vec(env).map_err(|e| ClientError::BadReply(e.to_string()))?;
     line.push(b'\n');
     (&stream).write_all(&line)?;
-    let mut reader = BufReader::new(stream);
-    let mut buf = String::new();
+    let mut reader = BufReader::with_capacity(1 << 20, stream);
+    let mut buf = Vec::new();
     loop {
         buf.clear();
-        if reader.read_line(&mut buf)? == 0 {
+        if reader.read_until(b'\n', &mut buf)? == 0 {
             return Err(ClientError::NoAnswer);
         }
-        let r: RawLine = serde_json::from_str(&buf)
-            .map_err(|e| ClientError::BadReply(format!("{e}: {}", buf.trim())))?;
+        let r: RawLine = serde_json::from_slice(&buf).map_err(|e| {
+            let text = String::from_utf8_lossy(&buf);
+            ClientError::BadReply(format!("{e}: {}", text.trim()))
+        })?;
         if r.t == "done" {
-            let data = r.data.map(|d| d.get().to_string()).unwrap_or_default();
+            // Where the data lies in the line (it borrows from it).
+            let data = r.data.map_or(0..0, |d| {
+                let at = d.get().as_ptr() as usize - buf.as_ptr() as usize;
+                at..at + d.get().len()
+            });
             let done = Done {
                 code: r.code,
                 message: r.message,
                 data: None,
             };
-            return Ok((done, data));
+            return Ok(RawDone {
+                done,
+                line: buf,
+                data,
+            });
         }
     }
 }

@@ -219,19 +219,30 @@ impl Conn {
         ended_busy
     }
 
-    /// Queues the `done` line of `code` whose `data` is already JSON (a
-    /// list of 10,000 statuses is written once, not built as a
-    /// `serde_json::Value` first); the same bytes [`Self::queue`] writes
-    /// for a `Reply::Done` without a message. True as for `queue`.
-    pub fn queue_done_raw(&mut self, code: i32, data: &[u8]) -> bool {
+    /// The start of the `done` line of `code` whose `data` the caller
+    /// writes after it as JSON, then hands to [`Self::queue_done_line`]
+    /// (a list of 10,000 statuses is written once, into the buffer that
+    /// is sent, not built as a `serde_json::Value` first nor copied).
+    pub fn done_line(code: i32, capacity: usize) -> Vec<u8> {
+        let mut line = Vec::with_capacity(capacity + 32);
+        line.extend_from_slice(format!("{{\"t\":\"done\",\"code\":{code},\"data\":").as_bytes());
+        line
+    }
+
+    /// Queues a line begun by [`Self::done_line`]: the same bytes
+    /// [`Self::queue`] writes for a `Reply::Done` without a message. True
+    /// as for `queue`.
+    pub fn queue_done_line(&mut self, mut line: Vec<u8>) -> bool {
         if self.phase == Phase::Done {
             return false;
         }
-        self.outbuf.reserve(data.len() + 32);
-        self.outbuf
-            .extend_from_slice(format!("{{\"t\":\"done\",\"code\":{code},\"data\":").as_bytes());
-        self.outbuf.extend_from_slice(data);
-        self.outbuf.extend_from_slice(b"}\n");
+        line.extend_from_slice(b"}\n");
+        if self.outbuf.is_empty() {
+            self.outbuf = line;
+            self.sent = 0;
+        } else {
+            self.outbuf.extend_from_slice(&line);
+        }
         let ended_busy = self.phase == Phase::Busy;
         self.phase = Phase::Done;
         ended_busy

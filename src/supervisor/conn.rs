@@ -218,13 +218,13 @@ impl Daemon {
         );
     }
 
-    /// [`Self::reply_done`] without a message, whose `data` is already
-    /// serialised JSON.
-    pub fn reply_done_raw(&mut self, id: u64, exit: Exit, data: &[u8]) {
+    /// [`Self::reply_done`] without a message, as a line begun by
+    /// [`Conn::done_line`] with its `data` written after it.
+    pub fn reply_done_line(&mut self, id: u64, line: Vec<u8>) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
-        if c.queue_done_raw(exit.code(), data) {
+        if c.queue_done_line(line) {
             self.fair.done(c.peer.uid);
         }
         self.unflushed.insert(id);

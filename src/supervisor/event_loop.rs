@@ -403,14 +403,7 @@ impl Daemon {
     }
 
     pub fn tracking_desc(&self, idx: usize) -> String {
-        match (&self.insts[idx].cgroup, &self.cgroot) {
-            (Some(cg), _) => format!("cgroup {}", cg.dir.display()),
-            (None, Ok(root)) => format!(
-                "cgroup {} (when running)",
-                root.instance(self.insts[idx].id()).dir.display()
-            ),
-            (None, Err(why)) => format!("process-group and session (cgroups unavailable: {why})"),
-        }
+        self.tracking(idx).to_string()
     }
 
     pub fn deadline(&mut self, idx: usize, at: Option<Instant>) {

@@ -33,6 +33,7 @@ mod requests;
 mod setup;
 mod statefile;
 mod status;
+mod status_view;
 mod timers;
 mod timing;
 pub mod worker;

@@ -3,14 +3,14 @@
 //! and shown from the last answer).
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use super::fsm::State;
 use super::instance::Inst;
 use super::{Daemon, Outcome};
 use crate::control::exit::Exit;
 use crate::control::observe::Usage;
-use crate::control::proto::{CheckStatus, InstanceStatus, ProcStatus};
+use crate::control::server::Conn;
 use crate::isolation::usage::Baseline;
 
 /// One instance's part of a worker's read of every instance's usage.
@@ -36,15 +36,21 @@ impl Daemon {
     pub(super) fn reply_status(&mut self, conn: u64, idx: usize) {
         self.refresh_log_space(idx);
         let usage = self.usage_of(idx, std::time::Duration::ZERO);
-        let st = self.status_of(idx, true, usage);
+        let st = self.status_view(idx, true, usage);
         let exit = if self.insts[idx].state() == State::Running {
             Exit::Ok
         } else {
             Exit::NotRunning
         };
         // Written as the status's own order of fields (a Value would sort them).
-        let data = serde_json::to_vec(&[st]).unwrap_or_else(|_| b"[]".to_vec());
-        self.reply_done_raw(conn, exit, &data);
+        let mut line = Conn::done_line(exit.code(), 1024);
+        let start = line.len();
+        if let Err(e) = serde_json::to_writer(&mut line, &[st]) {
+            tracing::error!("encoding the status of {}: {e}", self.insts[idx].id());
+            line.truncate(start);
+            line.extend_from_slice(b"[]");
+        }
+        self.reply_done_line(conn, line);
     }
 
     /// `status` and `list`: every instance, without its members, with
@@ -142,98 +148,22 @@ impl Daemon {
     /// The list, from the figures kept (an instance started since the
     /// last read is read here, alone).
     fn reply_list_now(&mut self, conn: u64) {
-        let mut data = Vec::with_capacity(self.insts.len() * 1024);
+        let mut data = Conn::done_line(Exit::Ok.code(), self.insts.len() * 1024);
         data.push(b'[');
         for i in 0..self.insts.len() {
-            if i > 0 {
+            let start = data.len();
+            if start > 0 && data[start - 1] != b'[' {
                 data.push(b',');
             }
             let usage = self.usage_of(i, Duration::MAX);
-            if let Err(e) = serde_json::to_writer(&mut data, &self.status_of(i, false, usage)) {
+            if let Err(e) = serde_json::to_writer(&mut data, &self.status_view(i, false, usage)) {
+                // Never half an object: the list goes on without it.
                 tracing::error!("encoding the status of {}: {e}", self.insts[i].id());
+                data.truncate(start);
             }
         }
         data.push(b']');
-        self.reply_done_raw(conn, Exit::Ok, &data);
-    }
-
-    /// The status of one instance, with `usage` as read by the caller.
-    pub fn status_of(&self, idx: usize, detail: bool, usage: Option<Usage>) -> InstanceStatus {
-        let inst: &Inst = &self.insts[idx];
-        let now = self.host.now();
-        let state = inst.state();
-        let since = inst
-            .since_wall
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let members = if detail && state.may_have_processes() {
-            self.members(idx).into_iter().map(|(p, _)| p).collect()
-        } else {
-            Vec::new()
-        };
-        let mut checks = Vec::new();
-        let probes = inst
-            .ready_probe
-            .as_deref()
-            .into_iter()
-            .chain(inst.health.iter());
-        for p in probes {
-            checks.push(CheckStatus {
-                role: p.role.as_str().into(),
-                check: p.check.describe(),
-                ok: p.last.as_ref().map(|r| r.ok),
-                message: p
-                    .last
-                    .as_ref()
-                    .map(|r| r.message.clone())
-                    .unwrap_or_default(),
-                age_s: p
-                    .last
-                    .as_ref()
-                    .map(|r| now.duration_since(r.at).as_secs_f64()),
-            });
-        }
-        let mut warnings = inst.warnings.clone();
-        warnings.extend(self.state_errors.get(&idx).cloned());
-        if state == State::Running
-            && let Some(w) = &inst.log_space.warning
-        {
-            warnings.push(w.clone());
-        }
-        InstanceStatus {
-            id: inst.id().to_string(),
-            service: inst.spec.service.clone(),
-            kind: inst.spec.kind.as_str().into(),
-            state: state.as_str().into(),
-            healthy: (state == State::Running && !inst.health.is_empty())
-                .then(|| self.health_verdict(idx).0),
-            processes: inst
-                .procs
-                .iter()
-                .map(|p| ProcStatus {
-                    name: p.name.clone(),
-                    pid: p.pid,
-                    alive: p.alive(),
-                })
-                .collect(),
-            members,
-            address: inst.spec.address.map(|a| a.to_string()),
-            port: inst.spec.port,
-            hostname: inst.spec.hostname.clone(),
-            since,
-            uptime_s: (state == State::Running).then(|| super::secs_since(inst.fsm.since, now)),
-            restarts: inst.fsm.restart_count,
-            last_failure: inst.fsm.last_failure.clone(),
-            tracking: self.tracking_desc(idx),
-            checks,
-            definition_changed: inst.next_spec.is_some(),
-            removed: inst.removed,
-            warnings,
-            log_dir: self.log_dir(idx).display().to_string(),
-            timing: inst.obs.last.clone(),
-            usage,
-        }
+        self.reply_done_line(conn, data);
     }
 
     /// The log file system's free space, asked for on the worker (the log

@@ -8,6 +8,7 @@
 //! tested for real (`section_faults`, `section_reliability`).
 
 mod fake;
+mod status_view;
 mod usage;
 
 use std::collections::BTreeSet;
