@@ -233,6 +233,7 @@ pub(crate) struct Daemon {
 }
 
 pub fn run(mut opts: Options) -> Exit {
+    crate::util::big_buffers_from_mmap();
     // First, before anything is opened that stays: children take their
     // own files from us and get nothing else of ours (process::spawn).
     // `COHOST_NO_FETCH=1`: the older way (a copy of the table, closed in
