@@ -23,7 +23,10 @@ pub struct UsageRead {
     /// change since (a stop, a new run in a cgroup of the same name) makes
     /// the figures another run's.
     since: std::time::SystemTime,
-    usage: Option<Usage>,
+    /// The figures, and when the worker had read them (a read of 10,000
+    /// takes half a second or more: dated by when it was asked for, the
+    /// figures were old on arrival and every list waited for a new read).
+    usage: Option<(Instant, Usage)>,
 }
 
 /// Has figures to read: something of it may run, in a cgroup of its own.
@@ -104,7 +107,8 @@ impl Daemon {
                         v2: &r.v2,
                         v1: &r.v1,
                     };
-                    r.usage = Some(dirs.usage(&r.base));
+                    let u = dirs.usage(&r.base);
+                    r.usage = Some((Instant::now(), u));
                     r
                 })
                 .collect();
@@ -114,7 +118,7 @@ impl Daemon {
     }
 
     /// The worker's read is back: kept for the instances still in the run
-    /// it was read for, as of when it was asked for; the requests it is
+    /// it was read for, each dated by when it was read; the requests it is
     /// recent enough for are answered (asked no more than their `max_age`
     /// before they arrived), the others wait for the next read.
     pub(super) fn on_usage_read(&mut self, job: u64, read: Vec<UsageRead>) {
@@ -129,8 +133,8 @@ impl Daemon {
                 && inst.since_wall == r.since
                 && inst.obs.base == r.base
                 && inst.cgroup.as_ref().is_some_and(|c| c.dir == r.v2);
-            if let (true, Some(u)) = (same_run, r.usage) {
-                inst.obs.keep_usage(at, u);
+            if let (true, Some((read_at, u))) = (same_run, r.usage) {
+                inst.obs.keep_usage(read_at, u);
             }
         }
         let (answer, later): (Vec<_>, Vec<_>) = std::mem::take(&mut self.list_waiters)

@@ -198,3 +198,31 @@ fn figures_read_before_a_state_change_are_not_shown_for_the_new_state() {
     let a = answer(&mut c);
     assert!(a.contains("\"memory_bytes\":222"), "the new figures: {a}");
 }
+
+#[test]
+fn figures_are_dated_by_when_they_were_read_not_by_when_the_read_was_asked() {
+    let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n");
+    r.start("a");
+    let mut first = client(&mut r, 6001);
+    r.d.reply_list(6001, crate::supervisor::timing::USAGE_MAX_AGE);
+    let (job, read) = take_read(&mut r);
+    // As if that read had taken two seconds (10,000 instances on a busy
+    // node): asked for two seconds ago, its figures read just now.
+    let (_, asked) = r.d.usage_read.unwrap();
+    let long_ago = asked - Duration::from_secs(2);
+    r.d.usage_read = Some((job, long_ago));
+    r.d.list_waiters[0].1 = long_ago;
+    r.d.on_usage_read(job, read);
+    r.turns(1);
+    assert!(answer(&mut first).contains("\"t\":\"done\""));
+    // A list right after it takes those figures: they are fresh. Dated by
+    // the ask, they were two seconds old on arrival and every list waited.
+    let mut next = client(&mut r, 6002);
+    r.d.reply_list(6002, crate::supervisor::timing::USAGE_MAX_AGE);
+    assert!(
+        r.d.usage_read.is_none(),
+        "no second read for figures just read"
+    );
+    r.turns(1);
+    assert!(answer(&mut next).contains("\"t\":\"done\""));
+}
