@@ -253,6 +253,7 @@ impl Daemon {
                 .is_some_and(|c| c.phase == conn::Phase::Reading),
             timers::Key::Hook { pid } => self.reg.is_child(pid),
             timers::Key::Audit => self.audit_scheduled,
+            timers::Key::UsageRead => self.usage_scheduled,
             timers::Key::Tails { idx, job } => {
                 self.insts[idx].failure_replies.iter().any(|r| r.job == job)
             }
@@ -279,6 +280,12 @@ impl Daemon {
             timers::Key::Conn { id } => self.on_conn_timeout(id),
             timers::Key::Hook { pid } => self.kill_group_if_child(pid),
             timers::Key::Tails { idx, job } => self.tails_overdue(idx, job),
+            timers::Key::UsageRead => {
+                self.usage_scheduled = false;
+                if !self.list_waiters.is_empty() {
+                    self.want_usage_read();
+                }
+            }
             timers::Key::Audit => {
                 self.audit_scheduled = false;
                 self.last_audit = None;

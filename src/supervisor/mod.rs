@@ -220,6 +220,11 @@ pub(crate) struct Daemon {
     /// wait for it, with when each arrived and how old its figures may be.
     pub usage_read: Option<(worker::JobId, Instant)>,
     pub list_waiters: Vec<(u64, Instant, Duration)>,
+    /// The next read of every instance's usage starts no sooner (daemon
+    /// clock): after a gap as long as the last read took.
+    pub usage_rest_until: Option<Instant>,
+    /// A timer is set for that next read.
+    pub usage_scheduled: bool,
     /// Threads for the calls that may block (storage, name service).
     pub worker: worker::Worker<Outcome>,
     /// Where the executor's effects go (the real system, or a test's fake).
@@ -341,6 +346,8 @@ impl Daemon {
             stats_flushed: None,
             usage_read: None,
             list_waiters: Vec::new(),
+            usage_rest_until: None,
+            usage_scheduled: false,
             worker,
             host,
             to_release: Vec::new(),

@@ -20,6 +20,8 @@ pub enum Key {
     Audit,
     /// A start failure's answer stops waiting for its log tails.
     Tails { idx: usize, job: u64 },
+    /// The gap after a read of every instance's usage is over.
+    UsageRead,
 }
 
 #[derive(Default)]
