@@ -39,20 +39,15 @@ impl Daemon {
     pub(super) fn reply_status(&mut self, conn: u64, idx: usize) {
         self.refresh_log_space(idx);
         let usage = self.usage_of(idx, std::time::Duration::ZERO);
-        let st = self.status_view(idx, true, usage);
         let exit = if self.insts[idx].state() == State::Running {
             Exit::Ok
         } else {
             Exit::NotRunning
         };
-        // Written as the status's own order of fields (a Value would sort them).
         let mut line = Conn::done_line(exit.code(), 1024);
-        let start = line.len();
-        if let Err(e) = serde_json::to_writer(&mut line, &[st]) {
-            tracing::error!("encoding the status of {}: {e}", self.insts[idx].id());
-            line.truncate(start);
-            line.extend_from_slice(b"[]");
-        }
+        line.push(b'[');
+        self.push_status(&mut line, idx, true, usage);
+        line.push(b']');
         self.reply_done_line(conn, line);
     }
 
@@ -172,19 +167,26 @@ impl Daemon {
         let mut data = Conn::done_line(Exit::Ok.code(), self.insts.len() * 1024);
         data.push(b'[');
         for i in 0..self.insts.len() {
-            let start = data.len();
-            if start > 0 && data[start - 1] != b'[' {
-                data.push(b',');
-            }
             let usage = self.usage_of(i, Duration::MAX);
-            if let Err(e) = serde_json::to_writer(&mut data, &self.status_view(i, false, usage)) {
-                // Never half an object: the list goes on without it.
-                tracing::error!("encoding the status of {}: {e}", self.insts[i].id());
-                data.truncate(start);
-            }
+            self.push_status(&mut data, i, false, usage);
         }
         data.push(b']');
         self.reply_done_line(conn, data);
+    }
+
+    /// Appends one instance's status to a JSON array begun in `buf` (a
+    /// comma first unless it is the first), in the status's own order of
+    /// fields (a Value would sort them). Never half an object: one that
+    /// cannot be encoded is left out and said in the log.
+    fn push_status(&self, buf: &mut Vec<u8>, idx: usize, detail: bool, usage: Option<Usage>) {
+        let start = buf.len();
+        if buf.last() != Some(&b'[') {
+            buf.push(b',');
+        }
+        if let Err(e) = serde_json::to_writer(&mut *buf, &self.status_view(idx, detail, usage)) {
+            tracing::error!("encoding the status of {}: {e}", self.insts[idx].id());
+            buf.truncate(start);
+        }
     }
 
     /// The log file system's free space, asked for on the worker (the log

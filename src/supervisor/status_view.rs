@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
@@ -44,8 +44,8 @@ pub struct StatusView<'a> {
     definition_changed: bool,
     removed: bool,
     warnings: Vec<&'a str>,
-    #[serde(serialize_with = "display")]
-    log_dir: LogDir<'a>,
+    #[serde(serialize_with = "path_text")]
+    log_dir: PathBuf,
     timing: Option<&'a Timing>,
     usage: Option<Usage>,
 }
@@ -74,30 +74,6 @@ impl fmt::Display for Tracking<'_> {
     }
 }
 
-/// The instance's log directory: its `log_dir`, else `logs/ID` in the
-/// runtime dir (what [`Daemon::log_dir`] joins, written without joining).
-struct LogDir<'a> {
-    inst: &'a Inst,
-    runtime_dir: &'a Path,
-}
-
-impl fmt::Display for LogDir<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if let Some(dir) = &self.inst.spec.log_dir {
-            return path(f, dir);
-        }
-        use std::os::unix::ffi::OsStrExt;
-        let root = self.runtime_dir;
-        let sep = if root.as_os_str().as_bytes().ends_with(b"/") {
-            ""
-        } else {
-            "/"
-        };
-        path(f, root)?;
-        write!(f, "{sep}logs/{}", self.inst.spec.id)
-    }
-}
-
 /// A path as `display()` writes it, without its lossy decoding when it is
 /// UTF-8 (most of the time of a list's paths).
 fn path(f: &mut fmt::Formatter<'_>, p: &Path) -> fmt::Result {
@@ -119,6 +95,14 @@ fn display<S: serde::Serializer>(v: &impl fmt::Display, s: S) -> Result<S::Ok, S
         write!(buf, "{v}").map_err(serde::ser::Error::custom)?;
         s.serialize_str(buf)
     })
+}
+
+/// A path as `display()` writes it, as one string.
+fn path_text<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
+    match p.to_str() {
+        Some(t) => s.serialize_str(t),
+        None => s.collect_str(&p.display()),
+    }
 }
 
 fn procs<S: serde::Serializer>(procs: &&[Proc], s: S) -> Result<S::Ok, S::Error> {
@@ -198,10 +182,7 @@ impl Daemon {
             definition_changed: inst.next_spec.is_some(),
             removed: inst.removed,
             warnings,
-            log_dir: LogDir {
-                inst,
-                runtime_dir: &self.opts.runtime_dir,
-            },
+            log_dir: self.log_dir(idx),
             timing: inst.obs.last.as_ref(),
             usage,
         }

@@ -60,6 +60,15 @@ fn take_read(r: &mut Rig) -> (u64, Vec<crate::supervisor::status::UsageRead>) {
     }
 }
 
+/// The read out, and the one request waiting for it, moved `by` into the
+/// past in the loop's view: as if the read had taken that long.
+fn asked_earlier(r: &mut Rig, by: Duration) {
+    let (job, asked) = r.d.usage_read.expect("a read is out");
+    assert_eq!(r.d.list_waiters.len(), 1, "one request waits for it");
+    r.d.usage_read = Some((job, asked - by));
+    r.d.list_waiters[0].1 -= by;
+}
+
 #[test]
 fn while_a_read_is_out_the_others_start_and_answer_and_a_gone_client_is_skipped() {
     let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n[instance.b]\nservice = \"s\"\n");
@@ -210,10 +219,7 @@ fn figures_are_dated_by_when_they_were_read_not_by_when_the_read_was_asked() {
     let (job, read) = take_read(&mut r);
     // As if that read had taken two seconds (10,000 instances on a busy
     // node): asked for two seconds ago, its figures read just now.
-    let (_, asked) = r.d.usage_read.unwrap();
-    let long_ago = asked - Duration::from_secs(2);
-    r.d.usage_read = Some((job, long_ago));
-    r.d.list_waiters[0].1 = long_ago;
+    asked_earlier(&mut r, Duration::from_secs(2));
     r.d.on_usage_read(job, read);
     r.turns(1);
     assert!(answer(&mut first).contains("\"t\":\"done\""));
@@ -237,10 +243,7 @@ fn back_to_back_status_reads_leave_a_gap_as_long_as_the_read() {
     r.d.reply_list(7001, Duration::ZERO);
     let (job, read) = take_read(&mut r);
     // As if that read had taken an hour (only the loop's view of it).
-    let (_, asked) = r.d.usage_read.unwrap();
-    let long_ago = asked - Duration::from_secs(3600);
-    r.d.usage_read = Some((job, long_ago));
-    r.d.list_waiters[0].1 = long_ago;
+    asked_earlier(&mut r, Duration::from_secs(3600));
     let mut second = client(&mut r, 7002);
     r.d.reply_list(7002, Duration::ZERO);
     r.d.on_usage_read(job, read);
