@@ -13,6 +13,7 @@
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::model::Limits;
 
@@ -65,16 +66,33 @@ pub struct CgroupRoot {
     /// v1 hierarchies usable for limits: (controllers, our subtree dir).
     v1: Vec<(Vec<String>, PathBuf)>,
     pub has_kill: bool,
+    /// What every instance's paths are made of, shared by all of them.
+    bases: Arc<Bases>,
+}
+
+/// The supervisor's part of each instance's cgroup paths. An instance
+/// keeps only its name and which v1 hierarchies it joined: its paths,
+/// made on use, cost one allocation each; kept, they were ~500 bytes per
+/// running instance on a hybrid host (five paths of 60-110 bytes).
+#[derive(Debug)]
+struct Bases {
+    /// Our subtree in the v2 mount.
+    v2: PathBuf,
+    /// The same as /proc/PID/cgroup shows it ("/cohost/run-cohost").
+    rel: String,
+    /// Our subtree in each v1 hierarchy, in the order of `CgroupRoot::v1`.
+    v1: Vec<PathBuf>,
 }
 
 /// A cgroup of one instance.
 #[derive(Debug, Clone)]
 pub struct InstanceCgroup {
-    pub dir: PathBuf,
-    /// The path as /proc/PID/cgroup shows it ("/cohost/run-cohost/demo01").
-    pub rel: String,
-    /// Per-v1-hierarchy directories for limits.
-    pub v1_dirs: Vec<PathBuf>,
+    bases: Arc<Bases>,
+    /// The directory's name in each hierarchy (the instance ID).
+    name: Box<str>,
+    /// Bit i: the instance has a directory in `bases.v1[i]` (for limits or
+    /// accounting).
+    v1_mask: u32,
     has_kill: bool,
     /// `cgroup.kill` was written here. Such a cgroup is never reused: on
     /// Linux 6.18 a child later created in it with clone3
@@ -90,6 +108,21 @@ pub struct InstanceCgroup {
 }
 
 impl CgroupRoot {
+    fn new(mount: Mount, base: PathBuf, v1: Vec<(Vec<String>, PathBuf)>, has_kill: bool) -> Self {
+        let bases = Arc::new(Bases {
+            v2: base.clone(),
+            rel: rel_path(&mount, &base),
+            v1: v1.iter().map(|(_, b)| b.clone()).collect(),
+        });
+        CgroupRoot {
+            mount,
+            base,
+            v1,
+            has_kill,
+            bases,
+        }
+    }
+
     pub fn mount_point(&self) -> &Path {
         &self.mount.point
     }
@@ -98,27 +131,26 @@ impl CgroupRoot {
     /// nothing is created or checked (the executor's tests, whose fake host
     /// makes and kills its cgroups itself).
     pub fn unchecked(mount: PathBuf, base: PathBuf) -> CgroupRoot {
-        CgroupRoot {
-            mount: Mount {
-                point: mount,
-                root: "/".into(),
-                controllers: Vec::new(),
-                v2: true,
-            },
-            base,
-            v1: Vec::new(),
-            has_kill: true,
-        }
+        let mount = Mount {
+            point: mount,
+            root: "/".into(),
+            controllers: Vec::new(),
+            v2: true,
+        };
+        CgroupRoot::new(mount, base, Vec::new(), true)
+    }
+
+    /// Where the v2 cgroup of `id` is (or would be).
+    pub fn dir_of(&self, id: &str) -> PathBuf {
+        self.base.join(id)
     }
 
     /// The cgroup of `id` (not created), with no v1 directories.
     fn instance_v2(&self, id: &str) -> InstanceCgroup {
-        let dir = self.base.join(id);
-        let rel = rel_path(&self.mount, &dir);
         InstanceCgroup {
-            dir,
-            rel,
-            v1_dirs: Vec::new(),
+            bases: self.bases.clone(),
+            name: id.into(),
+            v1_mask: 0,
             has_kill: self.has_kill,
             killed: false,
             fresh: false,
@@ -129,14 +161,14 @@ impl CgroupRoot {
     /// it has (an adopted instance's, say).
     pub fn instance(&self, id: &str) -> InstanceCgroup {
         let mut cg = self.instance_v2(id);
-        cg.v1_dirs = self
-            .v1
-            .iter()
-            .map(|(_, b)| b.join(id))
+        for (i, (_, b)) in self.v1.iter().enumerate().take(32) {
+            let d = b.join(id);
             // Only hierarchies we may join: a read-only one (a container's)
             // would fail every start that tried.
-            .filter(|d| d.is_dir() && open_procs(d).is_ok())
-            .collect();
+            if d.is_dir() && open_procs(&d).is_ok() {
+                cg.v1_mask |= 1 << i;
+            }
+        }
         cg
     }
 
@@ -152,19 +184,20 @@ impl CgroupRoot {
         if old.exists() {
             if old.populated() {
                 return Err(CgroupError::Populated {
-                    path: old.dir.clone(),
+                    path: old.dir(),
                     pids: old.pids(),
                 });
             }
             old.try_remove().map_err(|source| CgroupError::Renew {
-                path: old.dir.clone(),
+                path: old.dir(),
                 source,
             })?;
         }
         let mut cg = self.instance_v2(id);
         cg.fresh = true;
-        std::fs::create_dir_all(&cg.dir).map_err(|source| CgroupError::Create {
-            path: cg.dir.clone(),
+        let dir = cg.dir();
+        std::fs::create_dir_all(&dir).map_err(|source| CgroupError::Create {
+            path: dir.clone(),
             source,
         })?;
         self.add_accounting(&mut cg, id);
@@ -178,10 +211,12 @@ impl CgroupRoot {
         for (ctrl, setting, v2, v1) in wanted {
             if v2_has(ctrl) {
                 self.enable_v2(ctrl)?;
-                write_settings(&cg.dir, &v2)?;
+                write_settings(&dir, &v2)?;
                 continue;
             }
-            let Some((_, base)) = self.v1.iter().find(|(c, _)| c.iter().any(|x| x == ctrl)) else {
+            let mut hierarchy = self.v1.iter().enumerate().take(32);
+            let Some((i, (_, base))) = hierarchy.find(|(_, (c, _))| c.iter().any(|x| x == ctrl))
+            else {
                 return Err(CgroupError::NoController {
                     controller: ctrl.into(),
                     setting: setting.into(),
@@ -195,9 +230,7 @@ impl CgroupRoot {
                 source,
             })?;
             write_settings(&dir, &v1)?;
-            if !cg.v1_dirs.contains(&dir) {
-                cg.v1_dirs.push(dir);
-            }
+            cg.v1_mask |= 1 << i;
         }
         Ok(cg)
     }
@@ -218,7 +251,9 @@ impl CgroupRoot {
                 let _ = self.enable_v2(v2);
                 continue;
             }
-            let Some((_, base)) = self.v1.iter().find(|(c, _)| c.iter().any(|x| x == v1)) else {
+            let mut hierarchy = self.v1.iter().enumerate().take(32);
+            let Some((i, (_, base))) = hierarchy.find(|(_, (c, _))| c.iter().any(|x| x == v1))
+            else {
                 continue;
             };
             let dir = base.join(id);
@@ -227,11 +262,11 @@ impl CgroupRoot {
             // (read-only in a container, as systemd-nspawn mounts them) is
             // left out rather than failing the start.
             let joinable = std::fs::create_dir_all(&dir).is_ok() && open_procs(&dir).is_ok();
-            if joinable && !cg.v1_dirs.contains(&dir) {
+            if joinable && cg.v1_mask & (1 << i) == 0 {
                 if v1 == "blkio" {
                     count_v1_io(&dir);
                 }
-                cg.v1_dirs.push(dir);
+                cg.v1_mask |= 1 << i;
             }
         }
     }

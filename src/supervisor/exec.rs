@@ -217,8 +217,9 @@ impl Daemon {
         if self.reg.is_child(pid) {
             return self.host.signal_child(pid, sig);
         }
-        let member = match (&self.insts[idx].cgroup, start) {
-            (Some(cg), _) => Member::InCgroup(&cg.rel),
+        let rel = self.insts[idx].cgroup.as_ref().map(|cg| cg.rel());
+        let member = match (&rel, start) {
+            (Some(rel), _) => Member::InCgroup(rel),
             (None, Some(t)) => Member::Started(t),
             (None, None) => return false,
         };

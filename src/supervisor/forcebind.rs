@@ -69,7 +69,7 @@ impl Daemon {
         let mut adopted = None;
         for inst in &self.insts {
             let Some(cg) = &inst.cgroup else { continue };
-            let Ok(fd) = bpf::open_cgroup(&cg.dir) else {
+            let Ok(fd) = bpf::open_cgroup(&cg.dir()) else {
                 continue;
             };
             match ForceBind::adopt(fd.as_fd()) {
@@ -153,7 +153,7 @@ impl Daemon {
         } else {
             "force_source"
         };
-        let Some(cg) = self.insts[idx].cgroup.as_ref().map(|c| c.dir.clone()) else {
+        let Some(cg) = self.insts[idx].cgroup.as_ref().map(|c| c.dir()) else {
             if !want {
                 return Ok(());
             }
@@ -200,12 +200,12 @@ impl Daemon {
         let Some((fb, fs)) = self.kernel.ready() else {
             return;
         };
-        let Ok(fd) = bpf::open_cgroup(&cg.dir) else {
+        let Ok(fd) = bpf::open_cgroup(&cg.dir()) else {
             return;
         };
         let fd = fd.as_fd();
         if let Err(e) = fb.detach(fd).and_then(|()| fs.detach(fd)) {
-            tracing::warn!(cgroup = %cg.dir.display(), "force_bind: detaching: {e}");
+            tracing::warn!(cgroup = %cg.dir().display(), "force_bind: detaching: {e}");
         }
     }
 

@@ -118,7 +118,7 @@ impl Daemon {
                 cg.fresh = false;
                 None
             }
-            Some(cg) => Some((cg.dir.clone(), cg.v1_dirs.clone())),
+            Some(cg) => Some((cg.dir(), cg.v1_dirs())),
             None => None,
         };
         if kept_dirs.is_some() {
@@ -195,13 +195,13 @@ impl Daemon {
                     self.host
                         .cgroup_join_files(cg)
                         .map_err(|source| LaunchError::CgroupFiles {
-                            dir: cg.dir.clone(),
+                            dir: cg.dir(),
                             source,
                         })?;
                 Ok((Some(dir), v1))
             }
             Err(source) => Err(LaunchError::CgroupFiles {
-                dir: cg.dir.clone(),
+                dir: cg.dir(),
                 source,
             }),
         }

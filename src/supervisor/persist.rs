@@ -150,7 +150,7 @@ impl Daemon {
                 })
                 .collect(),
             members,
-            cgroup: inst.cgroup.as_ref().map(|c| c.dir.display().to_string()),
+            cgroup: inst.cgroup.as_ref().map(|c| c.dir().display().to_string()),
             restarts: inst.fsm.restart_count,
             last_failure: inst.fsm.last_failure.clone(),
             owned_address: inst.owned_address,
@@ -235,7 +235,7 @@ impl Daemon {
             instance = %id,
             pids = %procs.iter().map(|p| p.pid.to_string()).collect::<Vec<_>>().join(" "),
             "no state for it but its cgroup {} holds processes: adopting them (the cgroup is the truth)",
-            cg.dir.display()
+            cg.dir().display()
         );
         self.insts[idx].spare_cgroup = None;
         self.unwatch_cgroup(idx);
@@ -249,7 +249,7 @@ impl Daemon {
                 .unwrap_or(0),
             procs,
             members: Vec::new(),
-            cgroup: Some(cg.dir.display().to_string()),
+            cgroup: Some(cg.dir().display().to_string()),
             restarts: 0,
             last_failure: None,
             owned_address: false,

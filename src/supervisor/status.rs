@@ -99,8 +99,8 @@ impl Daemon {
                 let cg = i.cgroup.as_ref()?;
                 Some(UsageRead {
                     idx,
-                    v2: cg.dir.clone(),
-                    v1: cg.v1_dirs.clone(),
+                    v2: cg.dir(),
+                    v1: cg.v1_dirs(),
                     base: i.obs.base,
                     since: i.since_wall,
                     usage: None,
@@ -144,7 +144,7 @@ impl Daemon {
             let same_run = wants_usage(inst)
                 && inst.since_wall == r.since
                 && inst.obs.base == r.base
-                && inst.cgroup.as_ref().is_some_and(|c| c.dir == r.v2);
+                && inst.cgroup.as_ref().is_some_and(|c| c.dir() == r.v2);
             if let (true, Some((read_at, u))) = (same_run, r.usage) {
                 inst.obs.keep_usage(read_at, u);
             }

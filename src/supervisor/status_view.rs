@@ -62,11 +62,11 @@ impl fmt::Display for Tracking<'_> {
         match (&self.inst.cgroup, self.root) {
             (Some(cg), _) => {
                 f.write_str("cgroup ")?;
-                path(f, &cg.dir)
+                path(f, &cg.dir())
             }
             (None, Ok(root)) => {
                 f.write_str("cgroup ")?;
-                path(f, &root.instance(self.inst.id()).dir)?;
+                path(f, &root.dir_of(self.inst.id()))?;
                 f.write_str(" (when running)")
             }
             (None, Err(why)) => write!(f, "process-group and session (cgroups unavailable: {why})"),

@@ -218,7 +218,9 @@ impl Daemon {
                 self.flush_stats();
                 let inst = &mut self.insts[idx];
                 let cg = inst.cgroup.as_ref()?;
-                let u = cg.usage_dirs().usage(&inst.obs.base);
+                let (v2, v1) = (cg.dir(), cg.v1_dirs());
+                let dirs = crate::isolation::usage::Dirs { v2: &v2, v1: &v1 };
+                let u = dirs.usage(&inst.obs.base);
                 inst.obs.usage = Some((now, u.clone()));
                 Some(u)
             }

@@ -263,12 +263,7 @@ impl CgroupRoot {
                 within(m, &path).join("cohost").join(tag),
             ));
         }
-        Ok(CgroupRoot {
-            mount,
-            base,
-            v1,
-            has_kill,
-        })
+        Ok(CgroupRoot::new(mount, base, v1, has_kill))
     }
 }
 
@@ -401,5 +396,36 @@ mod tests {
             CgroupRoot::discover(&CgroupSetting::Off, "t"),
             Err(DiscoverError::Off)
         ));
+    }
+
+    #[test]
+    fn an_instance_s_paths_made_on_use_are_those_the_old_fields_kept() {
+        let m = Mount {
+            point: "/sys/fs/cgroup/unified".into(),
+            root: "/ns".into(),
+            controllers: vec![],
+            v2: true,
+        };
+        let v1 = |c: &str| {
+            (
+                vec![c.to_string()],
+                PathBuf::from(format!("/v1/{c}/cohost/t")),
+            )
+        };
+        let hierarchies = vec![v1("memory"), v1("pids"), v1("blkio")];
+        for base in ["/sys/fs/cgroup/unified/cohost/t", "/sys/fs/cgroup/unified"] {
+            let root = CgroupRoot::new(m.clone(), base.into(), hierarchies.clone(), true);
+            let mut cg = root.instance_v2("db1");
+            cg.v1_mask = 0b101;
+            let dir = Path::new(base).join("db1");
+            assert_eq!(cg.dir(), dir);
+            assert_eq!(root.dir_of("db1"), dir);
+            assert_eq!(cg.rel(), rel_path(&m, &dir), "base {base}");
+            let want: Vec<PathBuf> = ["/v1/memory/cohost/t/db1", "/v1/blkio/cohost/t/db1"]
+                .map(PathBuf::from)
+                .into();
+            assert_eq!(cg.v1_dirs(), want);
+            assert_eq!(cg.name(), "db1");
+        }
     }
 }

@@ -281,7 +281,7 @@ impl Host for FakeHost {
 }
 
 fn name_of(cg: &InstanceCgroup) -> &str {
-    cg.dir.file_name().and_then(|n| n.to_str()).unwrap()
+    cg.name()
 }
 
 /// A daemon on a temporary runtime dir with `instances` (TOML after the

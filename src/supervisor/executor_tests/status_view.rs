@@ -37,7 +37,7 @@ fn the_view_reads_back_as_an_instance_status_field_for_field() {
         // Nothing left out, added or reordered: written again, the same text.
         assert_eq!(serde_json::to_string(&st).unwrap(), json);
         assert_eq!(st.log_dir, r.d.log_dir(idx).display().to_string());
-        let cg = r.d.cgroot.as_ref().unwrap().instance(id).dir;
+        let cg = r.d.cgroot.as_ref().unwrap().instance(id).dir();
         let want = if running {
             format!("cgroup {}", cg.display())
         } else {

@@ -192,7 +192,7 @@ fn figures_read_before_a_state_change_are_not_shown_for_the_new_state() {
     let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n");
     r.start("a");
     let idx = r.idx("a");
-    let dir = r.d.insts[idx].cgroup.as_ref().unwrap().dir.clone();
+    let dir = r.d.insts[idx].cgroup.as_ref().unwrap().dir();
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("memory.current"), "111\n").unwrap();
     let mut c = client(&mut r, 4001);
