@@ -10,6 +10,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod env;
+pub use env::Env;
+
 /// Where an item was declared: shown in errors as `FILE:LINE`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Origin {
@@ -206,7 +209,7 @@ pub struct Rlimit {
 /// Everything a process of the instance is started with, beyond argv.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct RunContext {
-    pub env: Vec<(String, String)>,
+    pub env: Env,
     /// Variables of the supervisor's environment passed on (beyond PATH,
     /// LANG, TZ).
     pub pass_env: Vec<String>,
@@ -227,7 +230,7 @@ impl RunContext {
     /// instance's context.
     pub fn bare(env: Vec<(String, String)>) -> RunContext {
         RunContext {
-            env,
+            env: env.into_iter().collect(),
             pass_env: Vec::new(),
             cwd: "/".into(),
             user: None,

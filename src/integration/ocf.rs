@@ -255,9 +255,8 @@ fn validate(ctx: &Ctx, id: &str) -> Ocf {
     let path = spec
         .run
         .env
-        .iter()
-        .find(|(k, _)| k == "PATH")
-        .map(|(_, v)| v.clone())
+        .get("PATH")
+        .map(str::to_string)
         .or_else(|| std::env::var("PATH").ok())
         .unwrap_or_else(|| crate::process::spawn::DEFAULT_PATH.into());
     for p in &spec.processes {

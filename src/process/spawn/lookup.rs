@@ -100,8 +100,8 @@ pub fn environment(
         env.insert("USER".into(), c.name.clone());
         env.insert("LOGNAME".into(), c.name.clone());
     }
-    for (k, v) in &run.env {
-        env.insert(k.clone(), v.clone());
+    for (k, v) in run.env.iter() {
+        env.insert(k.to_string(), v.to_string());
     }
     env.into_iter().collect()
 }
