@@ -749,3 +749,63 @@ fn the_query_tells_attached_stale_and_detached_apart() {
     let fs = ForceSource::load(&set).unwrap();
     assert!(fs.status(fd, a).unwrap().ok(), "same code, same map");
 }
+
+/// bpf(2): the verifier gives up with EAGAIN when a signal is pending
+/// (kernel commit c3494801cd17). A load must not fail because a signal came
+/// in meanwhile: a child's SIGCHLD, an operator's SIGHUP, a test harness's.
+#[test]
+fn a_load_under_a_storm_of_signals_still_succeeds() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, Signal, sigaction};
+    use std::sync::atomic::AtomicBool;
+    require();
+    extern "C" fn nothing(_: libc::c_int) {}
+    let act = SigAction::new(
+        SigHandler::Handler(nothing),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    // SAFETY: the handler does nothing, so it is async-signal-safe; no
+    // other test of this binary uses SIGUSR2.
+    unsafe { sigaction(Signal::SIGUSR2, &act) }.unwrap();
+    // SAFETY: pthread_self has no preconditions.
+    let me = unsafe { libc::pthread_self() };
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    let (sent, storm) = {
+        let stop = stop.clone();
+        let (tx, rx) = mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                // SAFETY: `me` is this test's thread, alive until the
+                // storm is joined below.
+                let r = unsafe { libc::pthread_kill(me, libc::SIGUSR2) };
+                assert_eq!(r, 0, "pthread_kill");
+                n += 1;
+            }
+            tx.send(n).unwrap();
+        });
+        (rx, t)
+    };
+    let a = lo_addr(next(), 2);
+    let loads = (0..100).map(|_| {
+        let set = AddressSet::create(4).unwrap_or_else(|e| panic!("{e}"));
+        set.insert(a).unwrap();
+        ForceBind::load(set).map(drop)
+    });
+    let failed: Vec<String> = loads
+        .filter_map(|r| r.err().map(|e| e.to_string()))
+        .collect();
+    stop.store(true, Ordering::Relaxed);
+    storm.join().unwrap();
+    let n = sent.recv().unwrap();
+    assert!(
+        n > 1000,
+        "the storm sent only {n} signals: it tested nothing"
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of 100 loads failed under {n} signals: {:?}",
+        failed.len(),
+        failed.first()
+    );
+}

@@ -221,6 +221,9 @@ fn unavailable(e: io::Error) -> BpfError {
         Some(libc::EPERM) => {
             "loading cgroup programs needs CAP_BPF and CAP_NET_ADMIN (run as root)"
         }
+        Some(libc::EAGAIN) => {
+            "the kernel's verifier was interrupted by a signal at every try (bpf(2) EAGAIN): run the command again"
+        }
         _ => "the kernel does not know cgroup sock_addr programs (CONFIG_CGROUP_BPF, Linux 4.17+)",
     };
     BpfError::Unavailable { missing, source: e }

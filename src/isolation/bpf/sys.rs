@@ -47,6 +47,29 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<i32> {
     }
 }
 
+/// How often a load the verifier gave up on for a pending signal is tried.
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// BPF_PROG_LOAD with this thread's signals blocked: the verifier returns
+/// EAGAIN when a signal is pending (bpf(2), kernel commit c3494801cd17),
+/// and a blocked one is not pending to it. What still gets through (a
+/// signal the kernel itself raises) is retried, as libbpf does.
+fn load_blocking_signals(attr: &mut ProgLoad) -> io::Result<i32> {
+    use nix::sys::signal::{SigSet, SigmaskHow, pthread_sigmask};
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old))?;
+    let mut r = bpf(BPF_PROG_LOAD, attr);
+    for _ in 1..LOAD_ATTEMPTS {
+        if !matches!(&r, Err(e) if e.raw_os_error() == Some(libc::EAGAIN)) {
+            break;
+        }
+        r = bpf(BPF_PROG_LOAD, attr);
+    }
+    // What was sent meanwhile is delivered here, after the load.
+    pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None)?;
+    r
+}
+
 fn owned(fd: i32) -> OwnedFd {
     // SAFETY: the kernel just returned this new fd (O_CLOEXEC by bpf(2)'s
     // default for program fds) and nobody else owns it.
@@ -92,7 +115,7 @@ pub fn prog_load(
         expected_attach_type: attach_type,
         ..Default::default()
     };
-    match bpf(BPF_PROG_LOAD, &mut attr) {
+    match load_blocking_signals(&mut attr) {
         Ok(fd) => return Ok(owned(fd)),
         Err(e)
             if e.raw_os_error() != Some(libc::EINVAL) && e.raw_os_error() != Some(libc::EACCES) =>
@@ -105,7 +128,7 @@ pub fn prog_load(
     attr.log_level = 1;
     attr.log_size = log.len() as u32;
     attr.log_buf = log.as_mut_ptr() as u64;
-    match bpf(BPF_PROG_LOAD, &mut attr) {
+    match load_blocking_signals(&mut attr) {
         Ok(fd) => Ok(owned(fd)),
         Err(e) => {
             let end = log.iter().position(|b| *b == 0).unwrap_or(log.len());
