@@ -16,6 +16,14 @@ pub fn write(args: std::fmt::Arguments<'_>) {
     }
 }
 
+/// Writes `bytes` to standard output, as [`out!`] does its text (flushed
+/// at the process's end or by the next [`write_with`]).
+pub fn write_bytes(bytes: &[u8]) {
+    if let Err(e) = std::io::stdout().lock().write_all(bytes) {
+        failed(e);
+    }
+}
+
 /// Runs `f` on the locked standard output, as [`out!`] does its text.
 pub fn write_with(f: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>) {
     let mut out = std::io::stdout().lock();

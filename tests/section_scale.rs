@@ -47,6 +47,19 @@ fn up_of_more_instances_than_descriptors_allow_at_once() {
     );
     let list = h.run(&["list", "--json"]).ok();
     assert_eq!(list.stdout.matches("\"running\"").count(), N, "{list}");
+    // The daemon writes a list in parts of 128 KiB as it makes it, and
+    // the client indents each as it comes: the same text as a whole.
+    let v: Vec<cohost::control::proto::InstanceStatus> =
+        serde_json::from_str(&list.stdout).unwrap_or_else(|e| panic!("{e}\n{list}"));
+    let compact = serde_json::to_string(&v).unwrap().len();
+    assert!(
+        compact > 128 * 1024,
+        "{compact} bytes: one part, the parts untested"
+    );
+    assert_eq!(
+        list.stdout,
+        serde_json::to_string_pretty(&v).unwrap() + "\n"
+    );
     let down = h.run(&["down"]).ok();
     assert!(
         down.stdout.contains(&format!("{N} instance(s) stopped")),

@@ -173,9 +173,32 @@ fn status_or_list(ctx: &Ctx, id: Option<&str>, json: bool, req: Request) -> i32 
 /// it came (the same text the typed round trip printed, at a fraction of
 /// the cost for thousands of instances).
 fn status_json(ctx: &Ctx, s: std::os::unix::net::UnixStream, req: Request) -> i32 {
-    match client::call_raw(s, &envelope(ctx, req)) {
-        Ok(r) if r.done.code == 2 => finish(Ok(r.done)),
-        Ok(r) => {
+    use super::pretty::Indent;
+    use client::Streamed;
+    let mut ind = Indent::default();
+    let mut out = Vec::with_capacity(2 * Indent::CHUNK);
+    let mut fed = false;
+    // Indented and printed a piece at a time, as the daemon writes them.
+    let mut sink = |piece: &[u8]| {
+        fed = true;
+        ind.feed(piece, &mut out);
+        if out.len() >= Indent::CHUNK {
+            crate::out::write_bytes(&out);
+            out.clear();
+        }
+    };
+    let got = client::call_streamed(s, &envelope(ctx, req), &mut sink);
+    match got {
+        Ok(Streamed::Data { code }) => {
+            ind.finish(&mut out);
+            crate::out::write_with(|o| {
+                o.write_all(&out)?;
+                o.write_all(b"\n")
+            });
+            code
+        }
+        Ok(Streamed::Whole(r)) if r.done.code == 2 => finish(Ok(r.done)),
+        Ok(Streamed::Whole(r)) => {
             let data = if r.data().is_empty() { b"[]" } else { r.data() };
             crate::out::write_with(|out| {
                 super::pretty::indent_to(data, out)?;
@@ -183,6 +206,7 @@ fn status_json(ctx: &Ctx, s: std::os::unix::net::UnixStream, req: Request) -> i3
             });
             r.done.code
         }
+        Err(e) if fed => finish(Err((1, format!("{e} (what was printed is incomplete)")))),
         Err(e) => finish(Err((1, e.to_string()))),
     }
 }

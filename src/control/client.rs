@@ -1,6 +1,6 @@
 //! Talking to the daemon: one connection per request, blocking.
 
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
@@ -136,7 +136,7 @@ struct RawLine<'a> {
     data: Option<&'a serde_json::value::RawValue>,
 }
 
-/// The `done` line of [`call_raw`], with its `data` kept as the daemon's
+/// The `done` line of [`call_streamed`], with its `data` kept as the daemon's
 /// JSON text.
 pub struct RawDone {
     pub done: Done,
@@ -151,14 +151,16 @@ impl RawDone {
     }
 }
 
-/// [`call`], with the final `data` as the daemon's JSON text, read into
-/// one buffer and not copied again. Progress lines are not expected here
-/// (status and list have none) and are skipped.
-pub fn call_raw(stream: UnixStream, env: &Envelope) -> Result<RawDone, ClientError> {
+fn send(stream: &UnixStream, env: &Envelope) -> Result<(), ClientError> {
     let mut line = serde_json::to_vec(env).map_err(|e| ClientError::BadReply(e.to_string()))?;
     line.push(b'\n');
-    (&stream).write_all(&line)?;
-    let mut reader = BufReader::with_capacity(1 << 20, stream);
+    Ok((&*stream).write_all(&line)?)
+}
+
+/// The replies up to the `done` line, with its `data` kept as the daemon's
+/// JSON text, in one buffer not copied again. Progress lines are not
+/// expected here (status and list have none) and are skipped.
+fn read_raw(mut reader: impl BufRead) -> Result<RawDone, ClientError> {
     let mut buf = Vec::new();
     loop {
         buf.clear();
@@ -186,5 +188,160 @@ pub fn call_raw(stream: UnixStream, env: &Envelope) -> Result<RawDone, ClientErr
                 data,
             });
         }
+    }
+}
+
+/// What [`call_streamed`] got.
+pub enum Streamed {
+    /// The `done` line's `data` went to the sink as it came.
+    Data { code: i32 },
+    /// Any other answer (an error's message, progress lines first), whole.
+    Whole(RawDone),
+}
+
+/// How a `done` line with a code and data and no message begins (the
+/// daemon's `Conn::done_line`): `{"t":"done","code":N,"data":`.
+fn data_start(head: &[u8]) -> Option<(i32, usize)> {
+    let rest = head.strip_prefix(b"{\"t\":\"done\",\"code\":")?;
+    let digits = rest
+        .iter()
+        .position(|b| !(b.is_ascii_digit() || *b == b'-'))?;
+    let code = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
+    rest[digits..].strip_prefix(b",\"data\":")?;
+    Some((code, head.len() - rest.len() + digits + 8))
+}
+
+/// [`call`] for status and list, except that a `done` line with data and no message hands
+/// its data to `sink` a piece at a time as it arrives: the daemon writes
+/// a list of 10,000 statuses as it makes it, and the client's work on one
+/// piece overlaps the daemon's on the next. That data is not parsed here
+/// (the daemon's serializer made it; `sink` sees it byte for byte); the
+/// line must end as the daemon ends it, `}` and a newline.
+pub fn call_streamed(
+    mut stream: UnixStream,
+    env: &Envelope,
+    sink: &mut dyn FnMut(&[u8]),
+) -> Result<Streamed, ClientError> {
+    send(&stream, env)?;
+    // Enough of the first line to tell which it is.
+    let mut head = Vec::with_capacity(1 << 16);
+    let mut buf = vec![0u8; 1 << 16];
+    while head.len() < 64 && !head.contains(&b'\n') {
+        match io::Read::read(&mut stream, &mut buf)? {
+            0 => break,
+            n => head.extend_from_slice(&buf[..n]),
+        }
+    }
+    let Some((code, at)) = data_start(&head) else {
+        let reader = BufReader::with_capacity(1 << 20, io::Cursor::new(head).chain(stream));
+        return read_raw(reader).map(Streamed::Whole);
+    };
+    // Each piece is passed on but for its last byte, held back until the
+    // next shows it was not the line's own closing brace.
+    let mut held = None;
+    let mut piece: &[u8] = &head[at..];
+    loop {
+        let end = memchr::memchr(b'\n', piece);
+        let data = end.map_or(piece, |n| &piece[..n]);
+        if let Some((last, rest)) = data.split_last() {
+            if let Some(h) = held.replace(*last) {
+                sink(&[h]);
+            }
+            sink(rest);
+        }
+        if end.is_some() {
+            break;
+        }
+        match io::Read::read(&mut stream, &mut buf)? {
+            0 => return Err(ClientError::NoAnswer),
+            n => piece = &buf[..n],
+        }
+    }
+    if held != Some(b'}') {
+        return Err(ClientError::BadReply(
+            "the list's line did not end as the daemon ends it".into(),
+        ));
+    }
+    Ok(Streamed::Data { code })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::proto::Request;
+
+    /// A daemon that reads the request and answers `answer`, a few bytes
+    /// at a time (as a socket may deliver it), then closes.
+    fn daemon(answer: &'static [u8], step: usize) -> UnixStream {
+        let (client, server) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            let mut r = BufReader::new(&server);
+            let mut req = String::new();
+            r.read_line(&mut req).unwrap();
+            for piece in answer.chunks(step) {
+                if (&server).write_all(piece).is_err() {
+                    return;
+                }
+            }
+        });
+        client
+    }
+
+    fn list(answer: &'static [u8], step: usize) -> (Result<Streamed, ClientError>, Vec<u8>) {
+        let env = Envelope {
+            config: None,
+            req: Request::Status { id: None },
+        };
+        let mut got = Vec::new();
+        let r = call_streamed(daemon(answer, step), &env, &mut |p| {
+            got.extend_from_slice(p)
+        });
+        (r, got)
+    }
+
+    #[test]
+    fn a_lists_data_reaches_the_sink_byte_for_byte_however_it_is_cut() {
+        let line = b"{\"t\":\"done\",\"code\":3,\"data\":[{\"id\":\"a}\\n\"},{}]}\n";
+        for step in [1, 2, 7, 64, 4096] {
+            let (r, got) = list(line, step);
+            assert!(matches!(r, Ok(Streamed::Data { code: 3 })), "step {step}");
+            assert_eq!(got, b"[{\"id\":\"a}\\n\"},{}]", "step {step}");
+        }
+    }
+
+    #[test]
+    fn an_answer_with_a_message_or_progress_first_comes_whole() {
+        let line = b"{\"t\":\"done\",\"code\":2,\"message\":\"no such instance: x\"}\n";
+        let (r, got) = list(line, 5);
+        let Ok(Streamed::Whole(w)) = r else {
+            panic!("not whole")
+        };
+        assert_eq!(
+            (w.done.code, w.done.message.as_str()),
+            (2, "no such instance: x")
+        );
+        assert!(got.is_empty());
+        let lines = b"{\"t\":\"progress\",\"id\":\"a\",\"state\":\"s\",\"message\":\"m\"}\n{\"t\":\"done\",\"code\":0,\"data\":[1]}\n";
+        let (r, _) = list(lines, 3);
+        let Ok(Streamed::Whole(w)) = r else {
+            panic!("not whole")
+        };
+        assert_eq!((w.done.code, w.data()), (0, &b"[1]"[..]));
+    }
+
+    #[test]
+    fn an_answer_cut_short_is_an_error_not_a_list() {
+        let (r, _) = list(b"{\"t\":\"done\",\"code\":0,\"data\":[{\"id\":\"a\"},", 3);
+        assert!(
+            matches!(r, Err(ClientError::NoAnswer)),
+            "cut before its newline"
+        );
+        let (r, _) = list(b"{\"t\":\"done\",\"code\":0,\"data\":[1]]\n", 3);
+        assert!(
+            matches!(r, Err(ClientError::BadReply(_))),
+            "not ended by }}"
+        );
+        let (r, _) = list(b"", 3);
+        assert!(matches!(r, Err(ClientError::NoAnswer)), "nothing at all");
     }
 }

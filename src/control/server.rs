@@ -116,6 +116,12 @@ impl Fairness {
     }
 }
 
+/// The size of the parts a long line is made and queued in (see
+/// [`Conn::queue_part`]): a list's first reaches the client after a few
+/// hundred statuses, and 10,000 take some 60 writes. A connection keeps a
+/// buffer of about this size once written out, for the next part.
+pub const LINE_PART: usize = 128 * 1024;
+
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
     pub uid: u32,
@@ -143,6 +149,9 @@ pub struct Conn {
     sent: usize,
     pub phase: Phase,
     writing: bool,
+    /// A write failed: the peer is gone (whatever the phase, which stays
+    /// as it was for the accounting of busy requests).
+    gone: bool,
 }
 
 impl Conn {
@@ -155,6 +164,7 @@ impl Conn {
             sent: 0,
             phase: Phase::Reading,
             writing: false,
+            gone: false,
         }
     }
 
@@ -248,6 +258,32 @@ impl Conn {
         ended_busy
     }
 
+    /// Queues the beginning of a long line (a list of 10,000 statuses,
+    /// begun by [`Self::done_line`]), to be written while the rest is
+    /// made: the client works on it meanwhile. The line's end goes to
+    /// [`Self::queue_done_line`].
+    /// `part` is left empty, with a buffer to make the next in: when all
+    /// before it is written, the two buffers are swapped, not copied.
+    pub fn queue_part(&mut self, part: &mut Vec<u8>) {
+        if self.phase == Phase::Done || self.gone {
+            part.clear();
+            return;
+        }
+        if self.sent >= self.outbuf.len() {
+            std::mem::swap(&mut self.outbuf, part);
+            self.sent = 0;
+        } else {
+            // A reader behind: what it has read is dropped once that is
+            // half of the buffer (each byte is moved once at most).
+            if self.sent > self.outbuf.len() / 2 {
+                self.outbuf.drain(..self.sent);
+                self.sent = 0;
+            }
+            self.outbuf.extend_from_slice(part);
+        }
+        part.clear();
+    }
+
     /// Writes what is queued, as far as the socket takes it. `Some(w)` when
     /// whether the connection waits to write changed (to `w`: the caller
     /// adds or drops EPOLLOUT); `done`: everything is written after the
@@ -261,13 +297,18 @@ impl Conn {
                 Err(_) => {
                     // Peer gone.
                     self.outbuf.clear();
-                    self.phase = Phase::Done;
+                    self.gone = true;
                     break;
                 }
             }
         }
         if self.sent >= self.outbuf.len() {
-            self.outbuf = Vec::new();
+            // A buffer of a list's part is kept for the next part to be
+            // made in (see queue_part); a larger one is given back.
+            if self.outbuf.capacity() > 2 * LINE_PART {
+                self.outbuf = Vec::new();
+            }
+            self.outbuf.clear();
             self.sent = 0;
         }
         let pending = !self.outbuf.is_empty();
@@ -275,7 +316,7 @@ impl Conn {
         self.writing = pending;
         Written {
             waits_to_write: changed,
-            done: self.phase == Phase::Done && !pending,
+            done: self.gone || (self.phase == Phase::Done && !pending),
         }
     }
     pub fn idle_or_done(&self) -> bool {
@@ -393,6 +434,58 @@ mod tests {
         client.read_to_string(&mut text).unwrap();
         assert_eq!(text.lines().count(), 2, "{text}");
         assert!(text.lines().last().unwrap().contains("a is running"));
+    }
+
+    #[test]
+    fn a_line_queued_in_parts_arrives_whole_and_after_it_nothing() {
+        let (mut c, mut client) = pair();
+        c.phase = Phase::Busy;
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            client.read_to_string(&mut text).unwrap();
+            text
+        });
+        let mut line = Conn::done_line(0, 0);
+        line.push(b'[');
+        c.queue_part(&mut line);
+        assert!(line.is_empty(), "the part was taken");
+        for i in 0..2000 {
+            let part = format!(
+                "{}{{\"n\":{i},\"pad\":\"{}\"}}",
+                if i > 0 { "," } else { "" },
+                "x".repeat(500)
+            );
+            c.queue_part(&mut part.into_bytes());
+            assert!(!c.write_out().done, "not done before its end");
+        }
+        assert!(
+            c.queue_done_line(b"]".to_vec()),
+            "the end ends the busy request"
+        );
+        c.queue_part(&mut b"late".to_vec());
+        while !c.write_out().done {
+            std::thread::yield_now();
+        }
+        drop(c);
+        let text = reader.join().unwrap();
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["data"].as_array().unwrap().len(), 2000);
+        assert!(text.ends_with("]}\n"), "nothing after the line");
+    }
+
+    #[test]
+    fn a_peer_gone_mid_line_is_done_and_the_request_still_busy() {
+        let (mut c, client) = pair();
+        c.phase = Phase::Busy;
+        drop(client);
+        c.queue_part(&mut Conn::done_line(0, 0));
+        let w = c.write_out();
+        assert!(w.done, "close it: {w:?}");
+        assert_eq!(
+            c.phase,
+            Phase::Busy,
+            "its busy count is given back on close"
+        );
     }
 
     #[test]

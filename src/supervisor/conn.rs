@@ -230,6 +230,17 @@ impl Daemon {
         self.unflushed.insert(id);
     }
 
+    /// The beginning of a long `done` line, written now (see
+    /// [`Conn::queue_part`]); its end goes to [`Self::reply_done_line`].
+    pub fn reply_part(&mut self, id: u64, part: &mut Vec<u8>) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            part.clear();
+            return;
+        };
+        c.queue_part(part);
+        self.flush_conn(id);
+    }
+
     pub fn progress(&mut self, id: u64, inst: &str, state: &str, message: impl Into<String>) {
         self.reply(
             id,

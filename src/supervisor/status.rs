@@ -10,7 +10,7 @@ use super::instance::Inst;
 use super::{Daemon, Outcome};
 use crate::control::exit::Exit;
 use crate::control::observe::Usage;
-use crate::control::server::Conn;
+use crate::control::server::{Conn, LINE_PART};
 use crate::isolation::usage::Baseline;
 
 /// One instance's part of a worker's read of every instance's usage.
@@ -46,7 +46,7 @@ impl Daemon {
         };
         let mut line = Conn::done_line(exit.code(), 1024);
         line.push(b'[');
-        self.push_status(&mut line, idx, true, usage);
+        self.push_status(&mut line, idx, false, true, usage);
         line.push(b']');
         self.reply_done_line(conn, line);
     }
@@ -162,30 +162,49 @@ impl Daemon {
     }
 
     /// The list, from the figures kept (an instance started since the
-    /// last read is read here, alone).
+    /// last read is read here, alone). It is written as it is made, a
+    /// part at a time, so the client indents one while the next is made.
     fn reply_list_now(&mut self, conn: u64) {
-        let mut data = Conn::done_line(Exit::Ok.code(), self.insts.len() * 1024);
+        let mut data = Conn::done_line(Exit::Ok.code(), LINE_PART + 4096);
         data.push(b'[');
+        let mut comma = false;
         for i in 0..self.insts.len() {
             let usage = self.usage_of(i, Duration::MAX);
-            self.push_status(&mut data, i, false, usage);
+            comma |= self.push_status(&mut data, i, comma, false, usage);
+            if data.len() >= LINE_PART {
+                self.reply_part(conn, &mut data);
+                if !self.conns.contains_key(&conn) {
+                    return; // the client is gone
+                }
+            }
         }
         data.push(b']');
         self.reply_done_line(conn, data);
     }
 
-    /// Appends one instance's status to a JSON array begun in `buf` (a
-    /// comma first unless it is the first), in the status's own order of
-    /// fields (a Value would sort them). Never half an object: one that
-    /// cannot be encoded is left out and said in the log.
-    fn push_status(&self, buf: &mut Vec<u8>, idx: usize, detail: bool, usage: Option<Usage>) {
+    /// Appends one instance's status to a JSON array begun before `buf`
+    /// (after a `comma` unless it is the first), in the status's own order
+    /// of fields (a Value would sort them); true if it was. Never half an
+    /// object: one that cannot be encoded is left out and said in the log.
+    fn push_status(
+        &self,
+        buf: &mut Vec<u8>,
+        idx: usize,
+        comma: bool,
+        detail: bool,
+        usage: Option<Usage>,
+    ) -> bool {
         let start = buf.len();
-        if buf.last() != Some(&b'[') {
+        if comma {
             buf.push(b',');
         }
-        if let Err(e) = serde_json::to_writer(&mut *buf, &self.status_view(idx, detail, usage)) {
-            tracing::error!("encoding the status of {}: {e}", self.insts[idx].id());
-            buf.truncate(start);
+        match serde_json::to_writer(&mut *buf, &self.status_view(idx, detail, usage)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!("encoding the status of {}: {e}", self.insts[idx].id());
+                buf.truncate(start);
+                false
+            }
         }
     }
 
