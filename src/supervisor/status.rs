@@ -167,10 +167,9 @@ impl Daemon {
     fn reply_list_now(&mut self, conn: u64) {
         let mut data = Conn::done_line(Exit::Ok.code(), LINE_PART + 4096);
         data.push(b'[');
-        let mut comma = false;
         for i in 0..self.insts.len() {
             let usage = self.usage_of(i, Duration::MAX);
-            comma |= self.push_status(&mut data, i, comma, false, usage);
+            self.push_status(&mut data, i, i > 0, false, usage);
             if data.len() >= LINE_PART {
                 self.reply_part(conn, &mut data);
                 if !self.conns.contains_key(&conn) {
@@ -184,8 +183,7 @@ impl Daemon {
 
     /// Appends one instance's status to a JSON array begun before `buf`
     /// (after a `comma` unless it is the first), in the status's own order
-    /// of fields (a Value would sort them); true if it was. Never half an
-    /// object: one that cannot be encoded is left out and said in the log.
+    /// of fields (a Value would sort them).
     fn push_status(
         &self,
         buf: &mut Vec<u8>,
@@ -193,19 +191,11 @@ impl Daemon {
         comma: bool,
         detail: bool,
         usage: Option<Usage>,
-    ) -> bool {
-        let start = buf.len();
+    ) {
         if comma {
             buf.push(b',');
         }
-        match serde_json::to_writer(&mut *buf, &self.status_view(idx, detail, usage)) {
-            Ok(()) => true,
-            Err(e) => {
-                tracing::error!("encoding the status of {}: {e}", self.insts[idx].id());
-                buf.truncate(start);
-                false
-            }
-        }
+        self.status_view(idx, detail, usage).write_json(buf);
     }
 
     /// The log file system's free space, asked for on the worker (the log

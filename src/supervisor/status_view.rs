@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::UNIX_EPOCH;
 
 use serde::Serialize;
@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::Daemon;
 use super::fsm::State;
 use super::instance::{Inst, Proc};
+use crate::control::json_out::{self, Obj};
 use crate::control::observe::{Timing, Usage};
 use crate::control::proto::CheckStatus;
 use crate::isolation::cgroup::{CgroupRoot, DiscoverError};
@@ -44,8 +45,8 @@ pub struct StatusView<'a> {
     definition_changed: bool,
     removed: bool,
     warnings: Vec<&'a str>,
-    #[serde(serialize_with = "path_text")]
-    log_dir: PathBuf,
+    #[serde(serialize_with = "display")]
+    log_dir: LogDir<'a>,
     timing: Option<&'a Timing>,
     usage: Option<Usage>,
 }
@@ -62,16 +63,51 @@ impl fmt::Display for Tracking<'_> {
         match (&self.inst.cgroup, self.root) {
             (Some(cg), _) => {
                 f.write_str("cgroup ")?;
-                path(f, &cg.dir())
+                let (base, name) = cg.dir_parts();
+                joined(f, base, name)
             }
             (None, Ok(root)) => {
                 f.write_str("cgroup ")?;
-                path(f, &root.dir_of(self.inst.id()))?;
+                joined(f, &root.base, self.inst.id())?;
                 f.write_str(" (when running)")
             }
             (None, Err(why)) => write!(f, "process-group and session (cgroups unavailable: {why})"),
         }
     }
+}
+
+/// Where the instance's logs go: its own `log_dir`, or `logs/ID` in the
+/// runtime dir (`Daemon::log_dir`, written without building the path).
+pub struct LogDir<'a> {
+    own: Option<&'a Path>,
+    runtime: &'a Path,
+    id: &'a str,
+}
+
+impl fmt::Display for LogDir<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.own {
+            Some(p) => path(f, p),
+            None => {
+                joined(f, self.runtime, "logs")?;
+                f.write_str("/")?;
+                f.write_str(self.id)
+            }
+        }
+    }
+}
+
+/// `base.join(name)` as `display()` writes it, for a `name` without a
+/// slash, without building it (Path::join allocated twice per instance
+/// of a list: most of a list's allocations).
+fn joined(f: &mut fmt::Formatter<'_>, base: &Path, name: &str) -> fmt::Result {
+    use std::os::unix::ffi::OsStrExt;
+    path(f, base)?;
+    let b = base.as_os_str().as_bytes();
+    if !b.is_empty() && !b.ends_with(b"/") {
+        f.write_str("/")?;
+    }
+    f.write_str(name)
 }
 
 /// A path as `display()` writes it, without its lossy decoding when it is
@@ -97,14 +133,6 @@ fn display<S: serde::Serializer>(v: &impl fmt::Display, s: S) -> Result<S::Ok, S
     })
 }
 
-/// A path as `display()` writes it, as one string.
-fn path_text<S: serde::Serializer>(p: &Path, s: S) -> Result<S::Ok, S::Error> {
-    match p.to_str() {
-        Some(t) => s.serialize_str(t),
-        None => s.collect_str(&p.display()),
-    }
-}
-
 fn procs<S: serde::Serializer>(procs: &&[Proc], s: S) -> Result<S::Ok, S::Error> {
     #[derive(Serialize)]
     struct P<'a> {
@@ -117,6 +145,66 @@ fn procs<S: serde::Serializer>(procs: &&[Proc], s: S) -> Result<S::Ok, S::Error>
         pid: p.pid,
         alive: p.alive(),
     }))
+}
+
+impl StatusView<'_> {
+    /// The same bytes as `serde_json::to_writer(buf, self)`, written by
+    /// hand (`control::json_out`): half the time of a 10,000-instance
+    /// list. The executor tests hold the two equal.
+    pub fn write_json(&self, buf: &mut Vec<u8>) {
+        let mut o = Obj::begin(buf);
+        o.str("id", self.id)
+            .str("service", self.service)
+            .str("kind", self.kind)
+            .str("state", self.state)
+            .value("healthy", &self.healthy);
+        let b = o.field("processes");
+        b.push(b'[');
+        for (i, p) in self.processes.iter().enumerate() {
+            if i > 0 {
+                b.push(b',');
+            }
+            let mut po = Obj::begin(b);
+            po.str("name", &p.name)
+                .value("pid", &p.pid)
+                .bool("alive", p.alive());
+            po.end();
+        }
+        b.push(b']');
+        o.value("members", &self.members)
+            .value("address", &self.address)
+            .value("port", &self.port)
+            .opt_str("hostname", self.hostname)
+            .value("since", &self.since)
+            .value("uptime_s", &self.uptime_s)
+            .value("restarts", &self.restarts)
+            .opt_str("last_failure", self.last_failure);
+        display_json(o.field("tracking"), &self.tracking);
+        o.value("checks", &self.checks)
+            .bool("definition_changed", self.definition_changed)
+            .bool("removed", self.removed)
+            .value("warnings", &self.warnings);
+        display_json(o.field("log_dir"), &self.log_dir);
+        o.value("timing", &self.timing).value("usage", &self.usage);
+        o.end();
+    }
+}
+
+/// What `v` displays, as a JSON string (written into a scratch string
+/// first, as [`display`] does).
+fn display_json(buf: &mut Vec<u8>, v: &impl fmt::Display) {
+    use std::fmt::Write;
+    thread_local!(static SCRATCH: std::cell::RefCell<String> = const {
+        std::cell::RefCell::new(String::new())
+    });
+    SCRATCH.with_borrow_mut(|text| {
+        text.clear();
+        match write!(text, "{v}") {
+            Ok(()) => json_out::string(buf, text),
+            // Never for ours: a String takes any text.
+            Err(_) => buf.extend_from_slice(b"\"\""),
+        }
+    })
 }
 
 impl Daemon {
@@ -182,9 +270,59 @@ impl Daemon {
             definition_changed: inst.next_spec.is_some(),
             removed: inst.removed,
             warnings,
-            log_dir: self.log_dir(idx),
+            log_dir: LogDir {
+                own: inst.spec.log_dir.as_deref(),
+                runtime: &self.opts.runtime_dir,
+                id: inst.id(),
+            },
             timing: inst.obs.last.as_ref(),
             usage,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct J<'a>(&'a Path, &'a str);
+    impl fmt::Display for J<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            joined(f, self.0, self.1)
+        }
+    }
+
+    #[test]
+    fn joined_writes_what_path_join_displays() {
+        for base in [
+            "/sys/fs/cgroup/cohost",
+            "/run/x/",
+            "/",
+            "",
+            "rel/dir",
+            "/a//b",
+        ] {
+            let b = Path::new(base);
+            assert_eq!(
+                J(b, "db01").to_string(),
+                b.join("db01").display().to_string(),
+                "{base:?}"
+            );
+        }
+        let own = Path::new("/srv/logs/db");
+        let runtime = Path::new("/run/cohost");
+        let shown = |own| {
+            LogDir {
+                own,
+                runtime,
+                id: "db01",
+            }
+            .to_string()
+        };
+        assert_eq!(shown(Some(own)), "/srv/logs/db");
+        assert_eq!(
+            shown(None),
+            runtime.join("logs").join("db01").display().to_string()
+        );
     }
 }

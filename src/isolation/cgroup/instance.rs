@@ -13,6 +13,12 @@ impl InstanceCgroup {
         self.bases.v2.join(&*self.name)
     }
 
+    /// [`Self::dir`] as the directory it is in and its name (a status
+    /// writes it without building it).
+    pub fn dir_parts(&self) -> (&Path, &str) {
+        (&self.bases.v2, &self.name)
+    }
+
     /// The path as /proc/PID/cgroup shows it ("/cohost/run-cohost/demo01").
     pub fn rel(&self) -> String {
         let base = self.bases.rel.trim_end_matches('/');

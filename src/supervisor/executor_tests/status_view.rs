@@ -24,6 +24,10 @@ fn the_view_reads_back_as_an_instance_status_field_for_field() {
          hostname = \"h1\"\n{paths}\n[instance.b]\nservice = \"s\"\n"
     ));
     r.start("a");
+    // Text that needs escaping, in what is written by hand and by serde.
+    let ia = r.idx("a");
+    r.d.insts[ia].fsm.last_failure = Some("exited 1: \"bad\"\n\u{1}é".into());
+    r.d.insts[ia].warnings.push("a \\ warning".into());
     let usage = Usage {
         memory_bytes: Some(4096),
         cpu_usec: None,
@@ -31,7 +35,12 @@ fn the_view_reads_back_as_an_instance_status_field_for_field() {
     };
     for (id, running) in [("a", true), ("b", false)] {
         let idx = r.idx(id);
-        let json = serde_json::to_string(&r.d.status_view(idx, true, Some(usage.clone()))).unwrap();
+        let view = r.d.status_view(idx, true, Some(usage.clone()));
+        let json = serde_json::to_string(&view).unwrap();
+        // What the daemon writes by hand is what serde writes.
+        let mut by_hand = Vec::new();
+        view.write_json(&mut by_hand);
+        assert_eq!(String::from_utf8(by_hand).unwrap(), json);
         let st: InstanceStatus =
             serde_json::from_str(&json).unwrap_or_else(|e| panic!("{e}: {json}"));
         // Nothing left out, added or reordered: written again, the same text.
