@@ -160,6 +160,49 @@ fn unknown_and_cyclic_after() {
     expect_problem(&h, "a.toml", 5, "cycle: a -> b -> a");
 }
 
+/// Cycles behind chains and among instances without `after`: a three-way
+/// cycle reached through a chain, a self-loop; a diamond is no cycle.
+#[test]
+fn a_cycle_anywhere_in_the_after_graph_is_found_and_a_diamond_is_none() {
+    let h = Harness::new();
+    let inst = |id: &str, after: &[&str]| {
+        let list: Vec<String> = after.iter().map(|a| format!("\"{a}\"")).collect();
+        format!(
+            "\n[instance.{id}]\nservice = \"counter\"\nafter = [{}]\n",
+            list.join(", ")
+        )
+    };
+    let diamond = [
+        ("d1", &["d2", "d3"][..]),
+        ("d2", &["d4"]),
+        ("d3", &["d4"]),
+        ("d4", &[]),
+    ];
+    let mut cfg = SERVICE.to_string();
+    for (id, after) in diamond {
+        cfg += &inst(id, after);
+    }
+    h.write_config("a.toml", &cfg);
+    h.run(&["validate"]).ok();
+    for (id, after) in [
+        ("a0", &["d1", "b1"][..]),
+        ("b1", &["b2"]),
+        ("b2", &["b3"]),
+        ("b3", &["b1"]),
+    ] {
+        cfg += &inst(id, after);
+    }
+    h.write_config("a.toml", &cfg);
+    let out = h.run(&["validate"]).code(2);
+    assert!(out.stderr.contains("cycle: b1 -> b2 -> b3 -> b1"), "{out}");
+    h.write_config(
+        "a.toml",
+        &format!("{SERVICE}{}{}", inst("x", &["y"]), inst("y", &["y"])),
+    );
+    let out = h.run(&["validate"]).code(2);
+    assert!(out.stderr.contains("cycle: y -> y"), "{out}");
+}
+
 #[test]
 fn relative_paths_and_bad_values() {
     let h = Harness::new();

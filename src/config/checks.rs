@@ -143,21 +143,21 @@ pub fn check_after(
 pub fn find_cycle(instances: &BTreeMap<String, Arc<InstanceSpec>>) -> Option<Vec<String>> {
     #[derive(Clone, Copy, PartialEq)]
     enum Mark {
-        New,
         Active,
         Done,
     }
-    let mut mark: BTreeMap<&str, Mark> =
-        instances.keys().map(|k| (k.as_str(), Mark::New)).collect();
+    // Only instances with an `after` can be on a cycle: the others (most
+    // of 10,000) are never marked nor looked up by name.
+    let mut mark: HashMap<&str, Mark> = HashMap::new();
     fn visit<'a>(
         id: &'a str,
         instances: &'a BTreeMap<String, Arc<InstanceSpec>>,
-        mark: &mut BTreeMap<&'a str, Mark>,
+        mark: &mut HashMap<&'a str, Mark>,
         stack: &mut Vec<&'a str>,
     ) -> Option<Vec<String>> {
         mark.insert(id, Mark::Active);
         stack.push(id);
-        for dep in &instances[id].after {
+        for dep in instances.get(id).map_or(&[][..], |s| &s.after[..]) {
             match mark.get(dep.as_str()) {
                 Some(Mark::Active) => {
                     let start = stack.iter().position(|s| s == dep).unwrap();
@@ -166,7 +166,10 @@ pub fn find_cycle(instances: &BTreeMap<String, Arc<InstanceSpec>>) -> Option<Vec
                     cycle.push(dep.clone());
                     return Some(cycle);
                 }
-                Some(Mark::New) => {
+                None if instances
+                    .get(dep.as_str())
+                    .is_some_and(|s| !s.after.is_empty()) =>
+                {
                     if let Some(c) = visit(dep, instances, mark, stack) {
                         return Some(c);
                     }
@@ -178,9 +181,8 @@ pub fn find_cycle(instances: &BTreeMap<String, Arc<InstanceSpec>>) -> Option<Vec
         mark.insert(id, Mark::Done);
         None
     }
-    let ids: Vec<&str> = instances.keys().map(String::as_str).collect();
-    for id in ids {
-        if mark[id] == Mark::New {
+    for (id, spec) in instances {
+        if !spec.after.is_empty() && !mark.contains_key(id.as_str()) {
             let mut stack = Vec::new();
             if let Some(c) = visit(id, instances, &mut mark, &mut stack) {
                 return Some(c);
