@@ -187,7 +187,8 @@ fn status_json(ctx: &Ctx, s: std::os::unix::net::UnixStream, req: Request) -> i3
             out.clear();
         }
     };
-    let got = client::call_streamed(s, &envelope(ctx, req), &mut sink);
+    let env = envelope(ctx, req);
+    let got = read_on_a_thread(s, &env, &mut sink);
     match got {
         Ok(Streamed::Data { code }) => {
             ind.finish(&mut out);
@@ -209,6 +210,37 @@ fn status_json(ctx: &Ctx, s: std::os::unix::net::UnixStream, req: Request) -> i3
         Err(e) if fed => finish(Err((1, format!("{e} (what was printed is incomplete)")))),
         Err(e) => finish(Err((1, e.to_string()))),
     }
+}
+
+/// [`client::call_streamed`] with the socket read on a thread of its own,
+/// as fast as the daemon writes, and `sink` fed here: a slow reader of our
+/// output (a pager) keeps the answer waiting in this process, not in the
+/// daemon. No thread to be had (a pids limit): read here.
+fn read_on_a_thread(
+    s: std::os::unix::net::UnixStream,
+    env: &crate::control::proto::Envelope,
+    sink: &mut dyn FnMut(&[u8]),
+) -> Result<client::Streamed, ClientError> {
+    let fallback = s.try_clone();
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::scope(|sc| {
+        let reader = std::thread::Builder::new()
+            .name("cohost-read".into())
+            .spawn_scoped(sc, move || {
+                client::call_streamed(s, env, &mut |piece| {
+                    let _ = tx.send(piece.to_vec());
+                })
+            });
+        match reader {
+            Ok(h) => {
+                for piece in rx {
+                    sink(&piece);
+                }
+                h.join().unwrap_or(Err(ClientError::NoAnswer))
+            }
+            Err(_) => client::call_streamed(fallback?, env, sink),
+        }
+    })
 }
 
 pub fn up_down(ctx: &Ctx, up: bool) -> i32 {
@@ -273,4 +305,52 @@ pub fn stop(ctx: &Ctx, id: &str, timeout: Option<f64>) -> i32 {
 pub fn kill(ctx: &Ctx, id: &str) -> i32 {
     let o = crate::ops::kill(ctx, id);
     print_quiet((o.exit.code(), o.message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::net::UnixStream;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// While our output is not read (the sink blocks, as a write to a
+    /// paused pager does), the daemon's whole answer is still taken off
+    /// the socket: the daemon's write of 7 MB completes first.
+    #[test]
+    fn a_blocked_output_does_not_hold_the_daemons_answer() {
+        let (client, server) = UnixStream::pair().unwrap();
+        let (written, was_written) = mpsc::channel();
+        let daemon = std::thread::spawn(move || {
+            let mut req = String::new();
+            BufReader::new(&server).read_line(&mut req).unwrap();
+            let mut line = b"{\"t\":\"done\",\"code\":0,\"data\":[".to_vec();
+            for i in 0..200_000 {
+                line.extend_from_slice(format!("{i},{:030},", 0).as_bytes());
+            }
+            line.extend_from_slice(b"0]}\n");
+            (&server).write_all(&line).unwrap();
+            written.send(()).unwrap();
+        });
+        let env = crate::control::proto::Envelope {
+            config: None,
+            req: Request::Status { id: None },
+        };
+        let mut first = true;
+        let mut got = 0usize;
+        let mut sink = |piece: &[u8]| {
+            if first {
+                first = false;
+                was_written
+                    .recv_timeout(Duration::from_secs(60))
+                    .expect("the daemon's write did not complete while our output was blocked");
+            }
+            got += piece.len();
+        };
+        let r = read_on_a_thread(client, &env, &mut sink);
+        assert!(matches!(r, Ok(client::Streamed::Data { code: 0 })));
+        assert!(got > 7_000_000, "{got} bytes");
+        daemon.join().unwrap();
+    }
 }
