@@ -207,8 +207,8 @@ fn data_start(head: &[u8]) -> Option<(i32, usize)> {
         .iter()
         .position(|b| !(b.is_ascii_digit() || *b == b'-'))?;
     let code = std::str::from_utf8(&rest[..digits]).ok()?.parse().ok()?;
-    rest[digits..].strip_prefix(b",\"data\":")?;
-    Some((code, head.len() - rest.len() + digits + 8))
+    let data = rest[digits..].strip_prefix(b",\"data\":")?;
+    Some((code, head.len() - data.len()))
 }
 
 /// [`call`] for status and list, except that a `done` line with data and no message hands
@@ -227,7 +227,7 @@ pub fn call_streamed(
     let mut head = Vec::with_capacity(1 << 16);
     let mut buf = vec![0u8; 1 << 16];
     while head.len() < 64 && !head.contains(&b'\n') {
-        match io::Read::read(&mut stream, &mut buf)? {
+        match stream.read(&mut buf)? {
             0 => break,
             n => head.extend_from_slice(&buf[..n]),
         }
@@ -252,7 +252,7 @@ pub fn call_streamed(
         if end.is_some() {
             break;
         }
-        match io::Read::read(&mut stream, &mut buf)? {
+        match stream.read(&mut buf)? {
             0 => return Err(ClientError::NoAnswer),
             n => piece = &buf[..n],
         }

@@ -247,12 +247,7 @@ impl Conn {
             return false;
         }
         line.extend_from_slice(b"}\n");
-        if self.outbuf.is_empty() {
-            self.outbuf = line;
-            self.sent = 0;
-        } else {
-            self.outbuf.extend_from_slice(&line);
-        }
+        self.queue_part(&mut line);
         let ended_busy = self.phase == Phase::Busy;
         self.phase = Phase::Done;
         ended_busy
