@@ -12,6 +12,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::UNIX_EPOCH;
 
+#[cfg(test)]
 use serde::Serialize;
 
 use super::Daemon;
@@ -22,14 +23,16 @@ use crate::control::observe::{Timing, Usage};
 use crate::control::proto::CheckStatus;
 use crate::isolation::cgroup::{CgroupRoot, DiscoverError};
 
-#[derive(Serialize)]
+/// Its `Serialize` (tests only) is the reference [`StatusView::write_json`]
+/// is held to.
+#[cfg_attr(test, derive(Serialize))]
 pub struct StatusView<'a> {
     id: &'a str,
     service: &'a str,
     kind: &'static str,
     state: &'static str,
     healthy: Option<bool>,
-    #[serde(serialize_with = "procs")]
+    #[cfg_attr(test, serde(serialize_with = "procs"))]
     processes: &'a [Proc],
     members: Vec<i32>,
     address: Option<IpAddr>,
@@ -39,13 +42,13 @@ pub struct StatusView<'a> {
     uptime_s: Option<u64>,
     restarts: u32,
     last_failure: Option<&'a str>,
-    #[serde(serialize_with = "display")]
+    #[cfg_attr(test, serde(serialize_with = "display"))]
     tracking: Tracking<'a>,
     checks: Vec<CheckStatus>,
     definition_changed: bool,
     removed: bool,
     warnings: Vec<&'a str>,
-    #[serde(serialize_with = "display")]
+    #[cfg_attr(test, serde(serialize_with = "display"))]
     log_dir: LogDir<'a>,
     timing: Option<&'a Timing>,
     usage: Option<Usage>,
@@ -121,6 +124,7 @@ fn path(f: &mut fmt::Formatter<'_>, p: &Path) -> fmt::Result {
 
 /// Written whole into a scratch string first, then serialised as one
 /// string (serde's `collect_str` escapes each piece of it on its own).
+#[cfg(test)]
 fn display<S: serde::Serializer>(v: &impl fmt::Display, s: S) -> Result<S::Ok, S::Error> {
     use std::fmt::Write;
     thread_local!(static SCRATCH: std::cell::RefCell<String> = const {
@@ -133,6 +137,7 @@ fn display<S: serde::Serializer>(v: &impl fmt::Display, s: S) -> Result<S::Ok, S
     })
 }
 
+#[cfg(test)]
 fn procs<S: serde::Serializer>(procs: &&[Proc], s: S) -> Result<S::Ok, S::Error> {
     #[derive(Serialize)]
     struct P<'a> {
