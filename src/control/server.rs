@@ -38,7 +38,7 @@ pub struct Fairness {
 }
 
 /// Root and the daemon's own user are always served.
-fn privileged(uid: u32) -> bool {
+pub fn privileged(uid: u32) -> bool {
     uid == 0 || uid == nix::unistd::geteuid().as_raw()
 }
 
@@ -314,17 +314,37 @@ impl Conn {
             done: self.gone || (self.phase == Phase::Done && !pending),
         }
     }
+    /// The bytes queued that the socket has not taken yet.
+    pub fn queued(&self) -> usize {
+        self.outbuf.len() - self.sent
+    }
+
+    /// Output is queued that the socket has not taken yet.
+    pub fn waits_to_write(&self) -> bool {
+        self.writing
+    }
+
     pub fn idle_or_done(&self) -> bool {
         self.phase != Phase::Busy
     }
 
-    /// At daemon exit: write what is left, blocking briefly.
-    pub fn flush_blocking(&mut self) {
-        let _ = self.stream.set_nonblocking(false);
-        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(1)));
-        let _ = self.stream.write_all(&self.outbuf[self.sent..]);
-        self.outbuf.clear();
-        self.sent = 0;
+    /// Waits until the socket takes more, or `until`: false if that came
+    /// first (or the wait failed).
+    pub fn wait_writable(&self, until: std::time::Instant) -> bool {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        loop {
+            let left = until.saturating_duration_since(std::time::Instant::now());
+            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            if ms == 0 {
+                return false;
+            }
+            let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLOUT)];
+            match poll(&mut fds, PollTimeout::from(ms)) {
+                Ok(n) => return n > 0,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return false,
+            }
+        }
     }
 }
 

@@ -8,7 +8,7 @@
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::sys::epoll::EpollFlags;
 
@@ -16,7 +16,11 @@ use super::{Daemon, timers, tok};
 use crate::control::exit::Exit;
 use crate::control::proto::{MAX_REQUEST, Reply};
 pub use crate::control::server::{Conn, Fairness, Peer, Phase};
-use crate::control::server::{MAX_ACCEPTS_PER_WAKE, REQUEST_TIMEOUT, refuse};
+use crate::control::server::{MAX_ACCEPTS_PER_WAKE, REQUEST_TIMEOUT, privileged, refuse};
+
+/// How long the exit waits for a connection to take its answer (see
+/// [`Daemon::flush_conns_at_exit`]).
+const EXIT_FLUSH: Duration = Duration::from_secs(1);
 
 impl Daemon {
     /// Accepts on the main socket, or on the status group's (`readers`).
@@ -122,6 +126,10 @@ impl Daemon {
     pub(super) fn on_conn(&mut self, id: u64, flags: EpollFlags) {
         if flags.contains(EpollFlags::EPOLLOUT) {
             self.flush_conn(id);
+            // What was queued is out: the next part of a list is made.
+            if self.conns.get(&id).is_some_and(|c| !c.waits_to_write()) {
+                self.go_on_listing(id);
+            }
         }
         if !self.conns.contains_key(&id) {
             return;
@@ -275,10 +283,47 @@ impl Daemon {
         }
     }
 
+    /// At exit: what each connection has queued is written, and the lists
+    /// being written are finished, within a second for each of root's
+    /// (and the daemon user's) connections, first, and within a second
+    /// for all the others together: a reader of the status group holding
+    /// its 256 connections unread does not hold the exit for minutes.
+    pub(super) fn flush_conns_at_exit(&mut self) {
+        let others = Instant::now() + EXIT_FLUSH;
+        let mut ids: Vec<(bool, u64)> = self
+            .conns
+            .iter()
+            .map(|(id, c)| (!privileged(c.peer.uid), *id))
+            .collect();
+        ids.sort_unstable();
+        for (unprivileged, id) in ids {
+            let until = if unprivileged {
+                others
+            } else {
+                Instant::now() + EXIT_FLUSH
+            };
+            loop {
+                self.flush_conn(id);
+                let Some(c) = self.conns.get(&id) else {
+                    break;
+                };
+                if !c.waits_to_write() {
+                    if !self.listings.contains_key(&id) {
+                        break;
+                    }
+                    self.go_on_listing(id);
+                } else if !c.wait_writable(until) {
+                    break;
+                }
+            }
+        }
+    }
+
     pub fn close_conn(&mut self, id: u64) {
         // Waiter entries naming this connection are dropped when their
         // instance next answers (a reply to a closed connection is a no-op):
         // closing stays O(1) whatever the number of instances.
+        self.listings.remove(&id);
         if let Some(c) = self.conns.remove(&id) {
             self.fair.release(c.peer.uid, c.phase == Phase::Busy);
             self.deregister(c.fd());

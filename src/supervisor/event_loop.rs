@@ -175,7 +175,10 @@ impl Daemon {
             matches!(i.state(), fsm::State::Stopped | fsm::State::Failed)
                 && i.procs.iter().all(|p| !p.alive())
         }) && self.batches.is_empty()
-            && self.conns.values().all(|c| c.idle_or_done())
+            && self
+                .conns
+                .iter()
+                .all(|(id, c)| c.idle_or_done() || self.listings.contains_key(id))
     }
 
     pub(super) fn shutdown_cleanup(&mut self) {
@@ -196,9 +199,7 @@ impl Daemon {
             .remove(crate::control::client::READERS_SOCKET_NAME);
         let _ = self.rundir.dir.remove("daemon.pid");
         // Last: a waiting `cohost shutdown` learns that all of the above is done.
-        for c in self.conns.values_mut() {
-            c.flush_blocking();
-        }
+        self.flush_conns_at_exit();
     }
 
     /// Runs queued events through the table, and the resulting actions.

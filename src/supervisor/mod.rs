@@ -220,6 +220,8 @@ pub(crate) struct Daemon {
     /// wait for it, with when each arrived and how old its figures may be.
     pub usage_read: Option<(worker::JobId, Instant)>,
     pub list_waiters: Vec<(u64, Instant, Duration)>,
+    /// The lists being written, by connection, each where it is.
+    pub listings: HashMap<u64, status::Listing>,
     /// The next read of every instance's usage starts no sooner (daemon
     /// clock): after a gap as long as the last read took.
     pub usage_rest_until: Option<Instant>,
@@ -346,6 +348,7 @@ impl Daemon {
             stats_flushed: None,
             usage_read: None,
             list_waiters: Vec::new(),
+            listings: HashMap::new(),
             usage_rest_until: None,
             usage_scheduled: false,
             worker,

@@ -29,6 +29,14 @@ pub struct UsageRead {
     usage: Option<(Instant, Usage)>,
 }
 
+/// A list being written on a connection (see [`Daemon::go_on_listing`]).
+pub struct Listing {
+    /// The next instance to write.
+    next: usize,
+    /// The part being made.
+    part: Vec<u8>,
+}
+
 /// Has figures to read: something of it may run, in a cgroup of its own.
 fn wants_usage(i: &Inst) -> bool {
     i.state().may_have_processes() && i.cgroup.is_some()
@@ -165,20 +173,41 @@ impl Daemon {
     /// last read is read here, alone). It is written as it is made, a
     /// part at a time, so the client indents one while the next is made.
     fn reply_list_now(&mut self, conn: u64) {
-        let mut data = Conn::done_line(Exit::Ok.code(), LINE_PART + 4096);
-        data.push(b'[');
-        for i in 0..self.insts.len() {
-            let usage = self.usage_of(i, Duration::MAX);
-            self.push_status(&mut data, i, i > 0, false, usage);
-            if data.len() >= LINE_PART {
-                self.reply_part(conn, &mut data);
-                if !self.conns.contains_key(&conn) {
-                    return; // the client is gone
-                }
+        let mut part = Conn::done_line(Exit::Ok.code(), LINE_PART + 4096);
+        part.push(b'[');
+        self.listings.insert(conn, Listing { next: 0, part });
+        self.go_on_listing(conn);
+    }
+
+    /// Makes and writes the parts of `conn`'s list while its socket takes
+    /// them; when it does not, the rest waits (for [`Self::on_conn`]'s
+    /// next writable): an answer nobody reads holds one part, not 7.5 MB,
+    /// and the loop serves everyone else between the parts. Each
+    /// instance is as it is when its part is made (the instances are only
+    /// ever appended to: the cursor is an index).
+    pub(super) fn go_on_listing(&mut self, conn: u64) {
+        let Some(mut l) = self.listings.remove(&conn) else {
+            return;
+        };
+        loop {
+            while l.next < self.insts.len() && l.part.len() < LINE_PART {
+                let i = l.next;
+                let usage = self.usage_of(i, Duration::MAX);
+                self.push_status(&mut l.part, i, i > 0, false, usage);
+                l.next += 1;
+            }
+            if l.next >= self.insts.len() {
+                l.part.push(b']');
+                return self.reply_done_line(conn, l.part);
+            }
+            self.reply_part(conn, &mut l.part);
+            match self.conns.get(&conn) {
+                None => return, // the client is gone
+                Some(c) if c.waits_to_write() => break,
+                Some(_) => {}
             }
         }
-        data.push(b']');
-        self.reply_done_line(conn, data);
+        self.listings.insert(conn, l);
     }
 
     /// Appends one instance's status to a JSON array begun before `buf`

@@ -340,7 +340,7 @@ impl Rig {
 
     /// Turns the loop (reaping what the fake says has exited) until `done`;
     /// bounded so that a bug cannot hang the test.
-    pub(super) fn until(&mut self, what: &str, done: impl Fn(&Rig) -> bool) {
+    pub(super) fn until(&mut self, what: &str, mut done: impl FnMut(&Rig) -> bool) {
         let mut events = vec![nix::sys::epoll::EpollEvent::empty(); 16];
         let deadline = Instant::now() + Duration::from_secs(60);
         while !done(self) {

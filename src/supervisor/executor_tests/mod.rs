@@ -8,6 +8,7 @@
 //! tested for real (`section_faults`, `section_reliability`).
 
 mod fake;
+mod listing;
 mod status_view;
 mod usage;
 
