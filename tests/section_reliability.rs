@@ -452,7 +452,12 @@ fn out_of_file_descriptors_requests_fail_with_an_error_and_supervision_goes_on()
 }
 
 /// A process run as a test user, killed on drop.
-struct Hog(std::process::Child);
+/// A hostile reader's process (and its output, once read from), killed
+/// on drop.
+struct Hog(
+    std::process::Child,
+    Option<std::io::BufReader<std::process::ChildStdout>>,
+);
 
 impl Drop for Hog {
     fn drop(&mut self) {
@@ -528,7 +533,7 @@ service = "s"
     // Its socket: root's is 0600.
     .arg(h.runtime.join("cohost.ro.sock"))
     .stdout(std::process::Stdio::piped());
-    let mut hog = Hog(c.spawn().unwrap());
+    let mut hog = Hog(c.spawn().unwrap(), None);
     let mut line = String::new();
     std::io::BufReader::new(hog.0.stdout.take().unwrap())
         .read_line(&mut line)
@@ -567,4 +572,150 @@ service = "s"
     // The reader's held connections are served too once it asks.
     drop(hog);
     h.run(&["start", "q1"]).ok();
+}
+
+/// Asks for the list on `argv[2]` connections and reads none of them; says
+/// how many are being answered with a list (the others were refused), and
+/// the refusal; then, on a line on stdin, reads each list to its end and
+/// says its size and number of instances.
+const UNREAD_LISTS: &str = r#"
+import json, select, socket, sys
+path, n = sys.argv[1], int(sys.argv[2])
+conns = []
+for i in range(n):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect(path)
+    s.sendall(b'{"op":"list"}\n')
+    conns.append(s)
+listing, refusal = [], ""
+for s in conns:
+    r, _, _ = select.select([s], [], [], 60)
+    first = s.recv(64, socket.MSG_PEEK) if r else b""
+    if first.startswith(b'{"t":"done","code":0,"data":['):
+        listing.append(s)
+    else:
+        refusal = s.recv(4096).decode().strip()
+print("listing %d of %d: %s" % (len(listing), n, refusal), flush=True)
+sys.stdin.readline()
+for s in listing:
+    got = b""
+    while True:
+        b = s.recv(1 << 20)
+        if not b:
+            break
+        got += b
+    print("%d bytes, %d instances" % (len(got), len(json.loads(got)["data"])), flush=True)
+"#;
+
+fn vm_rss_kib(pid: i32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+/// `UNREAD_LISTS` as the status group's user, on `n` connections; waits
+/// for its first line.
+fn unread_lists(h: &Harness, user: &str, n: usize) -> (Hog, String) {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", user, "--regid", "nogroup", "--init-groups", "--"])
+        .args(["/usr/bin/python3", "-c", UNREAD_LISTS])
+        .arg(h.runtime.join("cohost.ro.sock"))
+        .arg(n.to_string())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped());
+    let mut hog = Hog(c.spawn().unwrap(), None);
+    let mut line = String::new();
+    let mut out = std::io::BufReader::new(hog.0.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    hog.1 = Some(out);
+    (hog, line)
+}
+
+/// A reader of the status group asks for the list of 4,000 instances on
+/// its 16 connections and reads none: the daemon holds a part of each
+/// list (at most 4 are in flight per user), not 16 whole answers (29 MB
+/// before); root is served meanwhile; read later, each list is whole. A
+/// reader killed mid-list gives its slots back, and unread lists do not
+/// hold the daemon's exit.
+#[test]
+fn unread_lists_hold_a_part_each_and_neither_a_killed_reader_nor_the_exit_waits_on_them() {
+    require_root_cgroups();
+    require_tools(&[("/usr/bin/python3", "python3")]);
+    use std::os::unix::fs::PermissionsExt;
+    const N: usize = 4000;
+    let users = TestUsers::new(std::process::id() % 100_000 + 200_000);
+    let h = Harness::new();
+    std::fs::set_permissions(h.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cfg = format!(
+        "[supervisor]\nstatus_group = \"{}\"\n\n[service.s]\ncommand = [\"{}\", \"sleep\"]\n",
+        users.group,
+        t()
+    );
+    for i in 0..N {
+        cfg += &format!("\n[instance.q{i}]\nservice = \"s\"\n");
+    }
+    h.write_config("p.toml", &cfg);
+    h.run(&["start", "q0"]).ok();
+    let pid = h.daemon_pid().unwrap();
+    let root_list = || {
+        let out = h.run(&["list", "--json"]).ok();
+        let v: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
+        v.len()
+    };
+    assert_eq!(root_list(), N);
+    let before = vm_rss_kib(pid);
+    let (mut hog, line) = unread_lists(&h, &users.users[1], 16);
+    assert!(
+        line.starts_with("listing 4 of 16: ")
+            && line.contains("too many requests in flight from uid"),
+        "{line}"
+    );
+    let held = vm_rss_kib(pid) - before;
+    eprintln!("16 unread lists of 4,000: the daemon grew by {held} KiB");
+    assert!(
+        held < 8 * 1024,
+        "16 unread lists cost the daemon {held} KiB"
+    );
+    assert_eq!(root_list(), N, "root is served meanwhile");
+    writeln!(hog.0.stdin.as_mut().unwrap()).unwrap();
+    for _ in 0..4 {
+        let mut l = String::new();
+        std::io::BufRead::read_line(hog.1.as_mut().unwrap(), &mut l).unwrap();
+        assert!(l.ends_with(&format!(" bytes, {N} instances\n")), "{l:?}");
+    }
+    drop(hog);
+    // Killed mid-list: its four slots come back.
+    let (hog, line) = unread_lists(&h, &users.users[1], 4);
+    assert!(line.starts_with("listing 4 of 4"), "{line}");
+    drop(hog);
+    let bin = cohost_bin();
+    let as_reader = |args: &[&str]| {
+        let mut c = Command::new("setpriv");
+        c.args([
+            "--reuid",
+            &users.users[1],
+            "--regid",
+            "nogroup",
+            "--init-groups",
+            "--",
+        ])
+        .arg(&bin)
+        .args(["--config", h.config.to_str().unwrap()])
+        .args(["--runtime-dir", h.runtime.to_str().unwrap()])
+        .args(args);
+        run_cmd(c)
+    };
+    wait_for("the killed reader's slots given back", || {
+        as_reader(&["list", "--json"]).code == 0
+    });
+    // Four unread lists and an exit: it does not wait for them.
+    let (_hog, line) = unread_lists(&h, &users.users[1], 4);
+    assert!(line.starts_with("listing 4 of 4"), "{line}");
+    let out = h.run(&["shutdown"]);
+    assert_eq!(out.code, 0, "{out}\n{}", h.daemon_log());
+    // Its answer is written first; the unread lists then share a second.
+    wait_for("the daemon to exit", || !alive(pid));
 }
