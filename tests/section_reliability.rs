@@ -39,6 +39,12 @@ fn story6_supervisor_crash_adopts_twenty_instances_and_reports_the_dead_one() {
     let before: Vec<Vec<i32>> = ids.iter().map(|id| h.members(id)).collect();
     assert!(before.iter().all(|m| m.len() == 1));
     let starts: Vec<Option<u64>> = before.iter().map(|m| start_time(m[0])).collect();
+    // Up for a few seconds: an uptime that restarted at the adoption would
+    // show less than this after it.
+    h.wait_for("a01 up for 2 s", || {
+        h.status_json("a01")["uptime_s"].as_u64() >= Some(2)
+    });
+    let up_before = h.status_json("a01");
 
     sigkill_daemon(&h);
     // While no supervisor runs, a07 dies.
@@ -68,6 +74,13 @@ fn story6_supervisor_crash_adopts_twenty_instances_and_reports_the_dead_one() {
         );
         assert_eq!(start_time(m[0]), starts[n], "{id}: the same process");
     }
+    let up_after = h.status_json("a01");
+    let secs = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap();
+    assert!(
+        secs(&up_after, "uptime_s") >= secs(&up_before, "uptime_s")
+            && secs(&up_before, "since").abs_diff(secs(&up_after, "since")) <= 1,
+        "the uptime goes on across the adoption: before {up_before}, after {up_after}"
+    );
     let log = h.daemon_log();
     assert!(log.contains("adopted=19"), "{log}");
     h.run(&["monitor", "a07"]).code(1);

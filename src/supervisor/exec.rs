@@ -342,7 +342,14 @@ impl Daemon {
     /// Log, persist, and tell whoever watches states (monitor, up/down).
     fn on_transition(&mut self, idx: usize, from: State, to: State, reason: &str) {
         let id = self.insts[idx].id().to_string();
-        self.insts[idx].since_wall = SystemTime::now();
+        // The wall clock's time of the state's entry, as the table dated it
+        // (an adopted running instance's is its record's, not now).
+        let ago = self
+            .host
+            .now()
+            .saturating_duration_since(self.insts[idx].fsm.since);
+        let now = SystemTime::now();
+        self.insts[idx].since_wall = now.checked_sub(ago).unwrap_or(now);
         if let Some(t) = self.timing_transition(idx, from, to) {
             super::timing::log_ready(&id, from, reason, &t);
         } else if to == State::Failed {

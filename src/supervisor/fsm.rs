@@ -169,6 +169,10 @@ pub struct Observed {
     pub dead_main: Option<(String, String)>,
     pub restarts: u32,
     pub last_failure: Option<String>,
+    /// How long it had been running by its record (the wall clock since
+    /// its `since`), when it was running: an adopted instance's uptime
+    /// goes on from there, it does not start again at the adoption.
+    pub ran_for: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -46,6 +46,7 @@ fn every_event() -> Vec<Event> {
             dead_main: None,
             restarts: 0,
             last_failure: None,
+            ran_for: None,
         }),
     ]
 }

@@ -305,10 +305,16 @@ fn adoption_is_decided_by_the_table() {
         }),
         restarts: 2,
         last_failure: None,
+        ran_for: Some(Duration::from_secs(60)),
     };
     let mut f = Fsm::new(t0);
     let a = f.step(Event::Adopted(o(State::Running, true, false)), t0, &p);
     assert_eq!(f.state(), State::Running);
+    assert_eq!(
+        f.since,
+        t0 - Duration::from_secs(60),
+        "running since its record"
+    );
     assert_eq!(f.restart_count, 2);
     assert!(a.contains(&Action::StartHealth));
     assert!(a.iter().any(|x| matches!(
@@ -336,4 +342,8 @@ fn adoption_is_decided_by_the_table() {
     let mut f = Fsm::new(t0);
     f.step(Event::Adopted(o(State::Failed, true, false)), t0, &p);
     assert_eq!(f.state(), State::Failed);
+    // Found starting: running from now on (it was not ready before).
+    let mut f = Fsm::new(t0);
+    f.step(Event::Adopted(o(State::Starting, true, false)), t0, &p);
+    assert_eq!((f.state(), f.since), (State::Running, t0));
 }

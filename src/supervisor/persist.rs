@@ -327,6 +327,13 @@ impl Daemon {
                 dead_main,
                 restarts: saved.restarts,
                 last_failure: saved.last_failure,
+                ran_for: (was == State::Running)
+                    .then(|| {
+                        SystemTime::now()
+                            .duration_since(self.insts[idx].since_wall)
+                            .ok()
+                    })
+                    .flatten(),
             }),
         );
         if alive {

@@ -82,6 +82,9 @@ fn adopted(f: &mut Fsm, o: Observed, now: Instant, p: &Policy, out: &mut Vec<Act
         (was, true) => {
             let reason = format!("adopted (was {})", was.as_str());
             f.enter_as(Phase::Running, reason, "adopted", now, out);
+            if let (State::Running, Some(d)) = (was, o.ran_for) {
+                f.since = now.checked_sub(d).unwrap_or(now);
+            }
             out.push(Action::StartHealth);
             if let (ServiceKind::Simple, Some((name, status))) = (p.kind, o.dead_main) {
                 f.on_failure(format!("{name} {status}"), false, now, p, out);
