@@ -108,19 +108,14 @@ fn a_reused_pid_in_a_stale_record_is_never_signalled() {
     h.wait_for("the old pid freed", || {
         !Path::new(&format!("/proc/{victim}")).exists()
     });
-    // Force the kernel to hand the same pid to a bystander (ns_last_pid).
-    let mut bystander = None;
-    for _ in 0..200 {
-        std::fs::write("/proc/sys/kernel/ns_last_pid", (victim - 1).to_string()).unwrap();
-        let b = Bystander::sleep();
-        if b.pid() == victim {
-            bystander = Some(b);
-            break;
-        }
-    }
-    let bystander =
-        bystander.expect("could not get the pid reused (another process kept taking it)");
-    let bstart = start_time(bystander.pid());
+    // The same pid, handed to a bystander (clone3's set_tid).
+    let bystander = PidBystander::sleep(victim)
+        .unwrap_or_else(|e| panic!("a bystander with pid {victim}: {e}"));
+    h.wait_for("the bystander runs testsvc", || {
+        std::fs::read_to_string(format!("/proc/{victim}/cmdline"))
+            .is_ok_and(|c| c.contains("sleep"))
+    });
+    let bstart = start_time(bystander.0);
     // The restarted supervisor finds the record stale and leaves the pid alone.
     h.run(&["daemon"]).ok();
     let st = h.status_json("r1");
@@ -130,7 +125,7 @@ fn a_reused_pid_in_a_stale_record_is_never_signalled() {
     h.run(&["stop", "r1"]).ok();
     h.run(&["reset", "r1"]).ok();
     assert!(
-        alive(bystander.pid()) && start_time(bystander.pid()) == bstart,
+        alive(bystander.0) && start_time(bystander.0) == bstart,
         "the bystander with the reused pid was signalled"
     );
 }

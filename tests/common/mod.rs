@@ -319,6 +319,75 @@ impl Bystander {
     }
 }
 
+/// `testsvc sleep` with the pid `pid` (clone3's `set_tid`, as root): a
+/// reused pid made for sure, not raced for through `ns_last_pid` against
+/// every other test's forks. `None` if the pid is taken.
+pub struct PidBystander(pub i32);
+
+impl PidBystander {
+    pub fn sleep(pid: i32) -> std::io::Result<PidBystander> {
+        use std::ffi::CString;
+        /// `struct clone_args` of clone3(2), up to `set_tid_size`.
+        #[repr(C)]
+        struct CloneArgs {
+            flags: u64,
+            pidfd: u64,
+            child_tid: u64,
+            parent_tid: u64,
+            exit_signal: u64,
+            stack: u64,
+            stack_size: u64,
+            tls: u64,
+            set_tid: u64,
+            set_tid_size: u64,
+        }
+        let prog = CString::new(example("testsvc").into_os_string().into_encoded_bytes()).unwrap();
+        let arg = CString::new("sleep").unwrap();
+        let argv = [prog.as_ptr(), arg.as_ptr(), std::ptr::null()];
+        let tid = [pid as libc::pid_t];
+        let args = CloneArgs {
+            flags: 0,
+            pidfd: 0,
+            child_tid: 0,
+            parent_tid: 0,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: 0,
+            stack_size: 0,
+            tls: 0,
+            set_tid: tid.as_ptr() as u64,
+            set_tid_size: 1,
+        };
+        // SAFETY: clone3 as a fork (no stack given: the child runs on a
+        // copy of ours); the child calls only execv and _exit, which are
+        // async-signal-safe, on memory prepared before.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                &args as *const CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        };
+        match r {
+            0 => unsafe {
+                libc::execv(prog.as_ptr(), argv.as_ptr());
+                libc::_exit(127)
+            },
+            r if r > 0 => Ok(PidBystander(r as i32)),
+            _ => Err(std::io::Error::last_os_error()),
+        }
+    }
+}
+
+impl Drop for PidBystander {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) and waitpid(2) of our own child.
+        unsafe {
+            libc::kill(self.0, libc::SIGKILL);
+            libc::waitpid(self.0, std::ptr::null_mut(), 0);
+        }
+    }
+}
+
 impl Drop for Bystander {
     fn drop(&mut self) {
         let _ = self.0.kill();
