@@ -145,7 +145,10 @@ fn status_or_list(ctx: &Ctx, id: Option<&str>, json: bool, req: Request) -> i32 
         Err(e) => Err(e),
     };
     match res {
-        Ok(d) if d.code == 2 => finish(Ok(d)),
+        // No statuses: an error (an unknown ID, a refusal such as "too
+        // many requests in flight"), shown by its message, not as an
+        // empty table.
+        Ok(d) if d.code == 2 || d.data.is_none() => finish(Ok(d)),
         Ok(d) => {
             let list: Vec<InstanceStatus> = d
                 .data
@@ -198,7 +201,7 @@ fn status_json(ctx: &Ctx, s: std::os::unix::net::UnixStream, req: Request) -> i3
             });
             code
         }
-        Ok(Streamed::Whole(r)) if r.done.code == 2 => finish(Ok(r.done)),
+        Ok(Streamed::Whole(r)) if r.done.code == 2 || r.data().is_empty() => finish(Ok(r.done)),
         Ok(Streamed::Whole(r)) => {
             let data = if r.data().is_empty() { b"[]" } else { r.data() };
             crate::out::write_with(|out| {
