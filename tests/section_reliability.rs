@@ -644,10 +644,10 @@ fn unread_lists(h: &Harness, user: &str, n: usize) -> (Hog, String) {
 
 /// A reader of the status group asks for the list of 4,000 instances on
 /// its 16 connections and reads none: the daemon holds a part of each
-/// list (at most 4 are in flight per user), not 16 whole answers (29 MB
-/// before); root is served meanwhile; read later, each list is whole. A
-/// reader killed mid-list gives its slots back, and unread lists do not
-/// hold the daemon's exit.
+/// list, not 16 whole answers (24 MiB before); the reader's next request,
+/// over its cap, is refused with the reason shown; root is served
+/// meanwhile; read later, each list is whole. A reader killed mid-list
+/// gives its connections back, and unread lists do not hold the exit.
 #[test]
 fn unread_lists_hold_a_part_each_and_neither_a_killed_reader_nor_the_exit_waits_on_them() {
     require_root_cgroups();
@@ -666,39 +666,15 @@ fn unread_lists_hold_a_part_each_and_neither_a_killed_reader_nor_the_exit_waits_
         cfg += &format!("\n[instance.q{i}]\nservice = \"s\"\n");
     }
     h.write_config("p.toml", &cfg);
-    h.run(&["start", "q0"]).ok();
+    // Nothing runs: a list waits for no usage read (a request in flight
+    // while it does).
+    h.run(&["daemon"]).ok();
     let pid = h.daemon_pid().unwrap();
     let root_list = || {
         let out = h.run(&["list", "--json"]).ok();
         let v: Vec<serde_json::Value> = serde_json::from_str(&out.stdout).unwrap();
         v.len()
     };
-    assert_eq!(root_list(), N);
-    let before = vm_rss_kib(pid);
-    let (mut hog, line) = unread_lists(&h, &users.users[1], 16);
-    assert!(
-        line.starts_with("listing 4 of 16: ")
-            && line.contains("too many requests in flight from uid"),
-        "{line}"
-    );
-    let held = vm_rss_kib(pid) - before;
-    eprintln!("16 unread lists of 4,000: the daemon grew by {held} KiB");
-    assert!(
-        held < 8 * 1024,
-        "16 unread lists cost the daemon {held} KiB"
-    );
-    assert_eq!(root_list(), N, "root is served meanwhile");
-    writeln!(hog.0.stdin.as_mut().unwrap()).unwrap();
-    for _ in 0..4 {
-        let mut l = String::new();
-        std::io::BufRead::read_line(hog.1.as_mut().unwrap(), &mut l).unwrap();
-        assert!(l.ends_with(&format!(" bytes, {N} instances\n")), "{l:?}");
-    }
-    drop(hog);
-    // Killed mid-list: its four slots come back.
-    let (hog, line) = unread_lists(&h, &users.users[1], 4);
-    assert!(line.starts_with("listing 4 of 4"), "{line}");
-    drop(hog);
     let bin = cohost_bin();
     let as_reader = |args: &[&str]| {
         let mut c = Command::new("setpriv");
@@ -716,14 +692,91 @@ fn unread_lists_hold_a_part_each_and_neither_a_killed_reader_nor_the_exit_waits_
         .args(args);
         run_cmd(c)
     };
-    wait_for("the killed reader's slots given back", || {
+    assert_eq!(root_list(), N);
+    let before = vm_rss_kib(pid);
+    let (mut hog, line) = unread_lists(&h, &users.users[1], 16);
+    assert!(line.starts_with("listing 16 of 16"), "{line}");
+    let held = vm_rss_kib(pid) - before;
+    eprintln!("16 unread lists of 4,000: the daemon grew by {held} KiB");
+    assert!(
+        held < 8 * 1024,
+        "16 unread lists cost the daemon {held} KiB"
+    );
+    // Its 17th connection is over the cap: the refusal is shown (it was an
+    // empty table, or nothing, exit 1).
+    for args in [&["list"][..], &["status", "q1"], &["list", "--json"]] {
+        let out = as_reader(args);
+        assert!(
+            out.code == 1 && out.stderr.contains("too many connections from uid"),
+            "{out}"
+        );
+    }
+    assert_eq!(root_list(), N, "root is served meanwhile");
+    writeln!(hog.0.stdin.as_mut().unwrap()).unwrap();
+    for _ in 0..16 {
+        let mut l = String::new();
+        std::io::BufRead::read_line(hog.1.as_mut().unwrap(), &mut l).unwrap();
+        assert!(l.ends_with(&format!(" bytes, {N} instances\n")), "{l:?}");
+    }
+    drop(hog);
+    // Killed mid-list: its connections come back.
+    let (hog, line) = unread_lists(&h, &users.users[1], 16);
+    assert!(line.starts_with("listing 16 of 16"), "{line}");
+    drop(hog);
+    wait_for("the killed reader's connections given back", || {
         as_reader(&["list", "--json"]).code == 0
     });
-    // Four unread lists and an exit: it does not wait for them.
+    // Unread lists and an exit: it does not wait for them.
     let (_hog, line) = unread_lists(&h, &users.users[1], 4);
     assert!(line.starts_with("listing 4 of 4"), "{line}");
     let out = h.run(&["shutdown"]);
     assert_eq!(out.code, 0, "{out}\n{}", h.daemon_log());
     // Its answer is written first; the unread lists then share a second.
     wait_for("the daemon to exit", || !alive(pid));
+}
+
+/// Sends the request `argv[2]` on the socket `argv[1]`, shuts its sending
+/// side (as `socat` does at the end of its input), reads the answer to
+/// its end and says the final line's code and how many statuses it has.
+const HALF_CLOSED: &str = r#"
+import json, socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall(sys.argv[2].encode() + b"\n")
+s.shutdown(socket.SHUT_WR)
+got = b""
+while True:
+    b = s.recv(1 << 20)
+    if not b:
+        break
+    got += b
+done = json.loads(got.splitlines()[-1])
+data = done.get("data")
+print(done["code"], len(data) if isinstance(data, list) else "-")
+"#;
+
+/// A client that half-closes after its request (`socat`, `nc -N`) is
+/// still answered, in full: it was taken for gone and its answer dropped.
+#[test]
+fn a_client_that_half_closes_after_its_request_gets_its_whole_answer() {
+    require_root_cgroups();
+    require_tools(&[("/usr/bin/python3", "python3")]);
+    const N: usize = 2000;
+    let h = Harness::new();
+    let mut cfg = format!("[service.s]\ncommand = [\"{}\", \"sleep\"]\n", t());
+    for i in 0..N {
+        cfg += &format!("\n[instance.q{i}]\nservice = \"s\"\n");
+    }
+    h.write_config("p.toml", &cfg);
+    h.run(&["start", "q0"]).ok();
+    let ask = |req: &str| {
+        let mut c = Command::new("/usr/bin/python3");
+        c.args(["-c", HALF_CLOSED])
+            .arg(h.runtime.join("cohost.sock"))
+            .arg(req);
+        run_cmd(c).ok().stdout.trim().to_string()
+    };
+    assert_eq!(ask(r#"{"op":"list"}"#), format!("0 {N}"), "the whole list");
+    assert_eq!(ask(r#"{"op":"start","id":"q1"}"#), "0 -");
+    assert_eq!(h.state("q1"), "running");
 }

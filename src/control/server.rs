@@ -120,7 +120,7 @@ impl Fairness {
 /// [`Conn::queue_part`]): a list's first reaches the client after a few
 /// hundred statuses, and 10,000 take some 60 writes. A connection keeps a
 /// buffer of about this size once written out, for the next part.
-pub const LINE_PART: usize = 128 * 1024;
+pub const LINE_PART: usize = 32 * 1024;
 
 #[derive(Debug, Clone, Copy)]
 pub struct Peer {
@@ -134,6 +134,10 @@ pub enum Phase {
     Reading,
     /// The request is being worked on (a start waiting for readiness…).
     Busy,
+    /// Its answer is being written in parts, as the client takes them (a
+    /// list): no longer in flight for the caps, since it costs the daemon
+    /// a part and no work while the client does not read.
+    Answering,
     /// `done` was queued: close once it is written.
     Done,
 }
@@ -148,7 +152,11 @@ pub struct Conn {
     /// multi-megabyte list every time: quadratic in the reply's size).
     sent: usize,
     pub phase: Phase,
-    writing: bool,
+    /// The client may still send (its end of file not seen): the loop
+    /// watches for input.
+    pub reading: bool,
+    /// What the loop is told of, as registered: (input, writable).
+    interest: (bool, bool),
     /// A write failed: the peer is gone (whatever the phase, which stays
     /// as it was for the accounting of busy requests).
     gone: bool,
@@ -163,7 +171,8 @@ impl Conn {
             outbuf: Vec::new(),
             sent: 0,
             phase: Phase::Reading,
-            writing: false,
+            reading: true,
+            interest: (true, false),
             gone: false,
         }
     }
@@ -279,10 +288,9 @@ impl Conn {
         part.clear();
     }
 
-    /// Writes what is queued, as far as the socket takes it. `Some(w)` when
-    /// whether the connection waits to write changed (to `w`: the caller
-    /// adds or drops EPOLLOUT); `done`: everything is written after the
-    /// final reply (or the peer is gone), close it.
+    /// Writes what is queued, as far as the socket takes it. `done`:
+    /// everything is written after the final reply (or the peer is gone),
+    /// close it.
     pub fn write_out(&mut self) -> Written {
         while self.sent < self.outbuf.len() {
             match self.stream.write(&self.outbuf[self.sent..]) {
@@ -306,13 +314,20 @@ impl Conn {
             self.outbuf.clear();
             self.sent = 0;
         }
-        let pending = !self.outbuf.is_empty();
-        let changed = (pending != self.writing).then_some(pending);
-        self.writing = pending;
         Written {
-            waits_to_write: changed,
-            done: self.gone || (self.phase == Phase::Done && !pending),
+            done: self.gone || (self.phase == Phase::Done && self.outbuf.is_empty()),
         }
+    }
+
+    /// What the loop should be told of: input while [`Self::reading`],
+    /// writability if `writable` (what is queued waits for it, or a list
+    /// is being made). `Some` if that changed: the caller registers it.
+    pub fn interest(&mut self, writable: bool) -> Option<(bool, bool)> {
+        let want = (self.reading, writable);
+        (want != self.interest).then(|| {
+            self.interest = want;
+            want
+        })
     }
     /// The bytes queued that the socket has not taken yet.
     pub fn queued(&self) -> usize {
@@ -321,29 +336,31 @@ impl Conn {
 
     /// Output is queued that the socket has not taken yet.
     pub fn waits_to_write(&self) -> bool {
-        self.writing
+        self.queued() > 0
     }
 
     pub fn idle_or_done(&self) -> bool {
         self.phase != Phase::Busy
     }
+}
 
-    /// Waits until the socket takes more, or `until`: false if that came
-    /// first (or the wait failed).
-    pub fn wait_writable(&self, until: std::time::Instant) -> bool {
-        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
-        loop {
-            let left = until.saturating_duration_since(std::time::Instant::now());
-            let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
-            if ms == 0 {
-                return false;
-            }
-            let mut fds = [PollFd::new(self.stream.as_fd(), PollFlags::POLLOUT)];
-            match poll(&mut fds, PollTimeout::from(ms)) {
-                Ok(n) => return n > 0,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return false,
-            }
+/// Waits until one of `conns` can take more, or `until`: false if that
+/// came first (or the wait failed).
+pub fn any_writable<'a>(conns: impl Iterator<Item = &'a Conn>, until: std::time::Instant) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds: Vec<PollFd> = conns
+        .map(|c| PollFd::new(c.fd(), PollFlags::POLLOUT))
+        .collect();
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        if ms == 0 || fds.is_empty() {
+            return false;
+        }
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(n) => return n > 0,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
         }
     }
 }
@@ -376,7 +393,6 @@ pub struct Filled {
 /// What a write of a connection did (see [`Conn::write_out`]).
 #[derive(Debug)]
 pub struct Written {
-    pub waits_to_write: Option<bool>,
     pub done: bool,
 }
 

@@ -16,11 +16,13 @@ use super::{Daemon, timers, tok};
 use crate::control::exit::Exit;
 use crate::control::proto::{MAX_REQUEST, Reply};
 pub use crate::control::server::{Conn, Fairness, Peer, Phase};
-use crate::control::server::{MAX_ACCEPTS_PER_WAKE, REQUEST_TIMEOUT, privileged, refuse};
+use crate::control::server::{
+    MAX_ACCEPTS_PER_WAKE, REQUEST_TIMEOUT, any_writable, privileged, refuse,
+};
 
 /// How long the exit waits for a connection to take its answer (see
 /// [`Daemon::flush_conns_at_exit`]).
-const EXIT_FLUSH: Duration = Duration::from_secs(1);
+pub(super) const EXIT_FLUSH: Duration = Duration::from_secs(1);
 
 impl Daemon {
     /// Accepts on the main socket, or on the status group's (`readers`).
@@ -140,11 +142,12 @@ impl Daemon {
                 | EpollFlags::EPOLLHUP
                 | EpollFlags::EPOLLERR,
         ) {
-            self.read_conn(id);
+            let gone = flags.intersects(EpollFlags::EPOLLHUP | EpollFlags::EPOLLERR);
+            self.read_conn(id, gone);
         }
     }
 
-    fn read_conn(&mut self, id: u64) {
+    fn read_conn(&mut self, id: u64, gone: bool) {
         let Some(c) = self.conns.get_mut(&id) else {
             return;
         };
@@ -167,11 +170,19 @@ impl Daemon {
             );
             return;
         }
-        if got.eof {
+        if got.eof && (gone || c.phase == Phase::Reading) {
             // The client went away. What it asked for goes on (a stop is
             // not undone because its caller was killed); only the answer
             // is dropped.
             self.close_conn(id);
+        } else if got.eof {
+            // Half closed: the client shut its sending side after its
+            // request (`socat`, `nc -N` do) and reads on: it gets its
+            // answer. Its input is no longer watched (its end of file
+            // would wake the loop at every turn); a full close shows as
+            // EPOLLHUP, or as a failed write.
+            c.reading = false;
+            self.flush_conn(id);
         }
     }
 
@@ -265,9 +276,14 @@ impl Daemon {
             return;
         };
         let w = c.write_out();
-        if let Some(pending) = w.waits_to_write {
-            let mut flags = EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
-            if pending {
+        let writable = c.waits_to_write() || self.listings.contains_key(&id);
+        if let Some((input, out)) = c.interest(writable) {
+            // EPOLLHUP and EPOLLERR are reported whatever is asked.
+            let mut flags = EpollFlags::empty();
+            if input {
+                flags |= EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP;
+            }
+            if out {
                 flags |= EpollFlags::EPOLLOUT;
             }
             let raw = c.fd().as_raw_fd();
@@ -284,38 +300,60 @@ impl Daemon {
     }
 
     /// At exit: what each connection has queued is written, and the lists
-    /// being written are finished, within a second for each of root's
-    /// (and the daemon user's) connections, first, and within a second
-    /// for all the others together: a reader of the status group holding
-    /// its 256 connections unread does not hold the exit for minutes.
+    /// being written are finished: root's (and the daemon user's) first,
+    /// within one second for all of them together, then everyone else's
+    /// within one more. The connections of a group are written as each
+    /// can take more, not one after another: a reader holding its lists
+    /// unread (root's, or the status group's 256 connections) neither
+    /// holds the exit for a second each nor takes the time of the others
+    /// (the `cohost shutdown` waiting for its answer, a slow reader).
     pub(super) fn flush_conns_at_exit(&mut self) {
-        let others = Instant::now() + EXIT_FLUSH;
-        let mut ids: Vec<(bool, u64)> = self
+        let mut ids: Vec<(bool, bool, u64)> = self
             .conns
             .iter()
-            .map(|(id, c)| (!privileged(c.peer.uid), *id))
+            .map(|(id, c)| (!privileged(c.peer.uid), self.listings.contains_key(id), *id))
             .collect();
+        // Root's first, and the answers (the shutdown's) before the lists.
         ids.sort_unstable();
-        for (unprivileged, id) in ids {
-            let until = if unprivileged {
-                others
-            } else {
-                Instant::now() + EXIT_FLUSH
-            };
+        for unprivileged in [false, true] {
+            let until = Instant::now() + EXIT_FLUSH;
+            let mut left: Vec<u64> = ids
+                .iter()
+                .filter(|(u, _, _)| *u == unprivileged)
+                .map(|(_, _, id)| *id)
+                .collect();
             loop {
-                self.flush_conn(id);
-                let Some(c) = self.conns.get(&id) else {
-                    break;
-                };
-                if !c.waits_to_write() {
-                    if !self.listings.contains_key(&id) {
-                        break;
+                let mut i = 0;
+                while i < left.len() {
+                    if self.write_what_it_takes(left[i]) {
+                        i += 1;
+                    } else {
+                        left.remove(i);
                     }
-                    self.go_on_listing(id);
-                } else if !c.wait_writable(until) {
+                }
+                let conns = left.iter().filter_map(|id| self.conns.get(id));
+                if left.is_empty() || !any_writable(conns, until) {
                     break;
                 }
             }
+        }
+    }
+
+    /// Writes (and makes, for a list) what the connection's socket takes
+    /// now; true while something is left to write.
+    fn write_what_it_takes(&mut self, id: u64) -> bool {
+        loop {
+            self.flush_conn(id);
+            let Some(c) = self.conns.get(&id) else {
+                return false;
+            };
+            if c.waits_to_write() {
+                return true;
+            }
+            if !self.listings.contains_key(&id) {
+                return false;
+            }
+            self.go_on_listing(id);
         }
     }
 

@@ -175,10 +175,7 @@ impl Daemon {
             matches!(i.state(), fsm::State::Stopped | fsm::State::Failed)
                 && i.procs.iter().all(|p| !p.alive())
         }) && self.batches.is_empty()
-            && self
-                .conns
-                .iter()
-                .all(|(id, c)| c.idle_or_done() || self.listings.contains_key(id))
+            && self.conns.values().all(|c| c.idle_or_done())
     }
 
     pub(super) fn shutdown_cleanup(&mut self) {

@@ -10,7 +10,7 @@ use super::instance::Inst;
 use super::{Daemon, Outcome};
 use crate::control::exit::Exit;
 use crate::control::observe::Usage;
-use crate::control::server::{Conn, LINE_PART};
+use crate::control::server::{Conn, LINE_PART, Phase};
 use crate::isolation::usage::Baseline;
 
 /// One instance's part of a worker's read of every instance's usage.
@@ -32,7 +32,7 @@ pub struct UsageRead {
 /// A list being written on a connection (see [`Daemon::go_on_listing`]).
 pub struct Listing {
     /// The next instance to write.
-    next: usize,
+    pub(super) next: usize,
     /// The part being made.
     part: Vec<u8>,
 }
@@ -173,41 +173,51 @@ impl Daemon {
     /// last read is read here, alone). It is written as it is made, a
     /// part at a time, so the client indents one while the next is made.
     fn reply_list_now(&mut self, conn: u64) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.phase == Phase::Busy {
+            c.phase = Phase::Answering;
+            self.fair.done(c.peer.uid);
+        }
         let mut part = Conn::done_line(Exit::Ok.code(), LINE_PART + 4096);
         part.push(b'[');
         self.listings.insert(conn, Listing { next: 0, part });
         self.go_on_listing(conn);
     }
 
-    /// Makes and writes the parts of `conn`'s list while its socket takes
-    /// them; when it does not, the rest waits (for [`Self::on_conn`]'s
-    /// next writable): an answer nobody reads holds one part, not 7.5 MB,
-    /// and the loop serves everyone else between the parts. Each
-    /// instance is as it is when its part is made (the instances are only
-    /// ever appended to: the cursor is an index).
+    /// Makes and writes the next part of `conn`'s list; the one after it
+    /// when the loop next finds the socket writable with all of this one
+    /// taken ([`Self::on_conn`]; the connection is registered for that as
+    /// long as its list is not done). So an answer nobody reads holds a
+    /// part, not 7.5 MB, and the loop serves every other request and
+    /// child between two parts (a part of 128 KiB is some 170 statuses),
+    /// not after the whole list. Each instance is as it is when its part
+    /// is made (the instances are only ever appended to: the cursor is an
+    /// index).
     pub(super) fn go_on_listing(&mut self, conn: u64) {
-        let Some(mut l) = self.listings.remove(&conn) else {
+        let Some(l) = self.listings.get_mut(&conn) else {
             return;
         };
-        loop {
-            while l.next < self.insts.len() && l.part.len() < LINE_PART {
-                let i = l.next;
-                let usage = self.usage_of(i, Duration::MAX);
-                self.push_status(&mut l.part, i, i > 0, false, usage);
-                l.next += 1;
-            }
-            if l.next >= self.insts.len() {
-                l.part.push(b']');
-                return self.reply_done_line(conn, l.part);
-            }
-            self.reply_part(conn, &mut l.part);
-            match self.conns.get(&conn) {
-                None => return, // the client is gone
-                Some(c) if c.waits_to_write() => break,
-                Some(_) => {}
-            }
+        let (mut next, mut part) = (l.next, std::mem::take(&mut l.part));
+        while next < self.insts.len() && part.len() < LINE_PART {
+            let usage = self.usage_of(next, Duration::MAX);
+            self.push_status(&mut part, next, next > 0, false, usage);
+            next += 1;
         }
-        self.listings.insert(conn, l);
+        if next >= self.insts.len() {
+            self.listings.remove(&conn);
+            part.push(b']');
+            return self.reply_done_line(conn, part);
+        }
+        if let Some(l) = self.listings.get_mut(&conn) {
+            l.next = next;
+        }
+        self.reply_part(conn, &mut part);
+        // The connection may be gone (a failed write closes it).
+        if let Some(l) = self.listings.get_mut(&conn) {
+            l.part = part;
+        }
     }
 
     /// Appends one instance's status to a JSON array begun before `buf`

@@ -12,6 +12,7 @@ use nix::sys::epoll::EpollFlags;
 
 use super::fake::{Rig, rig};
 use crate::control::server::{Conn, LINE_PART, MAX_BUSY_PER_USER, Peer};
+use crate::supervisor::conn::EXIT_FLUSH;
 use crate::supervisor::tok;
 
 const N: usize = 3000;
@@ -89,12 +90,12 @@ fn an_unread_list_holds_one_part_and_the_rest_is_made_as_it_is_read() {
         "an unread list of {} bytes holds {held} in the daemon",
         want.len()
     );
-    // Still busy: the user's in-flight requests count it until its end.
-    for _ in 1..MAX_BUSY_PER_USER {
-        r.d.fair.start(READER).unwrap();
+    // Being written, it is no longer a request in flight: the user's
+    // other requests are not refused for it.
+    for _ in 0..MAX_BUSY_PER_USER {
+        r.d.fair.start(READER).expect("the list is not in flight");
     }
-    assert!(r.d.fair.start(READER).is_err(), "the list is in flight");
-    for _ in 1..MAX_BUSY_PER_USER {
+    for _ in 0..MAX_BUSY_PER_USER {
         r.d.fair.done(READER);
     }
     let mut got = Vec::new();
@@ -136,27 +137,123 @@ fn a_client_gone_mid_list_ends_it_and_gives_its_slot_back() {
     assert!(got == expected(&r));
 }
 
+/// Reads `c` to its end on a thread, 16 KiB at a time with a `pause`
+/// after each (a slow reader): what came, and when the first of it did.
+fn read_all(c: UnixStream, pause: Duration) -> std::thread::JoinHandle<(Vec<u8>, Option<Instant>)> {
+    std::thread::spawn(move || {
+        let mut c = c;
+        c.set_nonblocking(false).unwrap();
+        let (mut got, mut first) = (Vec::new(), None);
+        let mut buf = [0u8; 16384];
+        while let Ok(n @ 1..) = c.read(&mut buf) {
+            first.get_or_insert_with(Instant::now);
+            got.extend_from_slice(&buf[..n]);
+            std::thread::sleep(pause);
+        }
+        (got, first)
+    })
+}
+
 #[test]
-fn at_exit_a_reading_client_gets_its_whole_list_and_unread_ones_cost_one_wait() {
+fn at_exit_the_shutdown_is_answered_first_and_unread_lists_cost_a_second_a_side() {
     let mut r = rig_of_many();
-    let stalled: Vec<UnixStream> = (0..8)
-        .map(|i| ask_list(&mut r, 9100 + i, READER + i as u32))
-        .collect();
-    let mut reader = ask_list(&mut r, 9200, 0);
     let want = expected(&r);
+    // Root's: six lists nobody reads, then the `cohost shutdown` waiting
+    // for its answer (the newest connection).
+    let root_stalled: Vec<UnixStream> = (0..6).map(|i| ask_list(&mut r, 9100 + i, 0)).collect();
+    let (theirs, caller) = UnixStream::pair().unwrap();
+    let peer = Peer {
+        uid: 0,
+        gid: 0,
+        pid: std::process::id() as i32,
+    };
+    r.d.conns.insert(9150, Conn::new(theirs, peer));
+    r.d.reply_done(9150, crate::control::exit::Exit::Ok, "stopped", None);
+    let caller = read_all(caller, Duration::ZERO);
+    // The status group's: eight lists nobody reads, and one read slowly
+    // (1.4 MB in 16 KiB reads, a millisecond apart: a tenth of a second).
+    let stalled: Vec<UnixStream> = (0..8).map(|i| ask_list(&mut r, 9200 + i, READER)).collect();
+    let reader = read_all(ask_list(&mut r, 9300, READER + 1), Duration::from_millis(1));
+    let t0 = Instant::now();
+    r.d.flush_conns_at_exit();
+    let took = t0.elapsed();
+    // The daemon exits: every socket it holds closes.
+    r.d.conns.clear();
+    let (answer, at) = caller.join().unwrap();
+    assert!(String::from_utf8_lossy(&answer).contains("stopped"));
+    let first = at.unwrap() - t0;
+    assert!(
+        first < EXIT_FLUSH,
+        "the shutdown was answered after {first:?}"
+    );
+    // Root's stalled lists took their second, not the others'.
+    assert!(
+        reader.join().unwrap().0 == want,
+        "the reading client's list is whole"
+    );
+    // A second for root's six, one for the others: not one each (a
+    // generous bound, only that it is not six or fourteen).
+    assert!(took < Duration::from_secs(5), "the exit waited {took:?}");
+    drop((root_stalled, stalled));
+}
+
+#[test]
+fn a_list_is_made_a_part_a_turn_and_other_requests_are_answered_between_parts() {
+    let mut r = rig_of_many();
+    let want = expected(&r);
+    let reader = ask_list(&mut r, 9301, 0);
     let t = std::thread::spawn(move || {
+        let mut reader = reader;
         reader.set_nonblocking(false).unwrap();
         let mut got = Vec::new();
         reader.read_to_end(&mut got).unwrap();
         got
     });
-    let t0 = Instant::now();
-    r.d.flush_conns_at_exit();
-    let took = t0.elapsed();
-    assert!(t.join().unwrap() == want, "the reader's list is whole");
-    // One shared second for the eight, not one each (a generous bound:
-    // only that it is not eight).
-    assert!(took < Duration::from_secs(5), "the exit waited {took:?}");
-    assert!(r.d.conns.keys().all(|id| (9100..9108).contains(id)));
-    drop(stalled);
+    let first = r.d.listings[&9301].next;
+    assert!(
+        first > 0 && first < N / 4,
+        "one part made at once: {first} statuses"
+    );
+    // A status asked now is answered in the next turn, the list still
+    // being made (its reader takes everything as it comes).
+    let (mut other, theirs) = UnixStream::pair().unwrap();
+    other.set_nonblocking(true).unwrap();
+    let peer = Peer {
+        uid: 0,
+        gid: 0,
+        pid: std::process::id() as i32,
+    };
+    r.d.conns.insert(9302, Conn::new(theirs, peer));
+    let idx = r.idx("i7");
+    r.d.reply_status(9302, idx);
+    r.turns(1);
+    let mut got = Vec::new();
+    read_some(&mut other, &mut got);
+    assert!(
+        got.starts_with(b"{\"t\":\"done\",\"code\":3,"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    let at = r.d.listings.get(&9301).map(|l| l.next);
+    assert!(
+        at.is_some_and(|n| n < N),
+        "the list goes on after it: {at:?}"
+    );
+    r.until("the list's end", |r| r.d.listings.is_empty());
+    r.turns(1);
+    assert!(t.join().unwrap() == want);
+}
+
+#[test]
+fn a_client_that_half_closes_after_its_request_still_gets_the_whole_list() {
+    let mut r = rig_of_many();
+    let want = expected(&r);
+    let mut ours = ask_list(&mut r, 9401, 0);
+    // As `socat` does at the end of its input: no more to send, reading on.
+    ours.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    r.until("the list read to its end", |_| {
+        read_some(&mut ours, &mut got)
+    });
+    assert!(got == want, "{} of {} bytes", got.len(), want.len());
 }
