@@ -94,6 +94,9 @@ impl Daemon {
         self.timers
             .add(self.host.now() + REQUEST_TIMEOUT, timers::Key::Conn { id });
         self.conns.insert(id, Conn::new(stream, peer));
+        // A client writes its request as soon as it is connected: it is
+        // often here already, and answered in this turn, not the next.
+        self.read_conn(id, false);
     }
 
     fn refuse_one_for_lack_of_fds(&mut self, listener: std::os::fd::RawFd) {
@@ -128,9 +131,12 @@ impl Daemon {
     pub(super) fn on_conn(&mut self, id: u64, flags: EpollFlags) {
         if flags.contains(EpollFlags::EPOLLOUT) {
             self.flush_conn(id);
-            // What was queued is out: the next part of a list is made.
-            if self.conns.get(&id).is_some_and(|c| !c.waits_to_write()) {
-                self.go_on_listing(id);
+            // What was queued is out: the next part of a list is made, at
+            // the end of the turn (after the other requests' answers).
+            if self.listings.contains_key(&id)
+                && self.conns.get(&id).is_some_and(|c| !c.waits_to_write())
+            {
+                self.list_turn.insert(id);
             }
         }
         if !self.conns.contains_key(&id) {

@@ -102,6 +102,10 @@ impl Daemon {
             return Ok(true);
         }
         self.flush_replies();
+        // Last: a list's part waits for every other answer of the turn.
+        for id in std::mem::take(&mut self.list_turn) {
+            self.go_on_listing(id);
+        }
         self.flush_releases();
         self.flush_state();
         Ok(false)

@@ -222,6 +222,9 @@ pub(crate) struct Daemon {
     pub list_waiters: Vec<(u64, Instant, Duration)>,
     /// The lists being written, by connection, each where it is.
     pub listings: HashMap<u64, status::Listing>,
+    /// Lists whose sockets took their last part: each makes its next at
+    /// the end of the turn.
+    pub list_turn: BTreeSet<u64>,
     /// The next read of every instance's usage starts no sooner (daemon
     /// clock): after a gap as long as the last read took.
     pub usage_rest_until: Option<Instant>,
@@ -349,6 +352,7 @@ impl Daemon {
             usage_read: None,
             list_waiters: Vec::new(),
             listings: HashMap::new(),
+            list_turn: BTreeSet::new(),
             usage_rest_until: None,
             usage_scheduled: false,
             worker,

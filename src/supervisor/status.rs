@@ -187,12 +187,12 @@ impl Daemon {
     }
 
     /// Makes and writes the next part of `conn`'s list; the one after it
-    /// when the loop next finds the socket writable with all of this one
-    /// taken ([`Self::on_conn`]; the connection is registered for that as
-    /// long as its list is not done). So an answer nobody reads holds a
-    /// part, not 7.5 MB, and the loop serves every other request and
-    /// child between two parts (a part of 128 KiB is some 170 statuses),
-    /// not after the whole list. Each instance is as it is when its part
+    /// at the end of a turn in which the loop found the socket writable
+    /// with all of this one taken ([`Self::on_conn`]; the connection is
+    /// registered for that as long as its list is not done). So an answer
+    /// nobody reads holds a part, not 7.5 MB, and every other request of a
+    /// turn is answered before its lists' parts are made (a part of 32 KiB
+    /// is some 45 statuses), not after whole lists. Each instance is as it is when its part
     /// is made (the instances are only ever appended to: the cursor is an
     /// index).
     pub(super) fn go_on_listing(&mut self, conn: u64) {
@@ -208,7 +208,9 @@ impl Daemon {
         if next >= self.insts.len() {
             self.listings.remove(&conn);
             part.push(b']');
-            return self.reply_done_line(conn, part);
+            self.reply_done_line(conn, part);
+            // Made at the end of a turn, after its replies were written.
+            return self.flush_conn(conn);
         }
         if let Some(l) = self.listings.get_mut(&conn) {
             l.next = next;

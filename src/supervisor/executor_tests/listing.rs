@@ -257,3 +257,26 @@ fn a_client_that_half_closes_after_its_request_still_gets_the_whole_list() {
     });
     assert!(got == want, "{} of {} bytes", got.len(), want.len());
 }
+
+#[test]
+fn a_request_sent_with_the_connect_is_answered_in_the_turn_it_is_accepted() {
+    let mut r = super::fake::rig("[instance.a]\nservice = \"s\"\n", None);
+    let sock = r
+        .dir
+        .path()
+        .join("run")
+        .join(crate::control::client::SOCKET_NAME);
+    let mut c = UnixStream::connect(&sock).unwrap();
+    std::io::Write::write_all(&mut c, b"{\"op\":\"ping\"}\n").unwrap();
+    c.set_nonblocking(true).unwrap();
+    // One turn: accepted, read, answered and written (it took two: the
+    // request was read only when its own readiness came up in the next).
+    r.turns(1);
+    let mut got = Vec::new();
+    read_some(&mut c, &mut got);
+    assert!(
+        got.starts_with(b"{\"t\":\"done\",\"code\":0"),
+        "{:?}",
+        String::from_utf8_lossy(&got)
+    );
+}
