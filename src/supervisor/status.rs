@@ -192,9 +192,9 @@ impl Daemon {
     /// registered for that as long as its list is not done). So an answer
     /// nobody reads holds a part, not 7.5 MB, and every other request of a
     /// turn is answered before its lists' parts are made (a part of 32 KiB
-    /// is some 45 statuses), not after whole lists. Each instance is as it is when its part
-    /// is made (the instances are only ever appended to: the cursor is an
-    /// index).
+    /// is some 45 statuses), not after whole lists. Each instance is as it
+    /// is when its part is made (the instances are only ever appended to:
+    /// the cursor is an index).
     pub(super) fn go_on_listing(&mut self, conn: u64) {
         let Some(l) = self.listings.get_mut(&conn) else {
             return;
