@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 /// The columns, in README order.
 const COLUMNS: [&str; 7] = [
@@ -100,21 +100,13 @@ fn run_col(h: &Harness, col: &str, id: &str, user: Option<(&TestUser, &Path)>) -
     let mut c = match user {
         None => h.command(&args),
         Some((u, bin)) => {
-            let mut c = Command::new("setpriv");
-            c.args([
-                "--reuid",
-                &u.name,
-                "--regid",
-                "nogroup",
-                "--init-groups",
-                "--",
-            ])
-            .arg(bin)
-            .arg("--config")
-            .arg(&h.config)
-            .arg("--runtime-dir")
-            .arg(&h.runtime)
-            .args(&args);
+            let mut c = setpriv(&u.name);
+            c.arg(bin)
+                .arg("--config")
+                .arg(&h.config)
+                .arg("--runtime-dir")
+                .arg(&h.runtime)
+                .args(&args);
             c.env_remove("COHOST_CONFIG")
                 .env_remove("COHOST_RUNTIME_DIR");
             c

@@ -193,17 +193,7 @@ fn only_root_and_the_status_group_may_talk_and_hostile_requests_do_no_harm() {
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o644)).unwrap();
     h.run(&["start", "p1"]).ok();
     let pid = h.members("p1");
-    let as_user = |user: &str, args: &[&str]| {
-        let mut c = Command::new("setpriv");
-        c.args(["--reuid", user, "--regid", "nogroup", "--init-groups", "--"])
-            .arg(&bin)
-            .arg("--config")
-            .arg(&h.config)
-            .arg("--runtime-dir")
-            .arg(&h.runtime)
-            .args(args);
-        run_cmd(c)
-    };
+    let as_user = |user: &str, args: &[&str]| h.run_as(user, &bin, args);
     // An ordinary user cannot even reach the socket.
     for args in [&["stop", "p1"][..], &["start", "p1"], &["status", "p1"]] {
         let out = as_user(&users.users[0], args);
@@ -528,19 +518,11 @@ service = "s"
         ),
     );
     h.run(&["start", "q1"]).ok();
-    let mut c = Command::new("setpriv");
-    c.args([
-        "--reuid",
-        &users.users[1],
-        "--regid",
-        "nogroup",
-        "--init-groups",
-        "--",
-    ])
-    .args(["/usr/bin/python3", "-c", HOG])
-    // Its socket: root's is 0600.
-    .arg(h.runtime.join("cohost.ro.sock"))
-    .stdout(std::process::Stdio::piped());
+    let mut c = setpriv(&users.users[1]);
+    c.args(["/usr/bin/python3", "-c", HOG])
+        // Its socket: root's is 0600.
+        .arg(h.runtime.join("cohost.ro.sock"))
+        .stdout(std::process::Stdio::piped());
     let mut hog = Hog(c.spawn().unwrap(), None);
     let mut line = String::new();
     std::io::BufReader::new(hog.0.stdout.take().unwrap())
@@ -627,9 +609,8 @@ fn vm_rss_kib(pid: i32) -> u64 {
 /// `UNREAD_LISTS` as the status group's user, on `n` connections; waits
 /// for its first line.
 fn unread_lists(h: &Harness, user: &str, n: usize) -> (Hog, String) {
-    let mut c = Command::new("setpriv");
-    c.args(["--reuid", user, "--regid", "nogroup", "--init-groups", "--"])
-        .args(["/usr/bin/python3", "-c", UNREAD_LISTS])
+    let mut c = setpriv(user);
+    c.args(["/usr/bin/python3", "-c", UNREAD_LISTS])
         .arg(h.runtime.join("cohost.ro.sock"))
         .arg(n.to_string())
         .stdin(std::process::Stdio::piped())
@@ -676,22 +657,7 @@ fn unread_lists_hold_a_part_each_and_neither_a_killed_reader_nor_the_exit_waits_
         v.len()
     };
     let bin = cohost_bin();
-    let as_reader = |args: &[&str]| {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid",
-            &users.users[1],
-            "--regid",
-            "nogroup",
-            "--init-groups",
-            "--",
-        ])
-        .arg(&bin)
-        .args(["--config", h.config.to_str().unwrap()])
-        .args(["--runtime-dir", h.runtime.to_str().unwrap()])
-        .args(args);
-        run_cmd(c)
-    };
+    let as_reader = |args: &[&str]| h.run_as(&users.users[1], &bin, args);
     assert_eq!(root_list(), N);
     let before = vm_rss_kib(pid);
     let (mut hog, line) = unread_lists(&h, &users.users[1], 16);

@@ -192,6 +192,19 @@ impl Harness {
         c
     }
 
+    /// `BIN ARGS…` against this harness's config and runtime dir, as
+    /// `user` (BIN a cohost binary that user may run).
+    pub fn run_as(&self, user: &str, bin: &Path, args: &[&str]) -> Out {
+        let mut c = setpriv(user);
+        c.arg(bin)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--runtime-dir")
+            .arg(&self.runtime)
+            .args(args);
+        run_cmd(c)
+    }
+
     pub fn run(&self, args: &[&str]) -> Out {
         run_cmd(self.command(args))
     }
@@ -321,41 +334,21 @@ impl Bystander {
 
 /// `testsvc sleep` with the pid `pid` (clone3's `set_tid`, as root): a
 /// reused pid made for sure, not raced for through `ns_last_pid` against
-/// every other test's forks. `None` if the pid is taken.
+/// every other test's forks. EEXIST if the pid is taken.
 pub struct PidBystander(pub i32);
 
 impl PidBystander {
     pub fn sleep(pid: i32) -> std::io::Result<PidBystander> {
         use std::ffi::CString;
-        /// `struct clone_args` of clone3(2), up to `set_tid_size`.
-        #[repr(C)]
-        struct CloneArgs {
-            flags: u64,
-            pidfd: u64,
-            child_tid: u64,
-            parent_tid: u64,
-            exit_signal: u64,
-            stack: u64,
-            stack_size: u64,
-            tls: u64,
-            set_tid: u64,
-            set_tid_size: u64,
-        }
         let prog = CString::new(example("testsvc").into_os_string().into_encoded_bytes()).unwrap();
         let arg = CString::new("sleep").unwrap();
         let argv = [prog.as_ptr(), arg.as_ptr(), std::ptr::null()];
         let tid = [pid as libc::pid_t];
-        let args = CloneArgs {
-            flags: 0,
-            pidfd: 0,
-            child_tid: 0,
-            parent_tid: 0,
+        let args = cohost::process::spawn::CloneArgs {
             exit_signal: libc::SIGCHLD as u64,
-            stack: 0,
-            stack_size: 0,
-            tls: 0,
             set_tid: tid.as_ptr() as u64,
             set_tid_size: 1,
+            ..Default::default()
         };
         // SAFETY: clone3 as a fork (no stack given: the child runs on a
         // copy of ours); the child calls only execv and _exit, which are
@@ -363,8 +356,8 @@ impl PidBystander {
         let r = unsafe {
             libc::syscall(
                 libc::SYS_clone3,
-                &args as *const CloneArgs,
-                std::mem::size_of::<CloneArgs>(),
+                &args as *const cohost::process::spawn::CloneArgs,
+                std::mem::size_of_val(&args),
             )
         };
         match r {
@@ -597,6 +590,13 @@ impl Drop for Netns {
     }
 }
 
+/// What follows run as `user` (group `nogroup`, and the user's own groups).
+pub fn setpriv(user: &str) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args(["--reuid", user, "--regid", "nogroup", "--init-groups", "--"]);
+    c
+}
+
 /// A throw-away user (no home, no login), removed on drop.
 pub struct TestUser {
     pub name: String,
@@ -622,17 +622,8 @@ impl TestUser {
 
     /// `cohost ARGS…` as this user (binary and dirs must be reachable).
     pub fn cohost(&self, bin: &Path, args: &[&std::ffi::OsStr]) -> Out {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid",
-            &self.name,
-            "--regid",
-            "nogroup",
-            "--init-groups",
-            "--",
-        ])
-        .arg(bin)
-        .args(args);
+        let mut c = setpriv(&self.name);
+        c.arg(bin).args(args);
         c.env_remove("COHOST_CONFIG")
             .env_remove("COHOST_RUNTIME_DIR");
         run_cmd(c)

@@ -73,6 +73,23 @@ pub fn probe_clone3(dir: &Path) -> Result<bool, SpawnError> {
     Ok(!killed)
 }
 
+/// `struct clone_args` of clone3(2), up to `cgroup` (Linux 5.7).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
 /// clone3(CLONE_VM | CLONE_INTO_CGROUP) with the child starting in
 /// `entry(arg)` on the stack `[low, low + size)`: the pid, or `-errno`
 /// (then no child exists). x86-64 only; elsewhere `-ENOSYS`.
@@ -88,20 +105,6 @@ pub(super) unsafe fn clone_into_cgroup(
     share: libc::c_int,
     ctid: *mut u32,
 ) -> isize {
-    #[repr(C)]
-    struct CloneArgs {
-        flags: u64,
-        pidfd: u64,
-        child_tid: u64,
-        parent_tid: u64,
-        exit_signal: u64,
-        stack: u64,
-        stack_size: u64,
-        tls: u64,
-        set_tid: u64,
-        set_tid_size: u64,
-        cgroup: u64,
-    }
     const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
     let args = CloneArgs {
         flags: libc::CLONE_VM as u64 | share as u64 | CLONE_INTO_CGROUP,

@@ -18,7 +18,7 @@ mod launch;
 mod lookup;
 mod plan;
 
-pub use clone3::{probe_clone3, probe_clone3_failed};
+pub use clone3::{CloneArgs, probe_clone3, probe_clone3_failed};
 pub use fds::{DAEMON_PIDFD, FetchUnavailable, enable_fetch, remember_nofile};
 use fds::{FETCH, HIGH_FD, ORIGINAL_NOFILE};
 pub use launch::decode_failure;
