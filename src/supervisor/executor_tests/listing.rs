@@ -4,14 +4,13 @@
 //! reader that does not read.
 
 use std::io::Read;
-use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use nix::sys::epoll::EpollFlags;
 
 use super::fake::{Rig, rig};
-use crate::control::server::{Conn, LINE_PART, MAX_BUSY_PER_USER, Peer};
+use crate::control::server::{Conn, LINE_PART, MAX_BUSY_PER_USER};
 use crate::supervisor::conn::EXIT_FLUSH;
 use crate::supervisor::tok;
 
@@ -29,23 +28,16 @@ fn rig_of_many() -> Rig {
 /// A connection of `uid` that has asked for the list, registered with the
 /// daemon's epoll as an accepted one is; our end, non-blocking.
 fn ask_list(r: &mut Rig, id: u64, uid: u32) -> UnixStream {
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    ours.set_nonblocking(true).unwrap();
-    theirs.set_nonblocking(true).unwrap();
-    let peer = Peer {
-        uid,
-        gid: uid,
-        pid: std::process::id() as i32,
-    };
+    let ours = r.client(id, uid);
     r.d.fair.admit(uid).unwrap();
     r.d.fair.start(uid).unwrap();
+    let mut c = r.d.conns.remove(&id).unwrap();
+    c.phase = crate::control::server::Phase::Busy;
     r.d.register(
-        theirs.as_fd(),
+        c.fd(),
         tok::CONN | id,
         EpollFlags::EPOLLIN | EpollFlags::EPOLLRDHUP,
     );
-    let mut c = Conn::new(theirs, peer);
-    c.phase = crate::control::server::Phase::Busy;
     r.d.conns.insert(id, c);
     r.d.reply_list(id, Duration::MAX);
     ours
@@ -161,13 +153,7 @@ fn at_exit_the_shutdown_is_answered_first_and_unread_lists_cost_a_second_a_side(
     // Root's: six lists nobody reads, then the `cohost shutdown` waiting
     // for its answer (the newest connection).
     let root_stalled: Vec<UnixStream> = (0..6).map(|i| ask_list(&mut r, 9100 + i, 0)).collect();
-    let (theirs, caller) = UnixStream::pair().unwrap();
-    let peer = Peer {
-        uid: 0,
-        gid: 0,
-        pid: std::process::id() as i32,
-    };
-    r.d.conns.insert(9150, Conn::new(theirs, peer));
+    let caller = r.client(9150, 0);
     r.d.reply_done(9150, crate::control::exit::Exit::Ok, "stopped", None);
     let caller = read_all(caller, Duration::ZERO);
     // The status group's: eight lists nobody reads, and one read slowly
@@ -216,14 +202,7 @@ fn a_list_is_made_a_part_a_turn_and_other_requests_are_answered_between_parts() 
     );
     // A status asked now is answered in the next turn, the list still
     // being made (its reader takes everything as it comes).
-    let (mut other, theirs) = UnixStream::pair().unwrap();
-    other.set_nonblocking(true).unwrap();
-    let peer = Peer {
-        uid: 0,
-        gid: 0,
-        pid: std::process::id() as i32,
-    };
-    r.d.conns.insert(9302, Conn::new(theirs, peer));
+    let mut other = r.client(9302, 0);
     let idx = r.idx("i7");
     r.d.reply_status(9302, idx);
     r.turns(1);

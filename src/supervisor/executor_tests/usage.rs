@@ -6,21 +6,7 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use super::fake::{Rig, rig_with_cgroups};
-use crate::control::server::{Conn, Peer};
 use crate::supervisor::fsm::State;
-
-/// A client connection the daemon answers on, as if it had asked.
-fn client(r: &mut Rig, id: u64) -> UnixStream {
-    let (ours, theirs) = UnixStream::pair().unwrap();
-    ours.set_nonblocking(true).unwrap();
-    let peer = Peer {
-        uid: 0,
-        gid: 0,
-        pid: std::process::id() as i32,
-    };
-    r.d.conns.insert(id, Conn::new(theirs, peer));
-    ours
-}
 
 /// What the daemon has sent on it so far.
 fn answer(c: &mut UnixStream) -> String {
@@ -73,8 +59,8 @@ fn asked_earlier(r: &mut Rig, by: Duration) {
 fn while_a_read_is_out_the_others_start_and_answer_and_a_gone_client_is_skipped() {
     let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n[instance.b]\nservice = \"s\"\n");
     r.start("a");
-    let gone = client(&mut r, 5001);
-    let mut stays = client(&mut r, 5002);
+    let gone = r.client(5001, 0);
+    let mut stays = r.client(5002, 0);
     r.d.reply_list(5001, Duration::ZERO);
     // Recent enough for this one: it shares the read out.
     r.d.reply_list(5002, Duration::from_secs(3600));
@@ -82,7 +68,7 @@ fn while_a_read_is_out_the_others_start_and_answer_and_a_gone_client_is_skipped(
     // Meanwhile the loop serves on: another instance starts, a status
     // of the one being read is answered.
     r.start("b");
-    let mut status = client(&mut r, 5003);
+    let mut status = r.client(5003, 0);
     let a = r.idx("a");
     r.d.reply_status(5003, a);
     r.turns(1);
@@ -110,8 +96,8 @@ fn a_status_waits_for_one_worker_read_and_a_later_one_for_the_next() {
     let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n[instance.b]\nservice = \"s\"\n");
     r.start("a");
     r.start("b");
-    let mut first = client(&mut r, 1001);
-    let mut second = client(&mut r, 1002);
+    let mut first = r.client(1001, 0);
+    let mut second = r.client(1002, 0);
 
     r.d.reply_list(1001, Duration::ZERO);
     let (job, _) = r.d.usage_read.expect("the read is on a worker");
@@ -157,19 +143,19 @@ fn a_status_waits_for_one_worker_read_and_a_later_one_for_the_next() {
 fn a_list_within_a_second_of_the_last_read_is_answered_at_once() {
     let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n");
     r.start("a");
-    let mut c = client(&mut r, 2001);
+    let mut c = r.client(2001, 0);
     r.d.reply_list(2001, Duration::from_secs(3600));
     r.until("the read back", |r| r.d.usage_read.is_none());
     r.turns(1);
     assert!(answer(&mut c).contains("\"t\":\"done\""));
 
-    let mut again = client(&mut r, 2002);
+    let mut again = r.client(2002, 0);
     r.d.reply_list(2002, Duration::from_secs(3600));
     assert!(r.d.usage_read.is_none(), "no read: the figures are recent");
     r.turns(1);
     assert!(answer(&mut again).contains("\"t\":\"done\""));
     // `status` wants figures read now: it never takes the kept ones.
-    let mut status = client(&mut r, 2003);
+    let mut status = r.client(2003, 0);
     r.d.reply_list(2003, Duration::ZERO);
     assert!(r.d.usage_read.is_some(), "status reads anew");
     r.until("that read back", |r| r.d.usage_read.is_none());
@@ -180,7 +166,7 @@ fn a_list_within_a_second_of_the_last_read_is_answered_at_once() {
 #[test]
 fn with_nothing_running_a_list_is_answered_without_a_read() {
     let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n");
-    let mut c = client(&mut r, 3001);
+    let mut c = r.client(3001, 0);
     r.d.reply_list(3001, Duration::ZERO);
     assert!(r.d.usage_read.is_none(), "nothing to read");
     r.turns(1);
@@ -195,7 +181,7 @@ fn figures_read_before_a_state_change_are_not_shown_for_the_new_state() {
     let dir = r.d.insts[idx].cgroup.as_ref().unwrap().dir();
     std::fs::create_dir_all(&dir).unwrap();
     std::fs::write(dir.join("memory.current"), "111\n").unwrap();
-    let mut c = client(&mut r, 4001);
+    let mut c = r.client(4001, 0);
     r.d.reply_list(4001, Duration::ZERO);
     // The worker's read, taken by hand so that what happens between the
     // read and its arrival is the test's to say.
@@ -214,7 +200,7 @@ fn figures_read_before_a_state_change_are_not_shown_for_the_new_state() {
 fn figures_are_dated_by_when_they_were_read_not_by_when_the_read_was_asked() {
     let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n");
     r.start("a");
-    let mut first = client(&mut r, 6001);
+    let mut first = r.client(6001, 0);
     r.d.reply_list(6001, crate::supervisor::timing::USAGE_MAX_AGE);
     let (job, read) = take_read(&mut r);
     // As if that read had taken two seconds (10,000 instances on a busy
@@ -225,7 +211,7 @@ fn figures_are_dated_by_when_they_were_read_not_by_when_the_read_was_asked() {
     assert!(answer(&mut first).contains("\"t\":\"done\""));
     // A list right after it takes those figures: they are fresh. Dated by
     // the ask, they were two seconds old on arrival and every list waited.
-    let mut next = client(&mut r, 6002);
+    let mut next = r.client(6002, 0);
     r.d.reply_list(6002, crate::supervisor::timing::USAGE_MAX_AGE);
     assert!(
         r.d.usage_read.is_none(),
@@ -239,12 +225,12 @@ fn figures_are_dated_by_when_they_were_read_not_by_when_the_read_was_asked() {
 fn back_to_back_status_reads_leave_a_gap_as_long_as_the_read() {
     let mut r = rig_with_cgroups("[instance.a]\nservice = \"s\"\n");
     r.start("a");
-    let mut first = client(&mut r, 7001);
+    let mut first = r.client(7001, 0);
     r.d.reply_list(7001, Duration::ZERO);
     let (job, read) = take_read(&mut r);
     // As if that read had taken an hour (only the loop's view of it).
     asked_earlier(&mut r, Duration::from_secs(3600));
-    let mut second = client(&mut r, 7002);
+    let mut second = r.client(7002, 0);
     r.d.reply_list(7002, Duration::ZERO);
     r.d.on_usage_read(job, read);
     r.turns(1);
@@ -252,7 +238,7 @@ fn back_to_back_status_reads_leave_a_gap_as_long_as_the_read() {
     // The second wants figures read after it came: not at once, but once
     // the worker has rested as long as it read.
     assert!(r.d.usage_read.is_none() && r.d.usage_scheduled);
-    let mut third = client(&mut r, 7003);
+    let mut third = r.client(7003, 0);
     r.d.reply_list(7003, Duration::ZERO);
     assert!(r.d.usage_read.is_none(), "a third waits with it");
     r.turns(2);
