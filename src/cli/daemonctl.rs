@@ -203,9 +203,8 @@ fn status_json(ctx: &Ctx, s: std::os::unix::net::UnixStream, req: Request) -> i3
         }
         Ok(Streamed::Whole(r)) if r.done.code == 2 || r.data().is_empty() => finish(Ok(r.done)),
         Ok(Streamed::Whole(r)) => {
-            let data = if r.data().is_empty() { b"[]" } else { r.data() };
             crate::out::write_with(|out| {
-                super::pretty::indent_to(data, out)?;
+                super::pretty::indent_to(r.data(), out)?;
                 out.write_all(b"\n")
             });
             r.done.code

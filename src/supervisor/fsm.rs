@@ -169,9 +169,9 @@ pub struct Observed {
     pub dead_main: Option<(String, String)>,
     pub restarts: u32,
     pub last_failure: Option<String>,
-    /// How long it had been running by its record (the wall clock since
-    /// its `since`), when it was running: an adopted instance's uptime
-    /// goes on from there, it does not start again at the adoption.
+    /// The wall-clock time since its record's `since`: an instance found
+    /// running as its record says goes on with that uptime, it does not
+    /// start again at the adoption (the table uses it for that case only).
     pub ran_for: Option<Duration>,
 }
 

@@ -327,13 +327,9 @@ impl Daemon {
                 dead_main,
                 restarts: saved.restarts,
                 last_failure: saved.last_failure,
-                ran_for: (was == State::Running)
-                    .then(|| {
-                        SystemTime::now()
-                            .duration_since(self.insts[idx].since_wall)
-                            .ok()
-                    })
-                    .flatten(),
+                ran_for: SystemTime::now()
+                    .duration_since(self.insts[idx].since_wall)
+                    .ok(),
             }),
         );
         if alive {
